@@ -1,0 +1,104 @@
+//! The command line: one file per subcommand. [`main`] parses arguments,
+//! runs the subcommand and maps the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::slug::Slug;
+
+pub mod forward;
+pub mod list;
+pub mod plan;
+mod render;
+pub mod ssh_config;
+pub mod start;
+pub mod status;
+pub mod stop;
+
+/// Exit code of `status` for a gate that is not running.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+/// gatectl: per-agent SSH egress gates. Each agent reaches only the SSH
+/// hosts its manifest declares, through a forwarder in its own network
+/// namespace.
+#[derive(Parser, Debug)]
+#[command(name = "gatectl", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the gate of an agent.
+    Start(start::StartArgs),
+    /// Stop a gate and remove everything it created (idempotent).
+    Stop(stop::StopArgs),
+    /// Show the state of one gate, or of all (exit 3 if it is not running).
+    Status(status::StatusArgs),
+    /// List the gates on this host.
+    List(list::ListArgs),
+    /// Show what `start` would create, creating nothing.
+    Plan(plan::PlanArgs),
+    /// Print the ssh_config Host blocks an agent uses to reach its upstreams.
+    SshConfig(ssh_config::SshConfigArgs),
+    /// Run the forwarder (the gate unit's entrypoint).
+    #[command(hide = true)]
+    Forward(forward::ForwardArgs),
+}
+
+/// What a subcommand ended with, when it did not fail.
+pub enum Outcome {
+    /// Exit 0.
+    Ok,
+    /// Exit [`EXIT_NOT_RUNNING`].
+    NotRunning,
+}
+
+/// Parses a slug argument.
+pub fn parse_slug(raw: &str) -> Result<Slug, String> {
+    Slug::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Runs a future to completion on a single-threaded runtime. Namespace
+/// switches happen on dedicated threads, so one thread serves the rest.
+pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io {
+            context: "cannot start the async runtime".into(),
+            source: e,
+        })?
+        .block_on(future)
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<Outcome> {
+    match cli.command {
+        Command::Start(args) => start::run(args),
+        Command::Stop(args) => stop::run(args),
+        Command::Status(args) => status::run(args),
+        Command::List(args) => list::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::SshConfig(args) => ssh_config::run(args),
+        Command::Forward(args) => forward::run(args).map(|()| Outcome::Ok),
+    }
+}
+
+/// The whole program: parse, run, report. Usage errors exit 2 (clap).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::NotRunning) => ExitCode::from(EXIT_NOT_RUNNING),
+        Err(e) => {
+            eprintln!("gatectl: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

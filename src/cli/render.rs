@@ -1,0 +1,148 @@
+//! Text and JSON output of `status`, `list` and `plan`.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::gate::{GateState, GateStatus};
+use crate::plan::GatePlan;
+use crate::unit::Property;
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn json(value: &impl Serialize) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::failed(format!("cannot encode JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn state_word(state: GateState) -> &'static str {
+    match state {
+        GateState::Running => "running",
+        GateState::Broken => "broken",
+        GateState::Stopped => "stopped",
+    }
+}
+
+fn agent_side(plan: &GatePlan) -> String {
+    match &plan.agent_netns {
+        Some(ns) => format!(
+            "{} {} in {}",
+            plan.agent_link.name,
+            plan.agent_link.address,
+            ns.display()
+        ),
+        None => format!(
+            "{} {} (host namespace)",
+            plan.agent_link.name, plan.agent_link.address
+        ),
+    }
+}
+
+fn addresses_and_upstreams(out: &mut String, plan: &GatePlan) {
+    let _ = writeln!(out, "  agent:     {}", agent_side(plan));
+    let _ = writeln!(
+        out,
+        "  gate:      {} {} (listens), {} {} via {} {}",
+        plan.gate_internal.name,
+        plan.gate_internal.address,
+        plan.gate_egress.name,
+        plan.gate_egress.address,
+        plan.host_egress.name,
+        plan.host_egress.address
+    );
+    let _ = writeln!(out, "  upstreams:");
+    let _ = writeln!(
+        out,
+        "    {:<6} {:<20} {:<32} ADDRESSES",
+        "PORT", "ALIAS", "UPSTREAM"
+    );
+    for u in &plan.upstreams {
+        let addresses: Vec<String> = u.addresses.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "    {:<6} {:<20} {:<32} {}",
+            u.listen_port,
+            u.alias,
+            format!("{}:{}", u.host, u.port),
+            addresses.join(", ")
+        );
+    }
+}
+
+/// The text of `status` for one gate.
+pub fn status_text(s: &GateStatus) -> String {
+    let mut out = format!("gate {}: {}\n", s.slug, state_word(s.state));
+    for p in &s.problems {
+        let _ = writeln!(out, "  problem:   {p}");
+    }
+    let _ = writeln!(
+        out,
+        "  unit:      {} ({}/{})",
+        s.unit.name, s.unit.active, s.unit.sub
+    );
+    let _ = writeln!(
+        out,
+        "  netns:     {}{}",
+        s.netns,
+        if s.netns_present { "" } else { " (missing)" }
+    );
+    if let Some(plan) = &s.plan {
+        addresses_and_upstreams(&mut out, plan);
+    }
+    out
+}
+
+/// The table of `list`.
+pub fn list_table(statuses: &[GateStatus]) -> String {
+    let mut out = format!(
+        "{:<20} {:<8} {:<16} {:<10} UPSTREAMS\n",
+        "SLUG", "STATE", "ADDRESS", "PORTS"
+    );
+    for s in statuses {
+        let (address, ports, upstreams) = match &s.plan {
+            Some(p) => (
+                p.gate_internal.address.to_string(),
+                match (p.upstreams.first(), p.upstreams.last()) {
+                    (Some(a), Some(b)) => format!("{}-{}", a.listen_port, b.listen_port),
+                    _ => "-".into(),
+                },
+                p.upstreams
+                    .iter()
+                    .map(|u| u.alias.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<16} {:<10} {}",
+            s.slug,
+            state_word(s.state),
+            address,
+            ports,
+            upstreams
+        );
+    }
+    out
+}
+
+/// The text of `plan`.
+pub fn plan_text(plan: &GatePlan, properties: &[Property]) -> String {
+    let mut out = format!(
+        "plan for gate {} (index {}):\n  netns:     {}\n  unit:      {}\n",
+        plan.slug,
+        plan.index,
+        plan.netns_path().display(),
+        plan.unit
+    );
+    addresses_and_upstreams(&mut out, plan);
+    let _ = writeln!(out, "  unit properties:");
+    for p in properties {
+        let value = serde_json::to_string(&p.value).unwrap_or_default();
+        let _ = writeln!(out, "    {}={}", p.name, value);
+    }
+    out
+}

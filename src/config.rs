@@ -1,0 +1,160 @@
+//! Host settings from `/etc/gatectl/gatectl.toml`: address pools, base port,
+//! directories and forwarder limits. Every setting is optional.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+
+/// Where host settings live unless `GATECTL_CONFIG` names another file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatectl/gatectl.toml";
+
+/// First listen port of a gate; entry i listens on `base_port + i`.
+pub const BASE_LISTEN_PORT: u16 = 30000;
+
+/// Host settings, with the defaults of DESIGN.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Pool of internal (agent ↔ gate) /31s.
+    pub internal_pool: Ipv4Net,
+    /// Pool of egress (gate ↔ host) /31s; masqueraded on the way out.
+    pub egress_pool: Ipv4Net,
+    /// First listen port.
+    pub base_port: u16,
+    /// Directory of bottle manifests.
+    pub bottles_dir: PathBuf,
+    /// Runtime state: gate records and locks.
+    pub state_dir: PathBuf,
+    /// The binary the forwarder unit runs. Must be in a system path:
+    /// a `DynamicUser=` unit cannot execute files under `/root`.
+    pub forwarder_binary: PathBuf,
+    /// Most connections one forwarder serves at once.
+    pub max_connections: u32,
+    /// Timeout of each connect attempt to an upstream, in seconds.
+    pub connect_timeout_secs: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            internal_pool: "10.231.0.0/16".parse().expect("valid default pool"),
+            egress_pool: "10.232.0.0/16".parse().expect("valid default pool"),
+            base_port: BASE_LISTEN_PORT,
+            bottles_dir: PathBuf::from("/etc/gatectl/bottles"),
+            state_dir: PathBuf::from("/run/gatectl"),
+            forwarder_binary: default_forwarder_binary(),
+            max_connections: 256,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+fn default_forwarder_binary() -> PathBuf {
+    for candidate in ["/usr/bin/gatectl", "/usr/local/bin/gatectl"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from("/usr/bin/gatectl")
+}
+
+impl Settings {
+    /// Loads the settings from `GATECTL_CONFIG` or [`DEFAULT_CONFIG_PATH`];
+    /// a missing file means all defaults.
+    pub fn load() -> Result<Settings> {
+        let path = std::env::var_os("GATECTL_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Settings::parse(&text)
+                .map_err(|e| Error::invalid(format!("host settings {}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read host settings {}", path.display())),
+        }
+    }
+
+    /// Parses and checks settings text.
+    pub fn parse(text: &str) -> Result<Settings, String> {
+        let settings: Settings = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (name, pool) in [
+            ("internal_pool", self.internal_pool),
+            ("egress_pool", self.egress_pool),
+        ] {
+            if pool.prefix_len() > 30 {
+                return Err(format!("{name} {pool} is too small; give a /30 or larger pool"));
+            }
+            if pool.network() != pool.addr() {
+                return Err(format!(
+                    "{name} {pool} has host bits set; did you mean {}?",
+                    pool.trunc()
+                ));
+            }
+        }
+        if self.internal_pool.contains(&self.egress_pool) || self.egress_pool.contains(&self.internal_pool) {
+            return Err(format!(
+                "internal_pool {} and egress_pool {} overlap; give them disjoint ranges",
+                self.internal_pool, self.egress_pool
+            ));
+        }
+        if self.base_port == 0 {
+            return Err("base_port must be from 1 to 65535".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if self.connect_timeout_secs == 0 {
+            return Err("connect_timeout_secs must be at least 1".into());
+        }
+        if !self.forwarder_binary.is_absolute() {
+            return Err("forwarder_binary must be an absolute path".into());
+        }
+        Ok(())
+    }
+
+    /// How many gates the pools hold: one /31 of each pool per gate.
+    pub fn capacity(&self) -> u32 {
+        let pairs = |p: Ipv4Net| 1u32 << (32 - u32::from(p.prefix_len()) - 1);
+        pairs(self.internal_pool).min(pairs(self.egress_pool))
+    }
+
+    /// The connect timeout as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let s = Settings::parse("").unwrap();
+        assert_eq!(s.base_port, 30000);
+        assert_eq!(s.internal_pool.to_string(), "10.231.0.0/16");
+        assert_eq!(s.capacity(), 32768);
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        for (text, want) in [
+            ("internal_pool = \"10.231.0.1/16\"", "host bits"),
+            ("egress_pool = \"10.231.128.0/17\"", "overlap"),
+            ("internal_pool = \"10.0.0.0/31\"", "too small"),
+            ("base_port = 0", "base_port"),
+            ("bogus = 1", "unknown field `bogus`"),
+        ] {
+            let err = Settings::parse(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}

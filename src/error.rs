@@ -1,0 +1,175 @@
+//! The one error type of gatectl, with context wrapping and a list variant
+//! for best-effort teardown.
+
+use std::fmt;
+
+/// Everything that can go wrong in gatectl. Each message says what failed and
+/// why; where there is a fix, the message ends with it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input from the user (slug, manifest, settings, flags). Nothing on
+    /// the host was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A system call or file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What gatectl was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A netlink request failed.
+    #[error("{context}: {source}")]
+    Netlink {
+        /// What gatectl was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    /// A D-Bus call to systemd failed.
+    #[error("{context}: {source}")]
+    Dbus {
+        /// What gatectl was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    /// The host firewall (nftables) refused a change.
+    #[error("{context}: {message}")]
+    Firewall {
+        /// What gatectl was doing.
+        context: String,
+        /// What nft said.
+        message: String,
+    },
+    /// Something else went wrong; the message says what.
+    #[error("{0}")]
+    Failed(String),
+    /// A step of `start` failed; everything it created has been rolled back.
+    #[error("start failed at step \"{step}\": {source}{}", rollback_note(.rollback))]
+    Start {
+        /// The step that failed.
+        step: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+        /// Errors met while rolling back, if any.
+        rollback: Vec<Error>,
+    },
+    /// Several independent steps failed (best-effort teardown).
+    #[error("{}", ErrorList(.0))]
+    List(Vec<Error>),
+}
+
+fn rollback_note(rollback: &[Error]) -> String {
+    if rollback.is_empty() {
+        "; everything it created was removed".to_string()
+    } else {
+        format!(
+            "; rollback was incomplete ({}); run `gatectl stop` for this slug, then `gatectl prune`",
+            ErrorList(rollback)
+        )
+    }
+}
+
+struct ErrorList<'a>(&'a [Error]);
+
+impl fmt::Display for ErrorList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result type used throughout gatectl.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds a description of what gatectl was doing to a lower-level error.
+pub trait Context<T> {
+    /// Wraps the error with `context`.
+    fn context(self, context: impl Into<String>) -> Result<T>;
+    /// Wraps the error with a lazily built context.
+    fn with_context<C: Into<String>>(self, f: impl FnOnce() -> C) -> Result<T>;
+}
+
+/// Errors that know how to carry a context string.
+pub trait IntoContextError {
+    /// Builds the gatectl error for this source and context.
+    fn into_error(self, context: String) -> Error;
+}
+
+impl IntoContextError for std::io::Error {
+    fn into_error(self, context: String) -> Error {
+        Error::Io {
+            context,
+            source: self,
+        }
+    }
+}
+
+impl IntoContextError for nix::errno::Errno {
+    fn into_error(self, context: String) -> Error {
+        Error::Io {
+            context,
+            source: self.into(),
+        }
+    }
+}
+
+impl IntoContextError for rtnetlink::Error {
+    fn into_error(self, context: String) -> Error {
+        Error::Netlink {
+            context,
+            source: Box::new(self),
+        }
+    }
+}
+
+impl IntoContextError for zbus::Error {
+    fn into_error(self, context: String) -> Error {
+        Error::Dbus {
+            context,
+            source: Box::new(self),
+        }
+    }
+}
+
+impl IntoContextError for zbus::fdo::Error {
+    fn into_error(self, context: String) -> Error {
+        Error::Dbus {
+            context,
+            source: Box::new(self.into()),
+        }
+    }
+}
+
+impl<T, E: IntoContextError> Context<T> for std::result::Result<T, E> {
+    fn context(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|e| e.into_error(context.into()))
+    }
+
+    fn with_context<C: Into<String>>(self, f: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|e| e.into_error(f().into()))
+    }
+}
+
+impl Error {
+    /// Builds an [`Error::Invalid`] from anything printable.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::Invalid(message.into())
+    }
+
+    /// Builds an [`Error::Failed`] from anything printable.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Error::Failed(message.into())
+    }
+}

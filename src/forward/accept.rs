@@ -1,0 +1,192 @@
+//! Accepting connections: the shared connection limit, one accept loop per
+//! listener, and the task that serves one connection and audits it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::audit::{ConnectionLog, Outcome};
+use super::relay;
+use super::route::ForwardRoute;
+use super::status::Counters;
+
+/// How long an accept loop pauses after an error such as `EMFILE`, so it
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The shortest time between two warnings about refused connections.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// State shared by every accept loop and connection of one forwarder.
+#[derive(Debug)]
+pub struct Forwarder {
+    slug: String,
+    connect_timeout: Duration,
+    max_connections: u32,
+    limit: Arc<Semaphore>,
+    total: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Forwarder {
+    /// A forwarder for `slug` allowing `max_connections` open connections at
+    /// once, each connect attempt to an upstream limited to `connect_timeout`.
+    pub fn new(slug: String, max_connections: u32, connect_timeout: Duration) -> Self {
+        Forwarder {
+            slug,
+            connect_timeout,
+            max_connections,
+            limit: Arc::new(Semaphore::new(max_connections as usize)),
+            total: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The connection counters right now.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            active: self.max_connections as usize - self.limit.available_permits(),
+            total: self.total.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until no connection is open, or for `grace` at most. Returns
+    /// whether every connection ended.
+    pub async fn drained(&self, grace: Duration) -> bool {
+        let all = self.limit.acquire_many(self.max_connections);
+        matches!(tokio::time::timeout(grace, all).await, Ok(Ok(_)))
+    }
+}
+
+/// Accepts connections on `listener` for `route` until `stop` turns true,
+/// serving each in its own task while the connection limit allows and closing
+/// the excess at once. Accept errors (`EMFILE`, ...) are logged and retried.
+pub async fn accept_loop(
+    listener: TcpListener,
+    route: ForwardRoute,
+    forwarder: Arc<Forwarder>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let route = Arc::new(route);
+    let mut refusals = RefusalWarnings::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => match Arc::clone(&forwarder.limit).try_acquire_owned() {
+                Ok(permit) => {
+                    forwarder.total.fetch_add(1, Ordering::Relaxed);
+                    let (route, forwarder, stop) = (Arc::clone(&route), Arc::clone(&forwarder), stop.clone());
+                    tokio::spawn(serve_connection(client, peer, route, forwarder, stop, permit));
+                }
+                Err(_) => {
+                    drop(client);
+                    forwarder.refused.fetch_add(1, Ordering::Relaxed);
+                    refusals.refused(&forwarder, &route, peer);
+                }
+            },
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                tracing::debug!(alias = route.alias, error = %e, "a client went away before it was accepted");
+            }
+            Err(e) => {
+                tracing::warn!(
+                    slug = forwarder.slug,
+                    alias = route.alias,
+                    port = route.listen_port,
+                    error = %e,
+                    "accepting a connection failed; retrying in {} ms",
+                    ACCEPT_BACKOFF.as_millis(),
+                );
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends or `stop` turns true, then
+/// logs its audit event and gives back `permit` (its slot of the limit).
+async fn serve_connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    route: Arc<ForwardRoute>,
+    forwarder: Arc<Forwarder>,
+    mut stop: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
+    let mut log = ConnectionLog::new(&forwarder.slug, &route.alias, peer);
+    let outcome = tokio::select! {
+        outcome = forward(client, &route, forwarder.connect_timeout, &mut log) => outcome,
+        _ = stop.wait_for(|stopping| *stopping) => Outcome::Aborted,
+    };
+    log.finish(outcome);
+    drop(permit);
+}
+
+/// Connects `client` to the first upstream of `route` that answers and relays
+/// until the connection ends, recording what happens in `log`. On a connect
+/// failure the client is closed at once.
+async fn forward(
+    mut client: TcpStream,
+    route: &ForwardRoute,
+    timeout: Duration,
+    log: &mut ConnectionLog<'_>,
+) -> Outcome {
+    relay::set_nodelay(&client);
+    let mut upstream = match relay::connect(&route.upstreams, timeout).await {
+        Ok((upstream, addr)) => {
+            log.upstream = Some(addr);
+            upstream
+        }
+        Err(e) => return Outcome::ConnectFailed(e),
+    };
+    match relay::relay(&mut client, &mut upstream, &mut log.bytes).await {
+        Ok(()) => Outcome::Closed,
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Rate limits the warnings about connections refused at the limit.
+#[derive(Debug, Default)]
+struct RefusalWarnings {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RefusalWarnings {
+    /// Notes a refused connection from `peer`, warning at most once per
+    /// [`REFUSAL_WARNING_INTERVAL`].
+    fn refused(&mut self, forwarder: &Forwarder, route: &ForwardRoute, peer: SocketAddr) {
+        tracing::debug!(alias = route.alias, peer = %peer, "refused a connection: the connection limit is reached");
+        if self
+            .last
+            .is_some_and(|last| last.elapsed() < REFUSAL_WARNING_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let earlier = match self.suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more refused since the last warning)"),
+        };
+        tracing::warn!(
+            slug = forwarder.slug,
+            alias = route.alias,
+            peer = %peer,
+            limit = forwarder.max_connections,
+            also_refused = self.suppressed,
+            "refused a connection from {peer} to {}: {} connections are open, the \
+             --max-connections limit{earlier}",
+            route.alias,
+            forwarder.max_connections,
+        );
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}

@@ -1,0 +1,488 @@
+//! The gate lifecycle: prepare a plan, bring a gate up step by step (rolling
+//! everything back if a step fails), tear it down idempotently, and report
+//! its state from systemd and the kernel.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::lock;
+use crate::manifest::{self, Manifest};
+use crate::net::firewall::{Firewall, GateRules};
+use crate::net::link::{Netlink, VethEnd};
+use crate::net::{netns, sysctl};
+use crate::plan::{self, GatePlan, HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX, LINK_PREFIX_LEN};
+use crate::resolve;
+use crate::slug::Slug;
+use crate::state::{self, GateRecord, Records};
+use crate::systemd::{Systemd, UnitState};
+use crate::unit;
+
+/// Marker file: gatectl turned IPv4 forwarding on, so the firewall keeps the
+/// host from forwarding anything but gate traffic.
+const FORWARDING_MARKER: &str = "ip_forward-enabled-by-gatectl";
+
+/// The link alias that marks a host-side link as belonging to `slug`.
+pub fn link_alias(slug: &Slug) -> String {
+    format!("gatectl:{slug}")
+}
+
+/// The host: its settings and its record store.
+pub struct Host {
+    /// Host settings.
+    pub settings: Settings,
+    /// Gate records.
+    pub records: Records,
+}
+
+impl Host {
+    /// Loads the host settings.
+    pub fn load() -> Result<Host> {
+        let settings = Settings::load()?;
+        let records = Records::new(&settings.state_dir);
+        Ok(Host { settings, records })
+    }
+
+    /// The manifest of `slug`: `manifest` if given, else the default path.
+    pub fn manifest(&self, slug: &Slug, manifest: Option<&Path>) -> Result<Manifest> {
+        let path = match manifest {
+            Some(p) => p.to_path_buf(),
+            None => manifest::default_path(&self.settings.bottles_dir, slug.as_str())?,
+        };
+        manifest::load(&path)
+    }
+
+    /// Builds the plan `start` would carry out for `slug` at gate `index`,
+    /// resolving upstream names on the host. Changes nothing.
+    pub fn plan(
+        &self,
+        slug: &Slug,
+        manifest: &Manifest,
+        agent_netns: Option<&str>,
+        index: u32,
+    ) -> Result<GatePlan> {
+        if let Some(ns) = agent_netns {
+            manifest::validate_netns_ref(ns).map_err(|e| Error::invalid(format!("--agent-netns: {e}")))?;
+        }
+        GatePlan::build(
+            slug,
+            manifest,
+            &self.settings,
+            index,
+            agent_netns,
+            resolve::resolve,
+        )
+    }
+
+    /// The index the next gate would get.
+    pub fn next_index(&self) -> Result<u32> {
+        state::lowest_free_index(&self.records.used_indexes(), self.settings.capacity()).ok_or_else(|| {
+            Error::failed(format!(
+                "all {} gate slots are in use; stop a gate or enlarge the address pools",
+                self.settings.capacity()
+            ))
+        })
+    }
+
+    fn firewall(&self) -> Firewall {
+        Firewall {
+            egress_pool: self.settings.egress_pool,
+            block_other_forwarding: self.settings.state_dir.join(FORWARDING_MARKER).exists(),
+        }
+    }
+
+    /// Starts the gate of `slug`. Validates everything before the first side
+    /// effect; on failure rolls back everything it created.
+    pub async fn start(
+        &self,
+        slug: &Slug,
+        manifest: &Manifest,
+        agent_netns: Option<&str>,
+    ) -> Result<GatePlan> {
+        let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
+        let systemd = Systemd::connect().await?;
+        let unit_name = plan::unit_name(slug);
+        if let Some(unit) = systemd.unit(&unit_name).await? {
+            if unit.active == "active" || unit.active == "activating" || unit.active == "reloading" {
+                return Err(Error::failed(format!(
+                    "gate {slug} is already running ({unit_name} is {}); run `gatectl stop {slug}` first",
+                    unit.active
+                )));
+            }
+        }
+        if let Some(stale) = self.records.load(slug)? {
+            // Left over from a start that died or a gate whose unit is gone.
+            self.teardown(&systemd, &stale.plan).await.map_err(|e| {
+                Error::failed(format!(
+                    "cannot clean up what an earlier start of {slug} left behind: {e}"
+                ))
+            })?;
+            self.records.remove(slug)?;
+        }
+        if netns::exists(&plan::netns_name(slug)) {
+            return Err(Error::failed(format!(
+                "network namespace {} exists but gatectl has no record of it; run `gatectl stop {slug}` to remove it",
+                plan::netns_name(slug)
+            )));
+        }
+        let draft = self.plan(slug, manifest, agent_netns, 0)?;
+        let agent_ns = match &draft.agent_netns {
+            Some(path) => Some(netns::open(path).map_err(|e| {
+                Error::invalid(format!(
+                    "agent network namespace {}: {e}; create it first or fix agent_netns / --agent-netns",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        let root = Netlink::current()?;
+        root.check_pool_free(
+            "internal_pool",
+            self.settings.internal_pool,
+            &[HOST_INTERNAL_PREFIX],
+        )
+        .await?;
+        root.check_pool_free("egress_pool", self.settings.egress_pool, &[HOST_EGRESS_PREFIX])
+            .await?;
+
+        let plan = {
+            let _alloc = lock::lock_allocation(&self.settings.state_dir)?;
+            let index = self.next_index()?;
+            let plan = draft.at_index(&self.settings, index);
+            self.records.save(&GateRecord {
+                plan: plan.clone(),
+                complete: false,
+            })?;
+            plan
+        };
+        let result = self.bring_up(&systemd, &root, &plan, agent_ns.as_ref()).await;
+        match result {
+            Ok(()) => {
+                self.records.save(&GateRecord {
+                    plan: plan.clone(),
+                    complete: true,
+                })?;
+                Ok(plan)
+            }
+            Err((step, source)) => {
+                let rollback = match self.teardown(&systemd, &plan).await {
+                    Ok(()) => match self.records.remove(slug) {
+                        Ok(()) => Vec::new(),
+                        Err(e) => vec![e],
+                    },
+                    Err(Error::List(errors)) => errors,
+                    Err(e) => vec![e],
+                };
+                Err(Error::Start {
+                    step,
+                    source: Box::new(source),
+                    rollback,
+                })
+            }
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        systemd: &Systemd,
+        root: &Netlink,
+        plan: &GatePlan,
+        agent_ns: Option<&std::os::fd::OwnedFd>,
+    ) -> Result<(), (&'static str, Error)> {
+        let alias = link_alias(&plan.slug);
+        let gate_ns = netns::create(&plan.netns).map_err(|e| ("create the gate netns", e))?;
+        let step = "create the veth pairs";
+        root.create_veth(
+            VethEnd {
+                name: &plan.host_egress.name,
+                netns: None,
+            },
+            VethEnd {
+                name: &plan.gate_egress.name,
+                netns: Some(&gate_ns),
+            },
+        )
+        .await
+        .map_err(|e| (step, e))?;
+        root.create_veth(
+            VethEnd {
+                name: &plan.agent_link.name,
+                netns: agent_ns,
+            },
+            VethEnd {
+                name: &plan.gate_internal.name,
+                netns: Some(&gate_ns),
+            },
+        )
+        .await
+        .map_err(|e| (step, e))?;
+
+        let step = "configure the host side";
+        root.configure(
+            &plan.host_egress.name,
+            Some((plan.host_egress.address, LINK_PREFIX_LEN)),
+            Some(&alias),
+        )
+        .await
+        .map_err(|e| (step, e))?;
+        let agent = match agent_ns {
+            Some(ns) => Netlink::in_netns(ns).map_err(|e| ("configure the agent side", e))?,
+            None => root.clone(),
+        };
+        agent
+            .configure(
+                &plan.agent_link.name,
+                Some((plan.agent_link.address, LINK_PREFIX_LEN)),
+                Some(&alias),
+            )
+            .await
+            .map_err(|e| ("configure the agent side", e))?;
+
+        let step = "configure the gate netns";
+        let gate = Netlink::in_netns(&gate_ns).map_err(|e| (step, e))?;
+        gate.configure("lo", None, None).await.map_err(|e| (step, e))?;
+        for end in [&plan.gate_internal, &plan.gate_egress] {
+            gate.configure(&end.name, Some((end.address, LINK_PREFIX_LEN)), None)
+                .await
+                .map_err(|e| (step, e))?;
+        }
+        gate.add_default_route(plan.host_egress.address)
+            .await
+            .map_err(|e| (step, e))?;
+        drop(gate_ns);
+
+        let step = "set up host forwarding and firewall";
+        if sysctl::enable_ipv4_forwarding().map_err(|e| (step, e))? {
+            let marker = self.settings.state_dir.join(FORWARDING_MARKER);
+            std::fs::write(&marker, b"").map_err(|e| {
+                (
+                    step,
+                    Error::Io {
+                        context: format!("cannot write {}", marker.display()),
+                        source: e,
+                    },
+                )
+            })?;
+        }
+        let rules = GateRules {
+            egress_if: plan.host_egress.name.clone(),
+            allowed: plan
+                .upstreams
+                .iter()
+                .flat_map(|u| {
+                    u.addresses
+                        .iter()
+                        .map(move |a| std::net::SocketAddr::new(*a, u.port))
+                })
+                .collect(),
+        };
+        self.firewall().add_gate(&rules).map_err(|e| (step, e))?;
+
+        let properties = unit::properties(plan, &self.settings);
+        systemd
+            .start_transient(&plan.unit, &properties)
+            .await
+            .map_err(|e| ("start the forwarder unit", e))
+    }
+
+    /// Removes everything of the gate in `plan`, in the safe order: unit,
+    /// firewall rules, host links, netns. Idempotent; keeps going past
+    /// failures and reports them all.
+    async fn teardown(&self, systemd: &Systemd, plan: &GatePlan) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Err(e) = systemd.stop(&plan.unit).await {
+            errors.push(e);
+        }
+        if let Err(e) = self.firewall().remove_gate(&plan.host_egress.name) {
+            errors.push(e);
+        }
+        match Netlink::current() {
+            Ok(root) => {
+                let mut host_links = vec![plan.host_egress.name.clone()];
+                if plan.agent_in_root_ns() {
+                    host_links.push(plan.agent_link.name.clone());
+                }
+                for name in host_links {
+                    if let Err(e) = delete_own_link(&root, &name, &plan.slug).await {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        // Delete the gate's link ends first: the kernel destroys an unmounted
+        // netns (and the veth peers in it) asynchronously, and the agent's end
+        // must be gone when `stop` returns.
+        if let Err(e) = delete_gate_links(&plan.netns).await {
+            errors.push(e);
+        }
+        if let Err(e) = netns::delete(&plan.netns) {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::List(errors))
+        }
+    }
+
+    /// Stops the gate of `slug`: unit, firewall rules, links, netns and
+    /// record. A gate that is already gone is success.
+    pub async fn stop(&self, slug: &Slug) -> Result<()> {
+        let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
+        let systemd = Systemd::connect().await?;
+        match self.records.load(slug)? {
+            Some(record) => self.teardown(&systemd, &record.plan).await?,
+            None => {
+                // No record (e.g. /run/gatectl was wiped): remove what the
+                // names alone identify.
+                systemd.stop(&plan::unit_name(slug)).await?;
+                let root = Netlink::current()?;
+                let ours = link_alias(slug);
+                for (name, alias) in root.links_with_prefix("gt").await? {
+                    if alias.as_deref() == Some(ours.as_str()) {
+                        self.firewall().remove_gate(&name)?;
+                        root.delete(&name).await?;
+                    }
+                }
+                delete_gate_links(&plan::netns_name(slug)).await?;
+                netns::delete(&plan::netns_name(slug))?;
+            }
+        }
+        self.records.remove(slug)
+    }
+
+    /// The state of one gate, from systemd, the kernel and its record.
+    pub async fn status(&self, systemd: &Systemd, slug: &Slug) -> Result<GateStatus> {
+        let unit = systemd.unit(&plan::unit_name(slug)).await?;
+        Ok(self.assemble_status(slug, unit))
+    }
+
+    /// The states of every gate that has a record, a unit or a netns.
+    pub async fn list(&self, systemd: &Systemd) -> Result<Vec<GateStatus>> {
+        let units = systemd.units(&format!("{}*.service", plan::GATE_PREFIX)).await?;
+        let mut slugs: Vec<Slug> = self.records.slugs();
+        let from_units = units.iter().filter_map(|u| {
+            u.name
+                .strip_prefix(plan::GATE_PREFIX)?
+                .strip_suffix(".service")
+                .and_then(|s| Slug::parse(s).ok())
+        });
+        let from_netns = netns::list(plan::GATE_PREFIX)
+            .into_iter()
+            .filter_map(|n| Slug::parse(n.strip_prefix(plan::GATE_PREFIX)?).ok());
+        slugs.extend(from_units.chain(from_netns));
+        slugs.sort();
+        slugs.dedup();
+        Ok(slugs
+            .into_iter()
+            .map(|slug| {
+                let unit = units.iter().find(|u| u.name == plan::unit_name(&slug)).cloned();
+                self.assemble_status(&slug, unit)
+            })
+            .collect())
+    }
+
+    fn assemble_status(&self, slug: &Slug, unit: Option<UnitState>) -> GateStatus {
+        let (record, record_problem) = match self.records.load(slug) {
+            Ok(r) => (r, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let netns_present = netns::exists(&plan::netns_name(slug));
+        let unit_running = unit.as_ref().is_some_and(UnitState::is_running);
+        let mut problems: Vec<String> = record_problem.into_iter().collect();
+        if let Some(r) = &record {
+            if !r.complete {
+                problems.push("start did not complete (it is running now, or it was interrupted)".into());
+            }
+        }
+        match (&unit, unit_running) {
+            (Some(u), false) => problems.push(format!("unit {} is {}/{}", u.name, u.active, u.sub)),
+            (None, _) if record.is_some() || netns_present => {
+                problems.push(format!("unit {} is not loaded", plan::unit_name(slug)))
+            }
+            _ => {}
+        }
+        if !netns_present && (unit.is_some() || record.is_some()) {
+            problems.push(format!("network namespace {} is missing", plan::netns_name(slug)));
+        }
+        let state = if unit.is_none() && record.is_none() && !netns_present {
+            GateState::Stopped
+        } else if problems.is_empty() {
+            GateState::Running
+        } else {
+            GateState::Broken
+        };
+        GateStatus {
+            slug: slug.clone(),
+            state,
+            problems,
+            unit: unit.unwrap_or(UnitState {
+                name: plan::unit_name(slug),
+                active: "inactive".into(),
+                sub: "dead".into(),
+            }),
+            netns: plan::netns_name(slug),
+            netns_path: Path::new(plan::NETNS_DIR).join(plan::netns_name(slug)),
+            netns_present,
+            plan: record.map(|r| r.plan),
+        }
+    }
+}
+
+/// Deletes the gate's ends of both veth pairs (and with them their peers),
+/// if the gate netns still exists.
+async fn delete_gate_links(netns_name: &str) -> Result<()> {
+    if !netns::exists(netns_name) {
+        return Ok(());
+    }
+    let gate = Netlink::in_netns(&netns::open(&plan::netns_path(netns_name))?)?;
+    gate.delete(plan::GATE_INTERNAL_LINK).await?;
+    gate.delete(plan::GATE_EGRESS_LINK).await
+}
+
+/// Deletes host link `name` if it is unlabelled or labelled as `slug`'s.
+async fn delete_own_link(root: &Netlink, name: &str, slug: &Slug) -> Result<()> {
+    let ours = link_alias(slug);
+    let links = root.links_with_prefix(name).await?;
+    match links.iter().find(|(n, _)| n == name) {
+        Some((_, Some(alias))) if *alias != ours => Ok(()),
+        Some(_) => root.delete(name).await,
+        None => Ok(()),
+    }
+}
+
+/// Whether a gate is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateState {
+    /// Unit running, netns present, record complete.
+    Running,
+    /// Some part exists but the gate is not whole; `problems` says why.
+    Broken,
+    /// Nothing of the gate exists.
+    Stopped,
+}
+
+/// What `status` and `list` report for one gate.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateStatus {
+    /// The slug.
+    pub slug: Slug,
+    /// Overall state.
+    pub state: GateState,
+    /// Why the gate is broken, if it is.
+    pub problems: Vec<String>,
+    /// The forwarder unit as systemd reports it.
+    pub unit: UnitState,
+    /// The gate netns name.
+    pub netns: String,
+    /// Its path.
+    pub netns_path: PathBuf,
+    /// Whether the netns is mounted.
+    pub netns_present: bool,
+    /// The plan from the gate's record: addresses and upstream table.
+    pub plan: Option<GatePlan>,
+}

@@ -1,0 +1,24 @@
+//! gatectl: a per-agent SSH egress gate for bare-metal Linux hosts.
+//!
+//! Each agent gets a network namespace holding a small forwarder, started as a
+//! transient systemd unit, that listens on one port per declared SSH host and
+//! forwards to that host only. See the README and `DESIGN.md` for the topology.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod gate;
+pub mod lock;
+pub mod logging;
+pub mod manifest;
+pub mod net;
+pub mod plan;
+pub mod resolve;
+pub mod slug;
+pub mod ssh_config;
+pub mod state;
+pub mod systemd;
+pub mod unit;
+
+pub use error::{Error, Result};

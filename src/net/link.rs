@@ -1,0 +1,236 @@
+//! Links, addresses and routes over rtnetlink, in-process (no `ip`).
+//!
+//! A netlink socket stays in the namespace it was opened in, so a
+//! [`Netlink`] for a gate or agent namespace is opened on a dedicated thread
+//! that joined that namespace, then driven from the caller's runtime.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::error::{Context, Error, Result};
+use crate::net::netns;
+
+/// A netlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
+        _ => None,
+    }
+}
+
+fn spawn_connection() -> Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+/// One end of a veth pair to create: its name and, if not the current
+/// namespace, the namespace it goes into.
+pub struct VethEnd<'a> {
+    /// Interface name.
+    pub name: &'a str,
+    /// Target namespace, or `None` for the namespace of the [`Netlink`].
+    pub netns: Option<&'a OwnedFd>,
+}
+
+impl Netlink {
+    /// A connection in the caller's (root) namespace. Needs a tokio runtime.
+    pub fn current() -> Result<Netlink> {
+        Ok(Netlink {
+            handle: spawn_connection()?,
+        })
+    }
+
+    /// A connection inside the namespace `ns`, opened on a short-lived
+    /// thread that joined it. Needs a tokio runtime.
+    pub fn in_netns(ns: &OwnedFd) -> Result<Netlink> {
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle) = netns::run_in(ns, move || {
+            let _guard = runtime.enter();
+            let (connection, handle, _) =
+                rtnetlink::new_connection().context("cannot open a netlink socket in the namespace")?;
+            Ok((connection, handle))
+        })?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// Creates a veth pair `a` ↔ `b`, each end in its namespace.
+    pub async fn create_veth(&self, a: VethEnd<'_>, b: VethEnd<'_>) -> Result<()> {
+        let mut peer = LinkUnspec::new_with_name(b.name);
+        if let Some(ns) = b.netns {
+            peer = peer.setns_by_fd(ns.as_raw_fd());
+        }
+        let mut builder: LinkMessageBuilder<LinkVeth> = LinkVeth::new(a.name, b.name);
+        builder = builder.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+        if let Some(ns) = a.netns {
+            builder = builder.setns_by_fd(ns.as_raw_fd());
+        }
+        self.handle
+            .link()
+            .add(builder.build())
+            .execute()
+            .await
+            .map_err(|e| match errno_of(&e) {
+                Some(libc::EEXIST) => Error::failed(format!(
+                    "cannot create veth pair {} / {}: a link of that name already exists; \
+                     run `gatectl prune` to remove leftovers of stopped gates",
+                    a.name, b.name
+                )),
+                _ => Error::Netlink {
+                    context: format!("cannot create veth pair {} / {}", a.name, b.name),
+                    source: Box::new(e),
+                },
+            })
+    }
+
+    /// The message of link `name`, or `None` if there is no such link.
+    pub async fn find(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot look up link {name}")),
+        }
+    }
+
+    async fn index_of(&self, name: &str) -> Result<u32> {
+        self.find(name)
+            .await?
+            .map(|l| l.header.index)
+            .ok_or_else(|| Error::failed(format!("link {name} vanished while it was being set up")))
+    }
+
+    /// Sets link `name` up, after giving it `address` if one is given, and
+    /// labels it with `alias` (`IFLA_IFALIAS`, shown by `ip link`) if given.
+    pub async fn configure(
+        &self,
+        name: &str,
+        address: Option<(Ipv4Addr, u8)>,
+        alias: Option<&str>,
+    ) -> Result<()> {
+        let index = self.index_of(name).await?;
+        if let Some((addr, prefix)) = address {
+            self.handle
+                .address()
+                .add(index, IpAddr::V4(addr), prefix)
+                .execute()
+                .await
+                .with_context(|| format!("cannot add address {addr}/{prefix} to {name}"))?;
+        }
+        self.handle
+            .link()
+            .set(match alias {
+                Some(alias) => LinkUnspec::new_with_index(index).up().alias(alias).build(),
+                None => LinkUnspec::new_with_index(index).up().build(),
+            })
+            .execute()
+            .await
+            .with_context(|| format!("cannot set link {name} up"))
+    }
+
+    /// Adds the default IPv4 route via `gateway`.
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("cannot add the default route via {gateway}"))
+    }
+
+    /// Deletes link `name` (and with it its veth peer). A link that is
+    /// already gone is success.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let Some(link) = self.find(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(link.header.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete link {name}")),
+        }
+    }
+
+    /// Names and aliases of the links whose name starts with `prefix`.
+    pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Option<String>)>> {
+        let mut links = self.handle.link().get().execute();
+        let mut found = Vec::new();
+        while let Some(link) = links.try_next().await.context("cannot list links")? {
+            let mut name = None;
+            let mut alias = None;
+            for attr in link.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => name = Some(n),
+                    LinkAttribute::IfAlias(a) => alias = Some(a),
+                    _ => {}
+                }
+            }
+            if let Some(name) = name.filter(|n| n.starts_with(prefix)) {
+                found.push((name, alias));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Refuses `pool` if an IPv4 route of this namespace (other than a
+    /// default route, or one through a link named with an `own_prefixes`
+    /// prefix) overlaps it.
+    pub async fn check_pool_free(&self, setting: &str, pool: Ipv4Net, own_prefixes: &[&str]) -> Result<()> {
+        let own_links: Vec<u32> = {
+            let mut own = Vec::new();
+            for prefix in own_prefixes {
+                for (name, _) in self.links_with_prefix(prefix).await? {
+                    if let Some(link) = self.find(&name).await? {
+                        own.push(link.header.index);
+                    }
+                }
+            }
+            own
+        };
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(route) = routes.try_next().await.context("cannot list the host's routes")? {
+            let len = route.header.destination_prefix_length;
+            let mut dest = None;
+            let mut oif = None;
+            for attr in &route.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dest = Some(*a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let (Some(dest), true) = (dest, len > 0) else {
+                continue;
+            };
+            if oif.is_some_and(|i| own_links.contains(&i)) {
+                continue;
+            }
+            let Ok(net) = Ipv4Net::new(dest, len) else {
+                continue;
+            };
+            if pool.contains(&net) || net.contains(&pool) {
+                return Err(Error::invalid(format!(
+                    "{setting} {pool} overlaps the host route {net}; choose a free range for {setting} in /etc/gatectl/gatectl.toml"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

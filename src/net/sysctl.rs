@@ -1,0 +1,31 @@
+//! IPv4 forwarding on the host. A gate's upstream traffic is routed by the
+//! host, and IPv4 checks the forwarding flag of the ingress interface, so in
+//! practice `net.ipv4.ip_forward` must be on.
+
+use std::path::Path;
+
+use crate::error::{Context, Result};
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Whether `net.ipv4.ip_forward` is on in the current namespace.
+pub fn ipv4_forwarding() -> Result<bool> {
+    read_flag(Path::new(IP_FORWARD))
+}
+
+/// Turns `net.ipv4.ip_forward` on. Returns true if gatectl changed it (the
+/// host did not forward before), so the firewall can keep the host from
+/// forwarding anything but gate traffic.
+pub fn enable_ipv4_forwarding() -> Result<bool> {
+    if ipv4_forwarding()? {
+        return Ok(false);
+    }
+    std::fs::write(IP_FORWARD, b"1\n")
+        .context("cannot enable IPv4 forwarding (net.ipv4.ip_forward); gatectl must run as root")?;
+    Ok(true)
+}
+
+fn read_flag(path: &Path) -> Result<bool> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.trim() != "0")
+}

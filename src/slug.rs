@@ -1,0 +1,106 @@
+//! The slug: the identifier of one agent's gate.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Longest slug accepted: one leading character plus 31 more.
+pub const MAX_SLUG_LEN: usize = 32;
+
+/// A validated slug, `[a-z0-9][a-z0-9-]{0,31}`. Safe to use in file names,
+/// unit names, netns names and nftables identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Slug(String);
+
+impl Slug {
+    /// Validates `raw` as a slug.
+    pub fn parse(raw: &str) -> Result<Slug> {
+        let fix = "a slug is 1 to 32 characters of a-z, 0-9 and '-', starting with a letter or digit";
+        let mut chars = raw.chars();
+        let Some(first) = chars.next() else {
+            return Err(Error::invalid(format!("invalid slug \"\": it is empty; {fix}")));
+        };
+        if raw.len() > MAX_SLUG_LEN {
+            return Err(Error::invalid(format!(
+                "invalid slug {raw:?}: it is {} characters long; {fix}",
+                raw.chars().count()
+            )));
+        }
+        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+            return Err(Error::invalid(format!(
+                "invalid slug {raw:?}: it starts with {first:?}; {fix}"
+            )));
+        }
+        if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+            return Err(Error::invalid(format!(
+                "invalid slug {raw:?}: it contains {bad:?}; {fix}"
+            )));
+        }
+        Ok(Slug(raw.to_string()))
+    }
+
+    /// The slug as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Slug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Slug {
+    type Error = Error;
+    fn try_from(raw: String) -> Result<Slug> {
+        Slug::parse(&raw)
+    }
+}
+
+impl From<Slug> for String {
+    fn from(slug: Slug) -> String {
+        slug.0
+    }
+}
+
+impl std::str::FromStr for Slug {
+    type Err = Error;
+    fn from_str(raw: &str) -> Result<Slug> {
+        Slug::parse(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_slugs() {
+        for ok in ["a", "alice", "0", "a-b-c", "x1234567890123456789012345678901"] {
+            assert_eq!(Slug::parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_slugs_naming_the_problem() {
+        let cases = [
+            ("", "empty"),
+            ("-a", "starts with '-'"),
+            ("Alice", "starts with 'A'"),
+            ("a_b", "contains '_'"),
+            ("../etc", "starts with '.'"),
+            ("a/b", "contains '/'"),
+            ("a b", "contains ' '"),
+            ("x12345678901234567890123456789012", "33 characters"),
+        ];
+        for (bad, why) in cases {
+            let msg = Slug::parse(bad).unwrap_err().to_string();
+            assert!(msg.contains(why), "{bad:?}: {msg}");
+            assert!(msg.contains("a-z, 0-9"), "{bad:?}: message names the fix: {msg}");
+        }
+    }
+}

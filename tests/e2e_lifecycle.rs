@@ -1,0 +1,290 @@
+//! End to end, in a throwaway systemd host: `gatectl start` brings up a gate
+//! whose forwarder runs as a transient unit; a real `ssh` in the agent's
+//! netns reaches a real `sshd` in an upstream netns through it; `stop`
+//! leaves nothing behind; a failed start rolls everything back.
+//!
+//! Needs root; skipped otherwise (fails under `CI`).
+
+mod common;
+
+use common::{require_root, ssh_args, SshFixture, TestHost};
+use std::path::Path;
+use std::process::Output;
+
+const GATECTL: &str = "/usr/local/bin/gatectl";
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn gatectl(host: &TestHost, args: &[&str]) -> Output {
+    let mut argv = vec![GATECTL];
+    argv.extend_from_slice(args);
+    host.exec(&argv)
+}
+
+fn gatectl_ok(host: &TestHost, args: &[&str]) -> String {
+    let out = gatectl(host, args);
+    assert!(out.status.success(), "gatectl {args:?} failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A throwaway host with gatectl installed, an upstream netns running sshd
+/// (named `upstream.test` in /etc/hosts) and an isolated agent netns.
+fn setup(name: &str) -> (TestHost, SshFixture) {
+    let host = TestHost::boot(name);
+    host.install_binary(Path::new(env!("CARGO_BIN_EXE_gatectl")), GATECTL);
+    host.add_netns_with_link("upstream", "up0", "10.99.2.0/31", "10.99.2.1/31");
+    let sshd = host.start_sshd("upstream", "10.99.2.1", 22);
+    let hosts = host.read_file("/etc/hosts") + "10.99.2.1 upstream.test\n";
+    host.write_file("/etc/hosts", hosts.as_bytes(), 0o644);
+    host.add_netns("agent");
+    host.run_ok(&["mkdir", "-p", "/etc/gatectl/bottles", "/root/agent"]);
+    sshd.write_known_hosts(&host, "/root/agent/known_hosts", &["upstream.test"]);
+    (host, sshd)
+}
+
+/// What the kernel, systemd and gatectl's state hold of gate `slug` (empty
+/// when nothing is left).
+fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let netns = host.run_ok(&["ip", "netns", "list"]);
+    if netns.contains(&format!("gate-{slug}")) {
+        left.push(format!("netns: {netns}"));
+    }
+    let links = host.run_ok(&["ip", "-o", "link", "show"]);
+    for l in links
+        .lines()
+        .filter(|l| l.contains(": gte") || l.contains(": gti"))
+    {
+        left.push(format!("host link: {l}"));
+    }
+    let agent_links = host.run_ok(&["ip", "-n", "agent", "-o", "link", "show"]);
+    if agent_links.contains("gate0") {
+        left.push(format!("agent link: {agent_links}"));
+    }
+    let units = host.run_ok(&[
+        "systemctl",
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "gate-*",
+    ]);
+    if !units.trim().is_empty() {
+        left.push(format!("units: {units}"));
+    }
+    let rules = host.exec(&["nft", "-j", "list", "table", "inet", "gatectl"]);
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    if rules.contains("\"gte") && rules.contains("\"elem\"") {
+        left.push(format!("firewall elements: {rules}"));
+    }
+    let record = host.exec(&["test", "-e", &format!("/run/gatectl/gates/{slug}.json")]);
+    if record.status.success() {
+        left.push("state record".into());
+    }
+    left
+}
+
+#[test]
+fn ssh_through_a_gate_then_stop_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-lifecycle");
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n",
+        0o644,
+    );
+
+    // plan is a dry run: it creates nothing.
+    let plan = gatectl_ok(&host, &["plan", "alice", "--json"]);
+    assert!(plan.contains("\"NetworkNamespacePath\""), "{plan}");
+    assert!(leftovers(&host, "alice").is_empty());
+
+    let started = gatectl_ok(&host, &["start", "alice"]);
+    assert!(started.contains("gate alice running"), "{started}");
+
+    // A second start says so and changes nothing.
+    let again = gatectl(&host, &["start", "alice"]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "{}",
+        text(&again)
+    );
+
+    let config = gatectl_ok(&host, &["ssh-config", "alice"]);
+    assert!(config.contains("Host up\n    HostName 10.231.0.1\n    Port 30000\n    HostKeyAlias upstream.test\n    User root\n"), "{config}");
+    host.write_file("/root/agent/ssh_config", config.as_bytes(), 0o600);
+    let ssh = |cmd: &str| {
+        ssh_args(
+            Some("agent"),
+            Some("/root/agent/ssh_config"),
+            &sshd.identity,
+            "/root/agent/known_hosts",
+            "up",
+            cmd,
+        )
+    };
+
+    let out = host.exec(&ssh("echo hello-through-the-gate; hostname -I"));
+    assert!(
+        out.status.success(),
+        "ssh through the gate failed: {}\nsshd log:\n{}",
+        text(&out),
+        sshd.log_text(&host)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("hello-through-the-gate"), "{stdout}");
+    assert!(
+        stdout.contains("10.99.2.1"),
+        "the command ran on the upstream: {stdout}"
+    );
+
+    // 20 MiB through ssh, hashed on both sides.
+    host.run_ok(&["sh", "-c", "head -c 20971520 /dev/urandom > /root/agent/blob"]);
+    let local = host.run_ok(&["sha256sum", "/root/agent/blob"]);
+    let local = local.split_whitespace().next().unwrap().to_string();
+    let mut argv = ssh("cat > /root/blob.copy; sha256sum /root/blob.copy");
+    let quoted: Vec<String> = argv
+        .drain(..)
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let remote = host.run_ok(&["sh", "-c", &format!("{} < /root/agent/blob", quoted.join(" "))]);
+    assert_eq!(
+        remote.split_whitespace().next(),
+        Some(local.as_str()),
+        "hashes differ"
+    );
+
+    // status and list read systemd and the kernel.
+    let status = gatectl(&host, &["status", "alice"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let status = String::from_utf8_lossy(&status.stdout);
+    eprintln!("{status}");
+    for want in [
+        "gate alice: running",
+        "gate-alice.service (active/running)",
+        "gate0 10.231.0.0",
+        "30000",
+        "upstream.test:22",
+        "10.99.2.1",
+    ] {
+        assert!(status.contains(want), "status lacks {want:?}:\n{status}");
+    }
+    let json = gatectl_ok(&host, &["status", "alice", "--json"]);
+    assert!(json.contains("\"state\": \"running\""), "{json}");
+    let list = gatectl_ok(&host, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("alice") && l.contains("running")),
+        "{list}"
+    );
+
+    // The forwarder runs unprivileged inside the gate netns.
+    let user = host.run_ok(&[
+        "systemctl",
+        "show",
+        "-p",
+        "DynamicUser,NetworkNamespacePath,Type",
+        "gate-alice.service",
+    ]);
+    assert!(
+        user.contains("DynamicUser=yes")
+            && user.contains("/run/netns/gate-alice")
+            && user.contains("Type=notify"),
+        "{user}"
+    );
+
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+    gatectl_ok(&host, &["stop", "alice"]);
+    let status = gatectl(&host, &["status", "alice"]);
+    assert_eq!(status.status.code(), Some(3), "{}", text(&status));
+}
+
+#[test]
+fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-rollback");
+
+    // Bad input changes nothing and says what to fix.
+    let bad = gatectl(&host, &["start", "../etc"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    let missing = gatectl(&host, &["start", "nobody"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("--manifest"),
+        "{}",
+        text(&missing)
+    );
+
+    // An agent netns that does not exist: refused before any side effect.
+    host.write_file(
+        "/root/ghost.toml",
+        b"agent_netns = \"no-such-ns\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
+        0o644,
+    );
+    let ghost = gatectl(&host, &["start", "ghost", "--manifest", "/root/ghost.toml"]);
+    assert_eq!(ghost.status.code(), Some(1), "{}", text(&ghost));
+    assert!(
+        String::from_utf8_lossy(&ghost.stderr).contains("no-such-ns"),
+        "{}",
+        text(&ghost)
+    );
+    assert_eq!(leftovers(&host, "ghost"), Vec::<String>::new());
+
+    // A step that fails after side effects (the forwarder cannot start
+    // because its binary is missing): everything is rolled back.
+    host.write_file(
+        "/etc/gatectl/gatectl.toml",
+        b"forwarder_binary = \"/usr/local/bin/missing\"\n",
+        0o644,
+    );
+    host.write_file(
+        "/root/bob.toml",
+        b"[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
+        0o644,
+    );
+    let failed = gatectl(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("start the forwarder unit") && err.contains("everything it created was removed"),
+        "{err}"
+    );
+    assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
+    host.run_ok(&["rm", "/etc/gatectl/gatectl.toml"]);
+
+    // Without an agent netns the agent end stays in the host namespace.
+    gatectl_ok(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);
+    let link = host.run_ok(&["ip", "-d", "link", "show", "gti0"]);
+    assert!(link.contains("alias gatectl:bob"), "{link}");
+    let config = gatectl_ok(&host, &["ssh-config", "bob"]);
+    host.write_file(
+        "/root/bob_ssh_config",
+        (config + "    User root\n").as_bytes(),
+        0o600,
+    );
+    let out = host.exec(&ssh_args(
+        None,
+        Some("/root/bob_ssh_config"),
+        &sshd.identity,
+        "/root/agent/known_hosts",
+        "up",
+        "echo via-root-ns",
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("via-root-ns"));
+    gatectl_ok(&host, &["stop", "bob"]);
+    assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
+}

@@ -1,0 +1,300 @@
+//! Privileged tests of gatectl's nftables table (`gatectl::net::firewall`).
+//!
+//! Each test re-executes its own test binary under `unshare --net`, so its body runs
+//! in a private network namespace with an empty ruleset: the real host's firewall is
+//! never touched, and everything the test created vanishes with the namespace.
+//!
+//! Needs root and `nft`; skipped otherwise (fails under `CI`).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+
+use gatectl::net::firewall::{Firewall, GateRules, ALLOW4_SET, ALLOW6_SET, TABLE};
+use gatectl::Error;
+use serde_json::Value;
+
+/// Set in the re-executed test binary running inside the private netns.
+const IN_NETNS: &str = "GATECTL_IN_PRIVATE_NETNS";
+/// The network namespace the test was started from (`dev:inode`), which the
+/// re-executed body must not be in.
+const PARENT_NETNS: &str = "GATECTL_TEST_PARENT_NETNS";
+
+/// A table of another tool, which gatectl must leave exactly as it is.
+const OTHER_TABLE: &str = r#"
+table inet other {
+    set keep {
+        type ifname . ipv4_addr . inet_service
+        elements = { "gte1" . 192.0.2.10 . 22 }
+    }
+    chain forward {
+        type filter hook forward priority 10; policy accept;
+        iifname "gte*" counter accept
+    }
+}
+"#;
+
+/// True when the test body should run: this process is inside the private netns.
+/// Otherwise runs test `name` there (or skips it) and returns false.
+fn in_private_netns(name: &str) -> bool {
+    if std::env::var_os(IN_NETNS).is_some() {
+        assert_private_netns();
+        return true;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var_os("CI").is_some() {
+            panic!("privileged test cannot run: not root; CI requires it");
+        }
+        eprintln!("skipping privileged test {name}: not root (run the tests as root to include it)");
+        return false;
+    }
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let status = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(IN_NETNS, "1")
+        .env(PARENT_NETNS, own_netns())
+        .status()
+        .expect("run the test under `unshare --net` (util-linux)");
+    assert!(status.success(), "{name} failed in its private netns: {status}");
+    false
+}
+
+/// This process's network namespace as `dev:inode`.
+fn own_netns() -> String {
+    let ns = std::fs::metadata("/proc/self/ns/net").expect("stat own netns");
+    format!("{}:{}", ns.dev(), ns.ino())
+}
+
+/// Refuses to run a body that would touch the real host's firewall.
+fn assert_private_netns() {
+    let parent = std::env::var(PARENT_NETNS).unwrap_or_default();
+    assert!(
+        !parent.is_empty() && parent != own_netns(),
+        "{IN_NETNS} is set but this process is not in a private netns of the test's own; \
+         refusing to touch the host firewall"
+    );
+    assert!(
+        nft(&["list", "tables"]).trim().is_empty(),
+        "the private netns should start with an empty ruleset"
+    );
+}
+
+/// Runs nft; panics with its stderr when it fails.
+fn nft(args: &[&str]) -> String {
+    nft_with_input(args, None)
+}
+
+fn nft_with_input(args: &[&str], input: Option<&str>) -> String {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nft (package nftables)");
+    let mut stdin = child.stdin.take().expect("nft stdin");
+    if let Some(input) = input {
+        stdin.write_all(input.as_bytes()).expect("feed nft");
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait for nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("nft output is UTF-8")
+}
+
+fn nft_json(args: &[&str]) -> Value {
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    serde_json::from_str(&nft(&full)).expect("nft -j prints JSON")
+}
+
+/// The elements of one of gatectl's sets as (ifname, address, port).
+fn elements(set: &str) -> BTreeSet<(String, String, u64)> {
+    let listing = nft_json(&["list", "table", "inet", TABLE]);
+    let set = listing["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|o| o.get("set"))
+        .find(|s| s["name"] == set)
+        .unwrap_or_else(|| panic!("set {set} missing from table inet {TABLE}"));
+    set.get("elem")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let c = &e["concat"];
+            (
+                c[0].as_str().expect("ifname").to_string(),
+                c[1].as_str().expect("address").to_string(),
+                c[2].as_u64().expect("port"),
+            )
+        })
+        .collect()
+}
+
+fn triples(list: &[(&str, &str, u64)]) -> BTreeSet<(String, String, u64)> {
+    list.iter()
+        .map(|(i, a, p)| (i.to_string(), a.to_string(), *p))
+        .collect()
+}
+
+/// The statement lists of the rules of one of gatectl's chains.
+fn chain_rules(chain: &str) -> Vec<Value> {
+    nft_json(&["list", "chain", "inet", TABLE, chain])["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .map(|r| r["expr"].clone())
+        .collect()
+}
+
+fn gate(egress_if: &str, allowed: &[&str]) -> GateRules {
+    GateRules {
+        egress_if: egress_if.to_string(),
+        allowed: allowed
+            .iter()
+            .map(|a| a.parse::<SocketAddr>().expect("socket address"))
+            .collect(),
+    }
+}
+
+fn firewall(block_other_forwarding: bool) -> Firewall {
+    Firewall {
+        egress_pool: "10.232.0.0/16".parse().expect("pool"),
+        block_other_forwarding,
+    }
+}
+
+#[test]
+fn two_gates_come_and_go_and_other_tables_stay_untouched() {
+    if !in_private_netns("two_gates_come_and_go_and_other_tables_stay_untouched") {
+        return;
+    }
+    nft_with_input(&["-f", "-"], Some(OTHER_TABLE));
+    let other = || nft(&["list", "table", "inet", "other"]);
+    let other_before = other();
+    let fw = firewall(false);
+
+    // No table yet: nothing to list, nothing to remove.
+    assert!(fw.gate_interfaces().expect("list without table").is_empty());
+    fw.remove_gate("gte1").expect("remove without table");
+    assert!(!nft(&["list", "tables"]).contains(TABLE));
+
+    // ensure_base is idempotent.
+    fw.ensure_base().expect("first ensure_base");
+    let first = nft(&["list", "ruleset"]);
+    fw.ensure_base().expect("second ensure_base");
+    assert_eq!(nft(&["list", "ruleset"]), first);
+    assert!(first.contains("iifname \"gte*\" counter packets 0 bytes 0 drop"));
+    assert!(first.contains("ip saddr 10.232.0.0/16 oifname != \"gte*\" masquerade"));
+    assert!(first.contains("ct state established,related accept"));
+
+    let gte1 = gate("gte1", &["192.0.2.10:22", "[2001:db8::10]:22", "192.0.2.11:2222"]);
+    let gte2 = gate("gte2", &["192.0.2.10:22", "192.0.2.20:443"]);
+    fw.add_gate(&gte1).expect("add gte1");
+    fw.add_gate(&gte2).expect("add gte2");
+    let both4 = triples(&[
+        ("gte1", "192.0.2.10", 22),
+        ("gte1", "192.0.2.11", 2222),
+        ("gte2", "192.0.2.10", 22),
+        ("gte2", "192.0.2.20", 443),
+    ]);
+    let gte1_6 = triples(&[("gte1", "2001:db8::10", 22)]);
+    assert_eq!(elements(ALLOW4_SET), both4);
+    assert_eq!(elements(ALLOW6_SET), gte1_6);
+    assert_eq!(fw.gate_interfaces().expect("list"), ["gte1", "gte2"]);
+
+    // Adding a gate again, and refreshing the base, keep every gate's elements.
+    fw.add_gate(&gte1).expect("add gte1 again");
+    fw.ensure_base().expect("ensure_base with gates");
+    assert_eq!(elements(ALLOW4_SET), both4);
+    assert_eq!(elements(ALLOW6_SET), gte1_6);
+
+    fw.remove_gate("gte1").expect("remove gte1");
+    assert_eq!(
+        elements(ALLOW4_SET),
+        triples(&[("gte2", "192.0.2.10", 22), ("gte2", "192.0.2.20", 443)])
+    );
+    assert!(elements(ALLOW6_SET).is_empty());
+    assert_eq!(fw.gate_interfaces().expect("list"), ["gte2"]);
+
+    fw.remove_gate("gte1").expect("remove gte1 again");
+    fw.remove_gate("gte2").expect("remove gte2");
+    assert!(elements(ALLOW4_SET).is_empty());
+    assert!(elements(ALLOW6_SET).is_empty());
+    assert!(fw.gate_interfaces().expect("list").is_empty());
+
+    assert_eq!(other(), other_before, "table inet other was changed");
+}
+
+#[test]
+fn block_other_forwarding_adds_a_final_drop_and_refresh_removes_it() {
+    if !in_private_netns("block_other_forwarding_adds_a_final_drop_and_refresh_removes_it") {
+        return;
+    }
+    let final_drop: Value = serde_json::json!([
+        {"counter": {"packets": 0, "bytes": 0}},
+        {"drop": null}
+    ]);
+
+    firewall(false).ensure_base().expect("ensure_base");
+    let rules = chain_rules("forward");
+    assert_eq!(rules.len(), 4, "forward chain: {rules:?}");
+    assert_ne!(rules[3], final_drop);
+
+    firewall(true).ensure_base().expect("ensure_base blocking");
+    let rules = chain_rules("forward");
+    assert_eq!(rules.len(), 5, "forward chain: {rules:?}");
+    assert_eq!(rules[4], final_drop);
+    assert_eq!(
+        rules[3][0]["match"]["right"], "gte*",
+        "the gate drop comes before the final one"
+    );
+
+    // The chains are rebuilt on every refresh: turning the option off drops the rule.
+    firewall(false).ensure_base().expect("ensure_base again");
+    assert_eq!(chain_rules("forward").len(), 4);
+}
+
+#[test]
+fn a_refused_batch_changes_nothing_and_says_what_nft_said() {
+    if !in_private_netns("a_refused_batch_changes_nothing_and_says_what_nft_said") {
+        return;
+    }
+    // A forward chain at another priority cannot be turned into gatectl's: the
+    // batch fails, and being atomic, adds none of the gate's elements either.
+    nft_with_input(
+        &["-f", "-"],
+        Some(
+            "table inet gatectl {\n\
+               set allow4 { type ifname . ipv4_addr . inet_service; }\n\
+               chain forward { type filter hook forward priority 5; policy accept; }\n\
+             }\n",
+        ),
+    );
+    let before = nft(&["list", "ruleset"]);
+    let err = firewall(false)
+        .add_gate(&gate("gte1", &["192.0.2.10:22"]))
+        .expect_err("a conflicting chain must fail the batch");
+    match &err {
+        Error::Firewall { context, message } => {
+            assert!(context.contains("gte1"), "context: {context}");
+            assert!(message.contains("`nft` said:"), "message: {message}");
+        }
+        other => panic!("expected a firewall error, got {other:?}"),
+    }
+    eprintln!("refused as expected: {err}");
+    assert_eq!(nft(&["list", "ruleset"]), before);
+}
