@@ -203,6 +203,10 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
         "{user}"
     );
 
+    let security = host.exec(&["systemd-analyze", "security", "--no-pager", "gate-alice.service"]);
+    let security = String::from_utf8_lossy(&security.stdout);
+    eprintln!("{}", security.lines().last().unwrap_or_default());
+
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
     gatectl_ok(&host, &["stop", "alice"]);
@@ -243,16 +247,29 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     );
     assert_eq!(leftovers(&host, "ghost"), Vec::<String>::new());
 
+    host.write_file(
+        "/root/bob.toml",
+        b"[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
+        0o644,
+    );
+
+    // Address pools that overlap a host route are refused, naming the fix.
+    host.run_ok(&["ip", "route", "add", "unreachable", "10.232.7.0/24"]);
+    let overlap = gatectl(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);
+    assert_eq!(overlap.status.code(), Some(1), "{}", text(&overlap));
+    let err = String::from_utf8_lossy(&overlap.stderr);
+    assert!(
+        err.contains("egress_pool 10.232.0.0/16 overlaps the host route 10.232.7.0/24"),
+        "{err}"
+    );
+    assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
+    host.run_ok(&["ip", "route", "del", "unreachable", "10.232.7.0/24"]);
+
     // A step that fails after side effects (the forwarder cannot start
     // because its binary is missing): everything is rolled back.
     host.write_file(
         "/etc/gatectl/gatectl.toml",
         b"forwarder_binary = \"/usr/local/bin/missing\"\n",
-        0o644,
-    );
-    host.write_file(
-        "/root/bob.toml",
-        b"[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
         0o644,
     );
     let failed = gatectl(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);

@@ -18,7 +18,7 @@ pub struct PlanArgs {
     /// The agent's slug.
     #[arg(value_parser = parse_slug)]
     pub slug: Slug,
-    /// Manifest to read instead of /etc/gatectl/bottles/<slug>.toml (or .json).
+    /// Manifest to read instead of /etc/gatectl/bottles/SLUG.toml (or .json).
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// Put the agent's end in this network namespace (name or path).

@@ -15,7 +15,7 @@ pub struct StartArgs {
     /// The agent's slug: 1-32 of a-z, 0-9 and '-'.
     #[arg(value_parser = parse_slug)]
     pub slug: Slug,
-    /// Manifest to read instead of /etc/gatectl/bottles/<slug>.toml (or .json).
+    /// Manifest to read instead of /etc/gatectl/bottles/SLUG.toml (or .json).
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// Put the agent's end of the gate in this network namespace (a name
