@@ -48,6 +48,8 @@ pub enum PropertyValue {
     U64(u64),
     /// `u`
     U32(u32),
+    /// `i`
+    I32(i32),
     /// `as`
     Strings(Vec<String>),
     /// `a(sasb)`, for `ExecStart=`.
@@ -72,6 +74,7 @@ impl PropertyValue {
             PropertyValue::Bool(_) => "b",
             PropertyValue::U64(_) => "t",
             PropertyValue::U32(_) => "u",
+            PropertyValue::I32(_) => "i",
             PropertyValue::Strings(_) => "as",
             PropertyValue::Exec(_) => "a(sasb)",
             PropertyValue::List { .. } => "(bas)",
@@ -86,6 +89,7 @@ impl PropertyValue {
             PropertyValue::Bool(b) => Value::from(*b),
             PropertyValue::U64(n) => Value::from(*n),
             PropertyValue::U32(n) => Value::from(*n),
+            PropertyValue::I32(n) => Value::from(*n),
             PropertyValue::Strings(v) => Value::from(v.clone()),
             PropertyValue::Exec(cmds) => Value::from(
                 cmds.iter()
@@ -207,6 +211,10 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
         prop("TimeoutStopUSec", PropertyValue::U64(5_000_000)),
         text("CollectMode", "inactive-or-failed"),
         text("NetworkNamespacePath", &path_str(&netns_path)),
+        // With NetworkNamespacePath= set, systemd joins that netns instead of
+        // creating one; PrivateNetwork= states that the forwarder sees no
+        // host interface (and systemd-analyze security scores it so).
+        yes("PrivateNetwork"),
         yes("DynamicUser"),
         prop("CapabilityBoundingSet", PropertyValue::U64(0)),
         prop("AmbientCapabilities", PropertyValue::U64(0)),
@@ -216,6 +224,7 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
         yes("PrivateTmp"),
         yes("PrivateDevices"),
         yes("PrivateIPC"),
+        yes("PrivateUsers"),
         yes("ProtectKernelTunables"),
         yes("ProtectKernelModules"),
         yes("ProtectKernelLogs"),
@@ -244,6 +253,15 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
                 items: vec!["@system-service".into()],
             },
         ),
+        // A second assignment narrows the allow list (as in a unit file).
+        prop(
+            "SystemCallFilter",
+            PropertyValue::List {
+                allow: false,
+                items: vec!["@privileged".into(), "@resources".into()],
+            },
+        ),
+        prop("SystemCallErrorNumber", PropertyValue::I32(libc::EPERM)),
         prop(
             "SystemCallArchitectures",
             PropertyValue::Strings(vec!["native".into()]),
@@ -338,10 +356,19 @@ mod tests {
                 p.name
             );
         }
-        let mut names: Vec<_> = props.iter().map(|p| p.name).collect();
+        let mut names: Vec<_> = props
+            .iter()
+            .map(|p| p.name)
+            .filter(|n| *n != "SystemCallFilter")
+            .collect();
+        let count = names.len();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), props.len(), "no property is set twice");
+        assert_eq!(
+            names.len(),
+            count,
+            "no property but SystemCallFilter is set twice"
+        );
     }
 
     #[test]

@@ -205,7 +205,27 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
 
     let security = host.exec(&["systemd-analyze", "security", "--no-pager", "gate-alice.service"]);
     let security = String::from_utf8_lossy(&security.stdout);
-    eprintln!("{}", security.lines().last().unwrap_or_default());
+    let overall = security.lines().last().unwrap_or_default();
+    let exposure: f64 = overall
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure figure in {overall:?}"));
+    assert!(
+        exposure < 1.0,
+        "forwarder exposure {exposure} is not SAFE:\n{security}"
+    );
+
+    // ... and really runs inside the gate netns.
+    let pid = host.run_ok(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MainPID",
+        "--value",
+        "gate-alice.service",
+    ]);
+    let ns = host.run_ok(&["ip", "netns", "identify", pid.trim()]);
+    assert_eq!(ns.trim(), "gate-alice");
 
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
