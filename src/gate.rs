@@ -194,30 +194,19 @@ impl Host {
         let alias = link_alias(&plan.slug);
         let gate_ns = netns::create(&plan.netns).map_err(|e| ("create the gate netns", e))?;
         let step = "create the veth pairs";
-        root.create_veth(
-            VethEnd {
-                name: &plan.host_egress.name,
-                netns: None,
-            },
-            VethEnd {
-                name: &plan.gate_egress.name,
+        let pairs = [(&plan.host_egress, None), (&plan.agent_link, agent_ns)];
+        for (outer, gate_end) in pairs.into_iter().zip([&plan.gate_egress, &plan.gate_internal]) {
+            let (outer, outer_ns) = outer;
+            let outer = VethEnd {
+                name: &outer.name,
+                netns: outer_ns,
+            };
+            let inner = VethEnd {
+                name: &gate_end.name,
                 netns: Some(&gate_ns),
-            },
-        )
-        .await
-        .map_err(|e| (step, e))?;
-        root.create_veth(
-            VethEnd {
-                name: &plan.agent_link.name,
-                netns: agent_ns,
-            },
-            VethEnd {
-                name: &plan.gate_internal.name,
-                netns: Some(&gate_ns),
-            },
-        )
-        .await
-        .map_err(|e| (step, e))?;
+            };
+            root.create_veth(outer, inner).await.map_err(|e| (step, e))?;
+        }
 
         let step = "configure the host side";
         root.configure(

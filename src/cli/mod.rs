@@ -59,6 +59,22 @@ pub enum Outcome {
     NotRunning,
 }
 
+/// The arguments that name a gate and its manifest, shared by `start` and
+/// `plan`.
+#[derive(clap::Args, Debug)]
+pub struct GateArgs {
+    /// The agent's slug: 1-32 of a-z, 0-9 and '-'.
+    #[arg(value_parser = parse_slug)]
+    pub slug: Slug,
+    /// Manifest to read instead of /etc/gatectl/bottles/SLUG.toml (or .json).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<std::path::PathBuf>,
+    /// Put the agent's end of the gate in this network namespace (a name
+    /// under /run/netns or a path); overrides the manifest's agent_netns.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub agent_netns: Option<String>,
+}
+
 /// Parses a slug argument.
 pub fn parse_slug(raw: &str) -> Result<Slug, String> {
     Slug::parse(raw).map_err(|e| e.to_string())

@@ -1,29 +1,20 @@
 //! `gatectl plan <slug>`: a dry run of `start`, creating nothing.
 
-use std::path::PathBuf;
-
 use clap::Args;
 use serde::Serialize;
 
-use super::{parse_slug, render, Outcome};
+use super::{render, GateArgs, Outcome};
 use crate::error::Result;
 use crate::gate::Host;
 use crate::plan::GatePlan;
-use crate::slug::Slug;
 use crate::unit::{self, Property};
 
 /// Arguments of `plan`.
 #[derive(Args, Debug)]
 pub struct PlanArgs {
-    /// The agent's slug.
-    #[arg(value_parser = parse_slug)]
-    pub slug: Slug,
-    /// Manifest to read instead of /etc/gatectl/bottles/SLUG.toml (or .json).
-    #[arg(long, value_name = "FILE")]
-    pub manifest: Option<PathBuf>,
-    /// Put the agent's end in this network namespace (name or path).
-    #[arg(long, value_name = "NAME|PATH")]
-    pub agent_netns: Option<String>,
+    /// The gate and its manifest.
+    #[command(flatten)]
+    pub gate: GateArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -39,9 +30,10 @@ struct PlanOutput<'a> {
 /// Runs `plan`.
 pub fn run(args: PlanArgs) -> Result<Outcome> {
     let host = Host::load()?;
-    let manifest = host.manifest(&args.slug, args.manifest.as_deref())?;
+    let gate = &args.gate;
+    let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
     let index = host.next_index()?;
-    let plan = host.plan(&args.slug, &manifest, args.agent_netns.as_deref(), index)?;
+    let plan = host.plan(&gate.slug, &manifest, gate.agent_netns.as_deref(), index)?;
     let unit_properties = unit::properties(&plan, &host.settings);
     if args.json {
         render::json(&PlanOutput {

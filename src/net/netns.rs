@@ -53,7 +53,10 @@ pub fn create(name: &str) -> Result<OwnedFd> {
                 "network namespace {} already exists; run `gatectl stop` for its gate or `gatectl prune`",
                 path.display()
             )),
-            _ => e.into_error_ctx(&path),
+            _ => Error::Io {
+                context: format!("cannot create {}", path.display()),
+                source: e,
+            },
         })?;
     let target = path.clone();
     let result = std::thread::spawn(move || -> Result<()> {
@@ -74,19 +77,6 @@ pub fn create(name: &str) -> Result<OwnedFd> {
         return Err(e);
     }
     open(&path)
-}
-
-trait IoErrorExt {
-    fn into_error_ctx(self, path: &Path) -> Error;
-}
-
-impl IoErrorExt for std::io::Error {
-    fn into_error_ctx(self, path: &Path) -> Error {
-        Error::Io {
-            context: format!("cannot create {}", path.display()),
-            source: self,
-        }
-    }
 }
 
 /// Makes `/run/netns` exist and be a shared mount point, as iproute2 does, so
