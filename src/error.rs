@@ -70,7 +70,7 @@ fn rollback_note(rollback: &[Error]) -> String {
         "; everything it created was removed".to_string()
     } else {
         format!(
-            "; rollback was incomplete ({}); run `gatectl stop` for this slug, then `gatectl prune`",
+            "; rollback was incomplete ({}); run `gatectl stop` for this slug to remove the rest",
             ErrorList(rollback)
         )
     }

@@ -2,6 +2,7 @@
 //! everything back if a step fails), tear it down idempotently, and report
 //! its state from systemd and the kernel.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -76,9 +77,11 @@ impl Host {
         )
     }
 
-    /// The index the next gate would get.
-    pub fn next_index(&self) -> Result<u32> {
-        state::lowest_free_index(&self.records.used_indexes(), self.settings.capacity()).ok_or_else(|| {
+    /// The index the next gate would get, avoiding those in `also_used`.
+    pub fn next_index(&self, also_used: &BTreeSet<u32>) -> Result<u32> {
+        let mut used = self.records.used_indexes();
+        used.extend(also_used);
+        state::lowest_free_index(&used, self.settings.capacity()).ok_or_else(|| {
             Error::failed(format!(
                 "all {} gate slots are in use; stop a gate or enlarge the address pools",
                 self.settings.capacity()
@@ -112,21 +115,6 @@ impl Host {
                 )));
             }
         }
-        if let Some(stale) = self.records.load(slug)? {
-            // Left over from a start that died or a gate whose unit is gone.
-            self.teardown(&systemd, &stale.plan).await.map_err(|e| {
-                Error::failed(format!(
-                    "cannot clean up what an earlier start of {slug} left behind: {e}"
-                ))
-            })?;
-            self.records.remove(slug)?;
-        }
-        if netns::exists(&plan::netns_name(slug)) {
-            return Err(Error::failed(format!(
-                "network namespace {} exists but gatectl has no record of it; run `gatectl stop {slug}` to remove it",
-                plan::netns_name(slug)
-            )));
-        }
         let draft = self.plan(slug, manifest, agent_netns, 0)?;
         let agent_ns = match &draft.agent_netns {
             Some(path) => Some(netns::open(path).map_err(|e| {
@@ -147,9 +135,32 @@ impl Host {
         root.check_pool_free("egress_pool", self.settings.egress_pool, &[HOST_EGRESS_PREFIX])
             .await?;
 
+        if let Some(stale) = self.records.load(slug)? {
+            // Left over from a start that died or a gate whose unit is gone.
+            self.teardown(&systemd, &stale.plan).await.map_err(|e| {
+                Error::failed(format!(
+                    "cannot clean up what an earlier start of {slug} left behind: {e}"
+                ))
+            })?;
+            self.records.remove(slug)?;
+        }
+        if netns::exists(&plan::netns_name(slug)) {
+            return Err(Error::failed(format!(
+                "network namespace {} exists but gatectl has no record of it; run `gatectl stop {slug}` to remove it",
+                plan::netns_name(slug)
+            )));
+        }
+
         let plan = {
             let _alloc = lock::lock_allocation(&self.settings.state_dir)?;
-            let index = self.next_index()?;
+            // Links of gates whose records are lost still hold their index.
+            let mut linked = BTreeSet::new();
+            for prefix in [HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX] {
+                for (name, _) in root.links_with_prefix(prefix).await? {
+                    linked.extend(name[prefix.len()..].parse::<u32>().ok());
+                }
+            }
+            let index = self.next_index(&linked)?;
             let plan = draft.at_index(&self.settings, index);
             self.records.save(&GateRecord {
                 plan: plan.clone(),
@@ -240,10 +251,14 @@ impl Host {
         gate.add_default_route(plan.host_egress.address)
             .await
             .map_err(|e| (step, e))?;
+        // A new netns copies the host's forwarding flag; a gate never routes.
+        netns::run_in(&gate_ns, sysctl::disable_ipv4_forwarding).map_err(|e| (step, e))?;
         drop(gate_ns);
 
         let step = "set up host forwarding and firewall";
-        if sysctl::enable_ipv4_forwarding().map_err(|e| (step, e))? {
+        // Marker and firewall first, forwarding last: the host never
+        // forwards without gatectl's rules in place.
+        if !sysctl::ipv4_forwarding().map_err(|e| (step, e))? {
             let marker = self.settings.state_dir.join(FORWARDING_MARKER);
             std::fs::write(&marker, b"").map_err(|e| {
                 (
@@ -268,6 +283,7 @@ impl Host {
                 .collect(),
         };
         self.firewall().add_gate(&rules).map_err(|e| (step, e))?;
+        sysctl::enable_ipv4_forwarding().map_err(|e| (step, e))?;
 
         let properties = unit::properties(plan, &self.settings);
         systemd
@@ -322,7 +338,8 @@ impl Host {
     pub async fn stop(&self, slug: &Slug) -> Result<()> {
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
-        match self.records.load(slug)? {
+        // A corrupt record is treated like a missing one.
+        match self.records.load(slug).ok().flatten() {
             Some(record) => self.teardown(&systemd, &record.plan).await?,
             None => {
                 // No record (e.g. /run/gatectl was wiped): remove what the

@@ -1,7 +1,7 @@
 //! Gate records under the state directory (`/run/gatectl/gates/<slug>.json`).
 //!
 //! A record is written before the first side effect of `start` (so a crash
-//! leaves something for `stop` and `prune` to find) and removed last by
+//! leaves something for `stop` to find) and removed last by
 //! `stop`. It is a cache of the plan: `status` and `list` check the truth
 //! with systemd and the kernel.
 

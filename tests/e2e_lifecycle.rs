@@ -226,6 +226,18 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
     ]);
     let ns = host.run_ok(&["ip", "netns", "identify", pid.trim()]);
     assert_eq!(ns.trim(), "gate-alice");
+    // The gate netns never routes between its links, though the host forwards.
+    let gate_fwd = host.run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        "gate-alice",
+        "sysctl",
+        "-n",
+        "net.ipv4.ip_forward",
+    ]);
+    assert_eq!(gate_fwd.trim(), "0");
+    assert_eq!(host.run_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "1");
 
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());

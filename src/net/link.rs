@@ -85,7 +85,7 @@ impl Netlink {
             .map_err(|e| match errno_of(&e) {
                 Some(libc::EEXIST) => Error::failed(format!(
                     "cannot create veth pair {} / {}: a link of that name already exists; \
-                     run `gatectl prune` to remove leftovers of stopped gates",
+                     find its owner with `ip -d link show` (gatectl's links carry the alias gatectl:<slug>) and stop that gate",
                     a.name, b.name
                 )),
                 _ => Error::Netlink {

@@ -4,7 +4,7 @@
 //! Namespace switches happen only on short-lived dedicated threads, never on
 //! a tokio worker, so the rest of the process stays in the root namespace.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,19 @@ use crate::plan::NETNS_DIR;
 /// Opens a network namespace file (a `/run/netns` entry or `/proc/PID/ns/net`)
 /// for use with `setns` or as a netlink `IFLA_NET_NS_FD`.
 pub fn open(path: &Path) -> Result<OwnedFd> {
-    let file = File::open(path)
-        .with_context(|| format!("cannot open network namespace {}; does it exist?", path.display()))?;
+    // Refuse anything that is not a namespace before opening it: opening a
+    // FIFO would hang and opening a device can have side effects.
+    if !is_nsfs(path) {
+        return Err(Error::invalid(format!(
+            "{} is not a network namespace (a /run/netns entry or /proc/PID/ns/net); does it exist?",
+            path.display()
+        )));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot open network namespace {}", path.display()))?;
     Ok(file.into())
 }
 
@@ -50,7 +61,7 @@ pub fn create(name: &str) -> Result<OwnedFd> {
         .open(&path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::failed(format!(
-                "network namespace {} already exists; run `gatectl stop` for its gate or `gatectl prune`",
+                "network namespace {} already exists; run `gatectl stop` for its gate",
                 path.display()
             )),
             _ => Error::Io {

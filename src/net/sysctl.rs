@@ -25,6 +25,13 @@ pub fn enable_ipv4_forwarding() -> Result<bool> {
     Ok(true)
 }
 
+/// Turns IPv4 forwarding off in the current thread's network namespace
+/// (call it on a thread that joined a gate netns): a gate never routes
+/// between its links, so the agent cannot bypass the forwarder.
+pub fn disable_ipv4_forwarding() -> Result<()> {
+    std::fs::write(IP_FORWARD, b"0\n").context("cannot turn IPv4 forwarding off in the gate netns")
+}
+
 fn read_flag(path: &Path) -> Result<bool> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(text.trim() != "0")
