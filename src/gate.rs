@@ -270,19 +270,9 @@ impl Host {
                 )
             })?;
         }
-        let rules = GateRules {
-            egress_if: plan.host_egress.name.clone(),
-            allowed: plan
-                .upstreams
-                .iter()
-                .flat_map(|u| {
-                    u.addresses
-                        .iter()
-                        .map(move |a| std::net::SocketAddr::new(*a, u.port))
-                })
-                .collect(),
-        };
-        self.firewall().add_gate(&rules).map_err(|e| (step, e))?;
+        self.firewall()
+            .add_gate(&gate_rules(plan))
+            .map_err(|e| (step, e))?;
         sysctl::enable_ipv4_forwarding().map_err(|e| (step, e))?;
 
         let properties = unit::properties(plan, &self.settings);
@@ -360,6 +350,31 @@ impl Host {
         self.records.remove(slug)
     }
 
+    /// Re-applies the firewall rules of every running gate from its record,
+    /// e.g. after `nft flush ruleset` or a restart of nftables.service.
+    /// Returns the slugs whose rules were applied.
+    pub async fn reconcile(&self) -> Result<Vec<Slug>> {
+        let systemd = Systemd::connect().await?;
+        let firewall = self.firewall();
+        firewall.ensure_base()?;
+        let mut applied = Vec::new();
+        for slug in self.records.slugs() {
+            let _slug_lock = lock::lock_slug(&self.settings.state_dir, &slug)?;
+            let Some(record) = self.records.load(&slug).ok().flatten() else {
+                continue;
+            };
+            let running = systemd
+                .unit(&record.plan.unit)
+                .await?
+                .is_some_and(|u| u.is_running());
+            if record.complete && running {
+                firewall.add_gate(&gate_rules(&record.plan))?;
+                applied.push(slug);
+            }
+        }
+        Ok(applied)
+    }
+
     /// The state of one gate, from systemd, the kernel and its record.
     pub async fn status(&self, systemd: &Systemd, slug: &Slug) -> Result<GateStatus> {
         let unit = systemd.unit(&plan::unit_name(slug)).await?;
@@ -435,6 +450,23 @@ impl Host {
             netns_present,
             plan: record.map(|r| r.plan),
         }
+    }
+}
+
+/// The firewall allowlist of a gate: its egress link may reach exactly the
+/// resolved upstream `address:port` pairs.
+pub fn gate_rules(plan: &GatePlan) -> GateRules {
+    GateRules {
+        egress_if: plan.host_egress.name.clone(),
+        allowed: plan
+            .upstreams
+            .iter()
+            .flat_map(|u| {
+                u.addresses
+                    .iter()
+                    .map(move |a| std::net::SocketAddr::new(*a, u.port))
+            })
+            .collect(),
     }
 }
 

@@ -7,89 +7,8 @@
 
 mod common;
 
-use common::{require_root, ssh_args, SshFixture, TestHost};
-use std::path::Path;
-use std::process::Output;
-
-const GATECTL: &str = "/usr/local/bin/gatectl";
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn gatectl(host: &TestHost, args: &[&str]) -> Output {
-    let mut argv = vec![GATECTL];
-    argv.extend_from_slice(args);
-    host.exec(&argv)
-}
-
-fn gatectl_ok(host: &TestHost, args: &[&str]) -> String {
-    let out = gatectl(host, args);
-    assert!(out.status.success(), "gatectl {args:?} failed: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A throwaway host with gatectl installed, an upstream netns running sshd
-/// (named `upstream.test` in /etc/hosts) and an isolated agent netns.
-fn setup(name: &str) -> (TestHost, SshFixture) {
-    let host = TestHost::boot(name);
-    host.install_binary(Path::new(env!("CARGO_BIN_EXE_gatectl")), GATECTL);
-    host.add_netns_with_link("upstream", "up0", "10.99.2.0/31", "10.99.2.1/31");
-    let sshd = host.start_sshd("upstream", "10.99.2.1", 22);
-    let hosts = host.read_file("/etc/hosts") + "10.99.2.1 upstream.test\n";
-    host.write_file("/etc/hosts", hosts.as_bytes(), 0o644);
-    host.add_netns("agent");
-    host.run_ok(&["mkdir", "-p", "/etc/gatectl/bottles", "/root/agent"]);
-    sshd.write_known_hosts(&host, "/root/agent/known_hosts", &["upstream.test"]);
-    (host, sshd)
-}
-
-/// What the kernel, systemd and gatectl's state hold of gate `slug` (empty
-/// when nothing is left).
-fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    let netns = host.run_ok(&["ip", "netns", "list"]);
-    if netns.contains(&format!("gate-{slug}")) {
-        left.push(format!("netns: {netns}"));
-    }
-    let links = host.run_ok(&["ip", "-o", "link", "show"]);
-    for l in links
-        .lines()
-        .filter(|l| l.contains(": gte") || l.contains(": gti"))
-    {
-        left.push(format!("host link: {l}"));
-    }
-    let agent_links = host.run_ok(&["ip", "-n", "agent", "-o", "link", "show"]);
-    if agent_links.contains("gate0") {
-        left.push(format!("agent link: {agent_links}"));
-    }
-    let units = host.run_ok(&[
-        "systemctl",
-        "list-units",
-        "--all",
-        "--plain",
-        "--no-legend",
-        "gate-*",
-    ]);
-    if !units.trim().is_empty() {
-        left.push(format!("units: {units}"));
-    }
-    let rules = host.exec(&["nft", "-j", "list", "table", "inet", "gatectl"]);
-    let rules = String::from_utf8_lossy(&rules.stdout);
-    if rules.contains("\"gte") && rules.contains("\"elem\"") {
-        left.push(format!("firewall elements: {rules}"));
-    }
-    let record = host.exec(&["test", "-e", &format!("/run/gatectl/gates/{slug}.json")]);
-    if record.status.success() {
-        left.push("state record".into());
-    }
-    left
-}
+use common::gatectl::{gatectl, gatectl_ok, leftovers, setup, text};
+use common::{require_root, ssh_args};
 
 #[test]
 fn ssh_through_a_gate_then_stop_leaves_nothing() {
@@ -263,6 +182,21 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
         "{}",
         text(&missing)
     );
+
+    // An upstream that does not resolve: refused, naming the entry.
+    host.write_file(
+        "/root/nowhere.toml",
+        b"[[ssh]]\nHost = \"up\"\nHostname = \"nowhere.invalid\"\n",
+        0o644,
+    );
+    let nowhere = gatectl(&host, &["start", "nowhere", "--manifest", "/root/nowhere.toml"]);
+    assert_eq!(nowhere.status.code(), Some(1), "{}", text(&nowhere));
+    let err = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(
+        err.contains("ssh entry 1 (up): cannot resolve upstream \"nowhere.invalid\""),
+        "{err}"
+    );
+    assert_eq!(leftovers(&host, "nowhere"), Vec::<String>::new());
 
     // An agent netns that does not exist: refused before any side effect.
     host.write_file(

@@ -11,6 +11,7 @@ use crate::slug::Slug;
 pub mod forward;
 pub mod list;
 pub mod plan;
+pub mod reconcile;
 mod render;
 pub mod ssh_config;
 pub mod start;
@@ -44,6 +45,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Show what `start` would create, creating nothing.
     Plan(plan::PlanArgs),
+    /// Re-apply the firewall rules of every running gate (after an nftables reload).
+    Reconcile(reconcile::ReconcileArgs),
     /// Print the ssh_config Host blocks an agent uses to reach its upstreams.
     SshConfig(ssh_config::SshConfigArgs),
     /// Run the forwarder (the gate unit's entrypoint).
@@ -102,6 +105,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::List(args) => list::run(args),
         Command::Plan(args) => plan::run(args),
         Command::SshConfig(args) => ssh_config::run(args),
+        Command::Reconcile(args) => reconcile::run(args),
         Command::Forward(args) => forward::run(args).map(|()| Outcome::Ok),
     }
 }

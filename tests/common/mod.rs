@@ -16,6 +16,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod gatectl;
+
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io::{self, Read};
