@@ -89,7 +89,8 @@ impl Host {
         })
     }
 
-    fn firewall(&self) -> Firewall {
+    /// The host firewall, as configured for this host.
+    pub(crate) fn firewall(&self) -> Firewall {
         Firewall {
             egress_pool: self.settings.egress_pool,
             block_other_forwarding: self.settings.state_dir.join(FORWARDING_MARKER).exists(),
@@ -107,8 +108,15 @@ impl Host {
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
         let unit_name = plan::unit_name(slug);
+        // Holding the slug lock, an incomplete record is a start that died.
+        let interrupted = self
+            .records
+            .load(slug)
+            .ok()
+            .flatten()
+            .is_some_and(|r| !r.complete);
         if let Some(unit) = systemd.unit(&unit_name).await? {
-            if unit.active == "active" || unit.active == "activating" || unit.active == "reloading" {
+            if !interrupted && unit.is_up() {
                 return Err(Error::failed(format!(
                     "gate {slug} is already running ({unit_name} is {}); run `gatectl stop {slug}` first",
                     unit.active
@@ -135,20 +143,13 @@ impl Host {
         root.check_pool_free("egress_pool", self.settings.egress_pool, &[HOST_EGRESS_PREFIX])
             .await?;
 
-        if let Some(stale) = self.records.load(slug)? {
+        if self.records.slugs().contains(slug) || netns::exists(&plan::netns_name(slug)) {
             // Left over from a start that died or a gate whose unit is gone.
-            self.teardown(&systemd, &stale.plan).await.map_err(|e| {
+            self.stop_locked(&systemd, slug).await.map_err(|e| {
                 Error::failed(format!(
                     "cannot clean up what an earlier start of {slug} left behind: {e}"
                 ))
             })?;
-            self.records.remove(slug)?;
-        }
-        if netns::exists(&plan::netns_name(slug)) {
-            return Err(Error::failed(format!(
-                "network namespace {} exists but gatectl has no record of it; run `gatectl stop {slug}` to remove it",
-                plan::netns_name(slug)
-            )));
         }
 
         let plan = {
@@ -307,6 +308,11 @@ impl Host {
             }
             Err(e) => errors.push(e),
         }
+        if let Some(agent_ns) = plan.agent_netns.as_deref().filter(|p| p.exists()) {
+            if let Err(e) = delete_agent_link(agent_ns, &plan.agent_link.name, &plan.slug).await {
+                errors.push(e);
+            }
+        }
         // Delete the gate's link ends first: the kernel destroys an unmounted
         // netns (and the veth peers in it) asynchronously, and the agent's end
         // must be gone when `stop` returns.
@@ -328,9 +334,14 @@ impl Host {
     pub async fn stop(&self, slug: &Slug) -> Result<()> {
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
+        self.stop_locked(&systemd, slug).await
+    }
+
+    /// [`Host::stop`] for a caller that holds the slug lock.
+    pub(crate) async fn stop_locked(&self, systemd: &Systemd, slug: &Slug) -> Result<()> {
         // A corrupt record is treated like a missing one.
         match self.records.load(slug).ok().flatten() {
-            Some(record) => self.teardown(&systemd, &record.plan).await?,
+            Some(record) => self.teardown(systemd, &record.plan).await?,
             None => {
                 // No record (e.g. /run/gatectl was wiped): remove what the
                 // names alone identify.
@@ -416,7 +427,12 @@ impl Host {
         let mut problems: Vec<String> = record_problem.into_iter().collect();
         if let Some(r) = &record {
             if !r.complete {
-                problems.push("start did not complete (it is running now, or it was interrupted)".into());
+                let busy = matches!(lock::try_lock_slug(&self.settings.state_dir, slug), Ok(None));
+                problems.push(if busy {
+                    "a gatectl start or stop of this gate is running now".into()
+                } else {
+                    format!("an earlier start was interrupted; run `gatectl stop {slug}` or start it again")
+                });
             }
         }
         match (&unit, unit_running) {
@@ -479,6 +495,25 @@ async fn delete_gate_links(netns_name: &str) -> Result<()> {
     let gate = Netlink::in_netns(&netns::open(&plan::netns_path(netns_name))?)?;
     gate.delete(plan::GATE_INTERNAL_LINK).await?;
     gate.delete(plan::GATE_EGRESS_LINK).await
+}
+
+/// Deletes the agent's end `name` in the agent netns at `path`, if it is
+/// labelled as `slug`'s (the veth peer in the gate netns goes with it).
+async fn delete_agent_link(path: &Path, name: &str, slug: &Slug) -> Result<()> {
+    let Ok(ns) = netns::open(path) else {
+        return Ok(());
+    };
+    let agent = Netlink::in_netns(&ns)?;
+    let ours = link_alias(slug);
+    match agent
+        .links_with_prefix(name)
+        .await?
+        .iter()
+        .find(|(n, _)| n == name)
+    {
+        Some((_, Some(alias))) if *alias == ours => agent.delete(name).await,
+        _ => Ok(()),
+    }
 }
 
 /// Deletes host link `name` if it is unlabelled or labelled as `slug`'s.

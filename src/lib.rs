@@ -14,6 +14,7 @@ pub mod logging;
 pub mod manifest;
 pub mod net;
 pub mod plan;
+pub mod prune;
 pub mod resolve;
 pub mod slug;
 pub mod ssh_config;

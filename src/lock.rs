@@ -15,6 +15,12 @@ pub struct LockGuard {
 }
 
 fn lock(path: &Path) -> Result<LockGuard> {
+    take(path, FlockArg::LockExclusive)?
+        .ok_or_else(|| crate::Error::failed(format!("lock {} is busy", path.display())))
+}
+
+/// Takes the lock at `path`; with a non-blocking `arg`, `None` if it is held.
+fn take(path: &Path, arg: FlockArg) -> Result<Option<LockGuard>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -24,15 +30,26 @@ fn lock(path: &Path) -> Result<LockGuard> {
         .write(true)
         .open(path)
         .with_context(|| format!("cannot open lock {}; gatectl must run as root", path.display()))?;
-    let flock = Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| errno)
-        .with_context(|| format!("cannot take lock {}", path.display()))?;
-    Ok(LockGuard { _flock: flock })
+    match Flock::lock(file, arg) {
+        Ok(flock) => Ok(Some(LockGuard { _flock: flock })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(errno).with_context(|| format!("cannot take lock {}", path.display())),
+    }
 }
 
 /// Serialises every operation on one slug's gate.
 pub fn lock_slug(state_dir: &Path, slug: &Slug) -> Result<LockGuard> {
-    lock(&state_dir.join("locks").join(format!("{slug}.lock")))
+    lock(&slug_lock_path(state_dir, slug))
+}
+
+/// Takes the lock of one slug if nobody holds it: `None` means a gatectl
+/// is starting or stopping that gate right now.
+pub fn try_lock_slug(state_dir: &Path, slug: &Slug) -> Result<Option<LockGuard>> {
+    take(&slug_lock_path(state_dir, slug), FlockArg::LockExclusiveNonblock)
+}
+
+fn slug_lock_path(state_dir: &Path, slug: &Slug) -> std::path::PathBuf {
+    state_dir.join("locks").join(format!("{slug}.lock"))
 }
 
 /// Serialises the allocation of gate indexes across all slugs.

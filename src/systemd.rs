@@ -69,7 +69,13 @@ pub struct UnitState {
 }
 
 impl UnitState {
-    /// Whether the forwarder is up (or being restarted by systemd).
+    /// Whether the unit is active or on its way there (a start must not
+    /// replace it).
+    pub fn is_up(&self) -> bool {
+        matches!(self.active.as_str(), "active" | "activating" | "reloading")
+    }
+
+    /// Whether the forwarder is running.
     pub fn is_running(&self) -> bool {
         self.active == "active" && self.sub == "running"
     }

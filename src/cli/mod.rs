@@ -11,6 +11,7 @@ use crate::slug::Slug;
 pub mod forward;
 pub mod list;
 pub mod plan;
+pub mod prune;
 pub mod reconcile;
 mod render;
 pub mod ssh_config;
@@ -45,6 +46,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Show what `start` would create, creating nothing.
     Plan(plan::PlanArgs),
+    /// Remove what gates that are gone left behind (never a running gate).
+    Prune(prune::PruneArgs),
     /// Re-apply the firewall rules of every running gate (after an nftables reload).
     Reconcile(reconcile::ReconcileArgs),
     /// Print the ssh_config Host blocks an agent uses to reach its upstreams.
@@ -106,6 +109,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Plan(args) => plan::run(args),
         Command::SshConfig(args) => ssh_config::run(args),
         Command::Reconcile(args) => reconcile::run(args),
+        Command::Prune(args) => prune::run(args),
         Command::Forward(args) => forward::run(args).map(|()| Outcome::Ok),
     }
 }

@@ -164,8 +164,8 @@ impl Netlink {
         }
     }
 
-    /// Names and aliases of the links whose name starts with `prefix`.
-    pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Option<String>)>> {
+    /// Every link of this namespace: index, name and alias.
+    async fn all_links(&self) -> Result<Vec<(u32, String, Option<String>)>> {
         let mut links = self.handle.link().get().execute();
         let mut found = Vec::new();
         while let Some(link) = links.try_next().await.context("cannot list links")? {
@@ -178,34 +178,46 @@ impl Netlink {
                     _ => {}
                 }
             }
-            if let Some(name) = name.filter(|n| n.starts_with(prefix)) {
-                found.push((name, alias));
+            if let Some(name) = name {
+                found.push((link.header.index, name, alias));
             }
         }
         Ok(found)
+    }
+
+    /// Names and aliases of the links whose name starts with `prefix`.
+    pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Option<String>)>> {
+        Ok(self
+            .all_links()
+            .await?
+            .into_iter()
+            .filter(|(_, name, _)| name.starts_with(prefix))
+            .map(|(_, name, alias)| (name, alias))
+            .collect())
     }
 
     /// Refuses `pool` if an IPv4 route of this namespace (other than a
     /// default route, or one through a link named with an `own_prefixes`
     /// prefix) overlaps it.
     pub async fn check_pool_free(&self, setting: &str, pool: Ipv4Net, own_prefixes: &[&str]) -> Result<()> {
-        let own_links: Vec<u32> = {
-            let mut own = Vec::new();
-            for prefix in own_prefixes {
-                for (name, _) in self.links_with_prefix(prefix).await? {
-                    if let Some(link) = self.find(&name).await? {
-                        own.push(link.header.index);
-                    }
-                }
-            }
-            own
-        };
         let mut routes = self
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
+        let mut dump = Vec::new();
         while let Some(route) = routes.try_next().await.context("cannot list the host's routes")? {
+            dump.push(route);
+        }
+        // Links are listed after the routes: a route through a link that a
+        // concurrent start just created is recognised as a gate's, and one
+        // through a link deleted since is stale.
+        let links = self.all_links().await?;
+        let is_own_or_gone = |oif: u32| match links.iter().find(|(i, _, _)| *i == oif) {
+            Some((_, name, _)) => own_prefixes.iter().any(|p| name.starts_with(p)),
+            None => true,
+        };
+        for route in dump {
             let len = route.header.destination_prefix_length;
             let mut dest = None;
             let mut oif = None;
@@ -219,7 +231,7 @@ impl Netlink {
             let (Some(dest), true) = (dest, len > 0) else {
                 continue;
             };
-            if oif.is_some_and(|i| own_links.contains(&i)) {
+            if oif.is_some_and(is_own_or_gone) {
                 continue;
             }
             let Ok(net) = Ipv4Net::new(dest, len) else {

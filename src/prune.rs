@@ -1,0 +1,146 @@
+//! `prune`: find what gates that are gone left behind (a netns without a
+//! running unit, a failed unit, links, firewall elements, records) and
+//! remove it. A gate whose forwarder is up, or that a gatectl is starting
+//! or stopping right now, is never touched.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::gate::{link_alias, Host};
+use crate::lock;
+use crate::net::link::Netlink;
+use crate::net::netns;
+use crate::plan::{self, HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX};
+use crate::slug::Slug;
+use crate::systemd::{Systemd, UnitState};
+
+/// One leftover that prune removed (or would remove).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    /// What it is: `netns`, `unit`, `record`, `link` or `firewall`.
+    pub kind: &'static str,
+    /// Its name (netns, unit, link or interface name, or the slug).
+    pub name: String,
+}
+
+fn leftover(kind: &'static str, name: impl Into<String>) -> Leftover {
+    Leftover {
+        kind,
+        name: name.into(),
+    }
+}
+
+fn slug_of_alias(alias: Option<&str>) -> Option<Slug> {
+    Slug::parse(alias?.strip_prefix("gatectl:")?).ok()
+}
+
+impl Host {
+    /// Removes the leftovers of gates that are gone; with `dry_run`, only
+    /// lists them. Running it twice is harmless.
+    pub async fn prune(&self, dry_run: bool) -> Result<Vec<Leftover>> {
+        let systemd = Systemd::connect().await?;
+        let root = Netlink::current()?;
+        let units = systemd.units(&format!("{}*.service", plan::GATE_PREFIX)).await?;
+        let mut host_links = root.links_with_prefix(HOST_EGRESS_PREFIX).await?;
+        host_links.extend(root.links_with_prefix(HOST_INTERNAL_PREFIX).await?);
+
+        let mut slugs: BTreeSet<Slug> = self.records.slugs().into_iter().collect();
+        slugs.extend(units.iter().filter_map(|u| slug_of_unit(&u.name)));
+        slugs.extend(
+            netns::list(plan::GATE_PREFIX)
+                .iter()
+                .filter_map(|n| Slug::parse(n.strip_prefix(plan::GATE_PREFIX)?).ok()),
+        );
+        slugs.extend(
+            host_links
+                .iter()
+                .filter_map(|(_, alias)| slug_of_alias(alias.as_deref())),
+        );
+
+        let mut found = Vec::new();
+        let mut kept = BTreeSet::new();
+        for slug in slugs {
+            let Some(_lock) = lock::try_lock_slug(&self.settings.state_dir, &slug)? else {
+                kept.insert(slug);
+                continue;
+            };
+            let unit = units.iter().find(|u| u.name == plan::unit_name(&slug));
+            if unit.is_some_and(UnitState::is_up) {
+                kept.insert(slug);
+                continue;
+            }
+            let traces = self.traces(&slug, unit, &host_links);
+            if traces.is_empty() {
+                continue;
+            }
+            if !dry_run {
+                self.stop_locked(&systemd, &slug).await?;
+            }
+            found.extend(traces);
+        }
+
+        // Links nobody claims: no gatectl alias of a kept gate, and no
+        // record holds their index.
+        let claimed: BTreeSet<u32> = self.records.all().iter().map(|r| r.plan.index).collect();
+        for (name, alias) in &host_links {
+            let owner = slug_of_alias(alias.as_deref());
+            if owner.is_some_and(|s| kept.contains(&s) || found.iter().any(|f| f.name == *name)) {
+                continue;
+            }
+            let index = name[HOST_EGRESS_PREFIX.len()..].parse::<u32>().ok();
+            if index.is_some_and(|i| claimed.contains(&i)) {
+                continue;
+            }
+            if !dry_run {
+                root.delete(name).await?;
+            }
+            found.push(leftover("link", name.clone()));
+        }
+
+        // Firewall elements of links that no longer exist.
+        let firewall = self.firewall();
+        let existing = root.links_with_prefix(HOST_EGRESS_PREFIX).await?;
+        for ifname in firewall.gate_interfaces()? {
+            if existing.iter().any(|(n, _)| *n == ifname) {
+                continue;
+            }
+            if !dry_run {
+                firewall.remove_gate(&ifname)?;
+            }
+            found.push(leftover("firewall", ifname));
+        }
+        Ok(found)
+    }
+
+    /// What exists of the gate of `slug`.
+    fn traces(
+        &self,
+        slug: &Slug,
+        unit: Option<&UnitState>,
+        host_links: &[(String, Option<String>)],
+    ) -> Vec<Leftover> {
+        let mut traces = Vec::new();
+        if let Some(u) = unit {
+            traces.push(leftover("unit", format!("{} ({}/{})", u.name, u.active, u.sub)));
+        }
+        if netns::exists(&plan::netns_name(slug)) {
+            traces.push(leftover("netns", plan::netns_name(slug)));
+        }
+        let ours = link_alias(slug);
+        for (name, alias) in host_links {
+            if alias.as_deref() == Some(ours.as_str()) {
+                traces.push(leftover("link", name.clone()));
+            }
+        }
+        if self.records.slugs().contains(slug) {
+            traces.push(leftover("record", slug.to_string()));
+        }
+        traces
+    }
+}
+
+fn slug_of_unit(unit: &str) -> Option<Slug> {
+    Slug::parse(unit.strip_prefix(plan::GATE_PREFIX)?.strip_suffix(".service")?).ok()
+}

@@ -1,0 +1,382 @@
+//! Reliability, in throwaway systemd hosts: faults at runtime, races,
+//! interrupted starts and `prune`. Whatever happens, a gate is either
+//! working or entirely gone, and nothing leaks.
+//!
+//! Needs root; skipped otherwise (fails under `CI`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::gatectl::{connect, gatectl, gatectl_ok, leftovers, serve, setup, text};
+use common::{require_root, ssh_args, SshFixture, TestHost};
+
+const ALICE: &[u8] =
+    b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n";
+
+/// Runs `echo ok` over ssh through gate `slug` (agent end in netns `agent`).
+fn ssh_ok(host: &TestHost, sshd: &SshFixture, slug: &str) -> Result<(), String> {
+    let config = gatectl_ok(host, &["ssh-config", slug]);
+    let path = format!("/root/agent/{slug}.ssh_config");
+    host.write_file(&path, config.as_bytes(), 0o600);
+    let argv = ssh_args(
+        Some("agent"),
+        Some(&path),
+        &sshd.identity,
+        "/root/agent/known_hosts",
+        "up",
+        "echo ok",
+    );
+    let out = host.exec(&argv);
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+        Ok(())
+    } else {
+        Err(text(&out))
+    }
+}
+
+/// Starts the installed gatectl with `args` inside `host`, capturing its output.
+fn spawn_gatectl(host: &TestHost, args: &[&str]) -> std::process::Child {
+    let mut argv = vec![common::gatectl::GATECTL];
+    argv.extend_from_slice(args);
+    host.command(&argv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms for up to `limit`; returns how long it took.
+fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn forwarder_crash_netns_loss_reloads_and_wiped_state() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-faults");
+    host.write_file("/etc/gatectl/bottles/alice.toml", ALICE, 0o644);
+    gatectl_ok(&host, &["start", "alice"]);
+    ssh_ok(&host, &sshd, "alice").unwrap();
+
+    // The forwarder is SIGKILLed: systemd restarts it and the gate works again.
+    host.run_ok(&["systemctl", "kill", "--signal=KILL", "gate-alice.service"]);
+    let back = within(Duration::from_secs(5), || {
+        connect(&host, Some("agent"), "10.231.0.1", 30000).is_ok()
+    });
+    let back = back.expect("the forwarder did not come back within 5 s");
+    assert!(back < Duration::from_millis(1500), "restart took {back:?}");
+    ssh_ok(&host, &sshd, "alice").unwrap();
+
+    // daemon-reload and daemon-reexec: the gate keeps running and stays manageable.
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    host.run_ok(&["systemctl", "daemon-reexec"]);
+    within(Duration::from_secs(5), || {
+        gatectl(&host, &["status", "alice"]).status.success()
+    })
+    .expect("status after daemon-reexec");
+    ssh_ok(&host, &sshd, "alice").unwrap();
+
+    // /run/gatectl is wiped: status and stop work from systemd and the kernel.
+    host.run_ok(&["rm", "-rf", "/run/gatectl"]);
+    let status = gatectl(&host, &["status", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("gate-alice.service (active/running)"),
+        "{}",
+        text(&status)
+    );
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+
+    // The gate netns is deleted behind gatectl's back: status names the
+    // cause, stop cleans up the rest.
+    gatectl_ok(&host, &["start", "alice"]);
+    host.run_ok(&["ip", "netns", "del", "gate-alice"]);
+    let status = gatectl(&host, &["status", "alice"]);
+    assert_eq!(status.status.code(), Some(3), "{}", text(&status));
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        out.contains("broken") && out.contains("network namespace gate-alice is missing"),
+        "{out}"
+    );
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}
+
+#[test]
+fn upstream_down_and_connection_flood() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-upstream-down");
+    // Two entries: the sshd, and a service that we take down.
+    serve(&host, Some("upstream"), "10.99.2.1", 8080, "second");
+    host.write_file("/etc/gatectl/gatectl.toml", b"max_connections = 4\n", 0o644);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n\
+          [[ssh]]\nHost = \"gone\"\nHostname = \"10.99.2.1\"\nPort = 8081\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "alice"]);
+
+    // Nothing listens on the second upstream: the agent's connection is
+    // closed promptly, the journal says why, the first entry still works.
+    let start = Instant::now();
+    let out = host.exec(&[
+        "ip",
+        "netns",
+        "exec",
+        "agent",
+        "timeout",
+        "5",
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/10.231.0.1/30001; cat <&3; echo closed",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("closed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    let journal = host.run_ok(&[
+        "journalctl",
+        "-u",
+        "gate-alice.service",
+        "-o",
+        "cat",
+        "--no-pager",
+    ]);
+    assert!(
+        journal.contains("connect failed") && journal.contains("refused"),
+        "{journal}"
+    );
+    ssh_ok(&host, &sshd, "alice").unwrap();
+
+    // A flood past max_connections: the excess is closed at once, the held
+    // connections and new sessions after them keep working.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            host.command(&[
+                "ip",
+                "netns",
+                "exec",
+                "agent",
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/10.231.0.1/30000; read -t 20 line <&3; echo \"$line\"; sleep 3",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+    }
+    within(Duration::from_secs(5), || {
+        let status = host.run_ok(&[
+            "systemctl",
+            "show",
+            "-p",
+            "StatusText",
+            "--value",
+            "gate-alice.service",
+        ]);
+        status.contains("4 active")
+    })
+    .expect("4 connections held");
+    let excess = host.exec(&[
+        "ip",
+        "netns",
+        "exec",
+        "agent",
+        "timeout",
+        "5",
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/10.231.0.1/30000; cat <&3; echo closed",
+    ]);
+    let excess_out = String::from_utf8_lossy(&excess.stdout);
+    assert!(
+        excess_out.trim() == "closed",
+        "the excess connection was served: {}",
+        text(&excess)
+    );
+    for h in held {
+        let out = h.wait_with_output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("SSH-2.0"),
+            "a held session got its banner"
+        );
+    }
+    let memory = host.run_ok(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MemoryCurrent",
+        "--value",
+        "gate-alice.service",
+    ]);
+    let memory: u64 = memory.trim().parse().unwrap_or(0);
+    assert!(memory < 64 * 1024 * 1024, "forwarder memory {memory}");
+    ssh_ok(&host, &sshd, "alice").unwrap();
+    gatectl_ok(&host, &["stop", "alice"]);
+}
+
+#[test]
+fn races_and_interrupted_starts() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-races");
+    host.write_file("/etc/gatectl/bottles/alice.toml", ALICE, 0o644);
+
+    // Two starts of the same slug at once: one gate; the other caller is told.
+    let a = spawn_gatectl(&host, &["start", "alice"]);
+    let b = spawn_gatectl(&host, &["start", "alice"])
+        .wait_with_output()
+        .unwrap();
+    let a = a.wait_with_output().unwrap();
+    let ok = [a.status.success(), b.status.success()];
+    assert_eq!(
+        ok.iter().filter(|s| **s).count(),
+        1,
+        "exactly one start succeeds: {}\n{}",
+        text(&a),
+        text(&b)
+    );
+    let loser = if a.status.success() { &b } else { &a };
+    assert!(
+        String::from_utf8_lossy(&loser.stderr).contains("already running"),
+        "{}",
+        text(loser)
+    );
+    ssh_ok(&host, &sshd, "alice").unwrap();
+
+    // start racing stop: either a working gate or nothing.
+    for _ in 0..3 {
+        let stop = spawn_gatectl(&host, &["stop", "alice"]);
+        let start = spawn_gatectl(&host, &["start", "alice"]);
+        stop.wait_with_output().unwrap();
+        start.wait_with_output().unwrap();
+        if gatectl(&host, &["status", "alice"]).status.success() {
+            ssh_ok(&host, &sshd, "alice").unwrap();
+        } else {
+            assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+        }
+    }
+    gatectl_ok(&host, &["stop", "alice"]);
+
+    // gatectl start SIGKILLed at various points: a new start completes, and
+    // prune removes what a killed start left.
+    for delay_ms in [5, 20, 40, 80, 150] {
+        let secs = format!("{}", delay_ms as f64 / 1000.0);
+        host.exec(&[
+            "timeout",
+            "-s",
+            "KILL",
+            &secs,
+            common::gatectl::GATECTL,
+            "start",
+            "alice",
+        ]);
+        if delay_ms % 2 == 1 {
+            let dry = gatectl_ok(&host, &["prune", "--dry-run"]);
+            let real = gatectl_ok(&host, &["prune"]);
+            assert_eq!(
+                dry.replace("would remove", "removed")
+                    .replace("nothing to prune", ""),
+                real.replace("nothing to prune", ""),
+                "dry run lists what prune removes"
+            );
+            if !gatectl(&host, &["status", "alice"]).status.success() {
+                assert_eq!(
+                    leftovers(&host, "alice"),
+                    Vec::<String>::new(),
+                    "after a kill at {delay_ms} ms and prune"
+                );
+            }
+            assert_eq!(
+                gatectl_ok(&host, &["prune"]).trim(),
+                "nothing to prune",
+                "prune twice is harmless"
+            );
+        }
+        if !gatectl(&host, &["status", "alice"]).status.success() {
+            gatectl_ok(&host, &["start", "alice"]);
+        }
+        ssh_ok(&host, &sshd, "alice").unwrap();
+        // prune never touches a healthy gate.
+        assert_eq!(gatectl_ok(&host, &["prune"]).trim(), "nothing to prune");
+        gatectl_ok(&host, &["stop", "alice"]);
+    }
+
+    // A failed unit is pruned.
+    gatectl_ok(&host, &["start", "alice"]);
+    host.run_ok(&["systemctl", "kill", "--signal=KILL", "gate-alice.service"]);
+    host.run_ok(&["systemctl", "stop", "gate-alice.service"]);
+    let pruned = gatectl_ok(&host, &["prune"]);
+    assert!(
+        pruned.contains("removed netns gate-alice") && pruned.contains("removed record alice"),
+        "{pruned}"
+    );
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}
+
+#[test]
+fn fifty_gates_start_in_parallel() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-fifty");
+    for i in 0..50 {
+        host.write_file(
+            &format!("/etc/gatectl/bottles/g{i}.toml"),
+            b"[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
+            0o644,
+        );
+    }
+    let children: Vec<_> = (0..50)
+        .map(|i| spawn_gatectl(&host, &["start", &format!("g{i}")]))
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let list = gatectl_ok(&host, &["list", "--json"]);
+    let mut addresses: Vec<&str> = list.lines().filter(|l| l.contains("\"address\"")).collect();
+    let before = addresses.len();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), before, "addresses are distinct");
+    assert_eq!(list.matches("\"state\": \"running\"").count(), 50, "{list}");
+    for i in [0, 17, 49] {
+        assert_eq!(
+            connect(&host, None, &format!("10.231.0.{}", 2 * i + 1), 30000),
+            Ok(()),
+            "gate g{i}"
+        );
+    }
+    let children: Vec<_> = (0..50)
+        .map(|i| spawn_gatectl(&host, &["stop", &format!("g{i}")]))
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(leftovers(&host, "g0"), Vec::<String>::new());
+    assert_eq!(host.run_ok(&["ip", "netns", "list"]).matches("gate-").count(), 0);
+}
