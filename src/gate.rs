@@ -105,6 +105,17 @@ impl Host {
         manifest: &Manifest,
         agent_netns: Option<&str>,
     ) -> Result<GatePlan> {
+        // Everything that only reads comes before the first file is written.
+        let draft = self.plan(slug, manifest, agent_netns, 0)?;
+        let agent_ns = match &draft.agent_netns {
+            Some(path) => Some(netns::open(path).map_err(|e| {
+                Error::invalid(format!(
+                    "agent network namespace {}: {e}; create it first or fix agent_netns / --agent-netns",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
         let unit_name = plan::unit_name(slug);
@@ -123,16 +134,6 @@ impl Host {
                 )));
             }
         }
-        let draft = self.plan(slug, manifest, agent_netns, 0)?;
-        let agent_ns = match &draft.agent_netns {
-            Some(path) => Some(netns::open(path).map_err(|e| {
-                Error::invalid(format!(
-                    "agent network namespace {}: {e}; create it first or fix agent_netns / --agent-netns",
-                    path.display()
-                ))
-            })?),
-            None => None,
-        };
         let root = Netlink::current()?;
         root.check_pool_free(
             "internal_pool",
@@ -155,14 +156,20 @@ impl Host {
         let plan = {
             let _alloc = lock::lock_allocation(&self.settings.state_dir)?;
             // Links of gates whose records are lost still hold their index.
-            let mut linked = BTreeSet::new();
-            for prefix in [HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX] {
-                for (name, _) in root.links_with_prefix(prefix).await? {
-                    linked.extend(name[prefix.len()..].parse::<u32>().ok());
-                }
-            }
+            let linked: BTreeSet<u32> = root
+                .links_with_prefix("gt")
+                .await?
+                .iter()
+                .filter_map(|(name, _)| {
+                    let number = name
+                        .strip_prefix(HOST_EGRESS_PREFIX)
+                        .or(name.strip_prefix(HOST_INTERNAL_PREFIX))?;
+                    number.parse().ok()
+                })
+                .collect();
             let index = self.next_index(&linked)?;
             let plan = draft.at_index(&self.settings, index);
+            self.records.claim_index(slug, index)?;
             self.records.save(&GateRecord {
                 plan: plan.clone(),
                 complete: false,

@@ -5,9 +5,11 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Context, Error, Result};
 
@@ -41,39 +43,230 @@ pub struct SshEntry {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a manifest table (a JSON object) with an `ssh` list")]
 struct RawManifest {
     #[serde(default)]
-    agent_netns: Option<String>,
+    agent_netns: Option<Loose>,
     #[serde(default)]
-    ssh: Option<Vec<RawEntry>>,
+    ssh: Option<RawEntries>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an ssh entry table")]
 struct RawEntry {
-    #[serde(rename = "Host")]
-    host: String,
-    #[serde(rename = "Hostname", alias = "HostName")]
-    hostname: String,
+    #[serde(rename = "Host", default)]
+    host: Option<Loose>,
+    #[serde(rename = "Hostname", alias = "HostName", default)]
+    hostname: Option<Loose>,
     #[serde(rename = "Port", default)]
-    port: Option<RawPort>,
+    port: Option<Loose>,
     #[serde(rename = "User", default)]
-    user: Option<String>,
+    user: Option<Loose>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawPort {
-    Number(i64),
+/// A value as written, whatever its type: a mistyped value reaches
+/// validation, which names its field, instead of failing in serde with a
+/// message that does not.
+#[derive(Debug)]
+enum Loose {
     Text(String),
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+    Null,
+    List,
+    Table,
 }
 
-impl fmt::Display for RawPort {
+impl Loose {
+    /// What kind of value this is, for "must be a string, not …".
+    fn kind(&self) -> &'static str {
+        match self {
+            Loose::Text(_) => "a string",
+            Loose::Int(_) => "an integer",
+            Loose::Float(_) => "a fractional number",
+            Loose::Bool(_) => "a boolean",
+            Loose::Null => "null",
+            Loose::List => "a list",
+            Loose::Table => "a table",
+        }
+    }
+
+    /// The string, or an error naming the type found instead.
+    fn into_text(self) -> Result<String, String> {
+        match self {
+            Loose::Text(s) => Ok(s),
+            other => Err(format!("must be a string, not {}", other.kind())),
+        }
+    }
+}
+
+impl fmt::Display for Loose {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RawPort::Number(n) => write!(f, "{n}"),
-            RawPort::Text(s) => write!(f, "{s:?}"),
+            Loose::Text(s) => write!(f, "{s:?}"),
+            Loose::Int(n) => write!(f, "{n}"),
+            Loose::Float(x) => write!(f, "{x:?}"),
+            Loose::Bool(b) => write!(f, "{b}"),
+            Loose::Null | Loose::List | Loose::Table => f.write_str(self.kind()),
         }
+    }
+}
+
+struct LooseVisitor;
+
+impl<'de> Visitor<'de> for LooseVisitor {
+    type Value = Loose;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Loose, E> {
+        Ok(Loose::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Loose, E> {
+        Ok(Loose::Int(v.into()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Loose, E> {
+        Ok(Loose::Int(v.into()))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Loose, E> {
+        Ok(Loose::Int(v))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Loose, E> {
+        Ok(i128::try_from(v).map_or(Loose::Float(v as f64), Loose::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Loose, E> {
+        Ok(Loose::Float(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Loose, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Loose, E> {
+        Ok(Loose::Text(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Loose, E> {
+        Ok(Loose::Text(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Loose, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Loose::List)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Loose, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Loose::Table)
+    }
+}
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Loose, D::Error> {
+        d.deserialize_any(LooseVisitor)
+    }
+}
+
+/// The `ssh` value: a list whose items are entry tables, or what was
+/// written instead (reported by validation, naming `ssh`).
+enum RawEntries {
+    List(Vec<RawItem>),
+    Other(Loose),
+}
+
+/// One item of the `ssh` list: an entry table, or the kind of value found.
+enum RawItem {
+    Entry(RawEntry),
+    Other(Loose),
+}
+
+struct EntriesVisitor;
+
+impl<'de> Visitor<'de> for EntriesVisitor {
+    type Value = RawEntries;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of ssh entries")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawEntries, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<RawItem>()? {
+            items.push(item);
+        }
+        Ok(RawEntries::List(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEntries, A::Error> {
+        LooseVisitor.visit_map(map).map(RawEntries::Other)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawEntries, E> {
+        LooseVisitor.visit_bool(v).map(RawEntries::Other)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawEntries, E> {
+        LooseVisitor.visit_i64(v).map(RawEntries::Other)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawEntries, E> {
+        LooseVisitor.visit_u64(v).map(RawEntries::Other)
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<RawEntries, E> {
+        LooseVisitor.visit_i128(v).map(RawEntries::Other)
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<RawEntries, E> {
+        LooseVisitor.visit_u128(v).map(RawEntries::Other)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawEntries, E> {
+        LooseVisitor.visit_f64(v).map(RawEntries::Other)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEntries, E> {
+        LooseVisitor.visit_str(v).map(RawEntries::Other)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawEntries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawEntries, D::Error> {
+        d.deserialize_any(EntriesVisitor)
+    }
+}
+
+struct ItemVisitor;
+
+impl<'de> Visitor<'de> for ItemVisitor {
+    type Value = RawItem;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an ssh entry table")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawItem, A::Error> {
+        RawEntry::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawItem::Entry)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawItem, A::Error> {
+        LooseVisitor.visit_seq(seq).map(RawItem::Other)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<RawItem, E> {
+        LooseVisitor.visit_unit().map(RawItem::Other)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawItem, E> {
+        LooseVisitor.visit_bool(v).map(RawItem::Other)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawItem, E> {
+        LooseVisitor.visit_i64(v).map(RawItem::Other)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawItem, E> {
+        LooseVisitor.visit_u64(v).map(RawItem::Other)
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<RawItem, E> {
+        LooseVisitor.visit_i128(v).map(RawItem::Other)
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<RawItem, E> {
+        LooseVisitor.visit_u128(v).map(RawItem::Other)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawItem, E> {
+        LooseVisitor.visit_f64(v).map(RawItem::Other)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawItem, E> {
+        LooseVisitor.visit_str(v).map(RawItem::Other)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawItem, D::Error> {
+        d.deserialize_any(ItemVisitor)
     }
 }
 
@@ -129,12 +322,18 @@ pub fn load(path: &Path) -> Result<Manifest> {
 
 /// Reads a regular file of at most [`MAX_MANIFEST_BYTES`], as UTF-8.
 fn read_bounded(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).with_context(|| {
-        format!(
-            "cannot open manifest {}; check the path and its permissions",
-            path.display()
-        )
-    })?;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; the file type
+    // check below refuses it. It changes nothing for a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot open manifest {}; check the path and its permissions",
+                path.display()
+            )
+        })?;
     let meta = file
         .metadata()
         .with_context(|| format!("cannot stat manifest {}", path.display()))?;
@@ -171,7 +370,14 @@ pub fn parse(text: &str, format: Format) -> Result<Manifest, String> {
         Format::Toml => {
             toml::from_str(text).map_err(|e| e.message().to_string() + &toml_location(text, &e))?
         }
-        Format::Json => serde_json::from_str(text).map_err(|e| e.to_string())?,
+        Format::Json => {
+            // serde would also take a struct from a JSON array (its fields by
+            // position); a manifest is an object.
+            if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+                return Err("a JSON manifest must be an object like {\"ssh\": [...]}; check the file".into());
+            }
+            serde_json::from_str(text).map_err(|e| e.to_string())?
+        }
     };
     validate(raw)
 }
@@ -188,51 +394,91 @@ fn toml_location(text: &str, e: &toml::de::Error) -> String {
 
 fn validate(raw: RawManifest) -> Result<Manifest, String> {
     let agent_netns = match raw.agent_netns {
-        Some(ns) => Some(validate_netns_ref(&ns).map_err(|e| format!("agent_netns: {e}"))?),
+        Some(ns) => {
+            let ns = ns.into_text().map_err(|e| format!("agent_netns: {e}"))?;
+            Some(validate_netns_ref(&ns).map_err(|e| format!("agent_netns: {e}"))?)
+        }
         None => None,
     };
-    let entries = raw.ssh.unwrap_or_default();
+    let entries = match raw.ssh {
+        None => Vec::new(),
+        Some(RawEntries::List(items)) => items,
+        Some(RawEntries::Other(v)) => {
+            return Err(format!(
+                "ssh must be a list of entries, not {}; write each entry as an [[ssh]] table",
+                v.kind()
+            ))
+        }
+    };
     if entries.is_empty() {
         return Err("no ssh entries: add at least one [[ssh]] table with Host and Hostname".into());
     }
     let mut seen = HashSet::new();
     let mut ssh = Vec::with_capacity(entries.len());
-    for (i, e) in entries.into_iter().enumerate() {
+    for (i, item) in entries.into_iter().enumerate() {
         let at = |field: &str| format!("ssh entry {} ({field})", i + 1);
-        validate_alias(&e.host).map_err(|m| format!("{}: {m}", at("Host")))?;
-        if !seen.insert(e.host.to_ascii_lowercase()) {
+        let e = match item {
+            RawItem::Entry(e) => e,
+            RawItem::Other(v) => {
+                return Err(format!(
+                    "ssh entry {}: must be a table with Host and Hostname, not {}",
+                    i + 1,
+                    v.kind()
+                ))
+            }
+        };
+        let text = |value: Option<Loose>, field: &str| -> Result<String, String> {
+            value
+                .ok_or_else(|| format!("{}: missing; every entry needs Host and Hostname", at(field)))?
+                .into_text()
+                .map_err(|m| format!("{}: {m}", at(field)))
+        };
+        let host = text(e.host, "Host")?;
+        validate_alias(&host).map_err(|m| format!("{}: {m}", at("Host")))?;
+        if !seen.insert(host.to_ascii_lowercase()) {
             return Err(format!(
-                "{}: alias {:?} is declared twice; give each entry its own Host",
+                "{}: alias {host:?} is declared twice; give each entry its own Host",
                 at("Host"),
-                e.host
             ));
         }
-        validate_hostname(&e.hostname).map_err(|m| format!("{}: {m}", at("Hostname")))?;
+        let hostname = text(e.hostname, "Hostname")?;
+        validate_hostname(&hostname).map_err(|m| format!("{}: {m}", at("Hostname")))?;
         let port = match e.port {
             None => DEFAULT_SSH_PORT,
             Some(p) => parse_port(&p).map_err(|m| format!("{}: {m}", at("Port")))?,
         };
-        if let Some(user) = &e.user {
-            validate_user(user).map_err(|m| format!("{}: {m}", at("User")))?;
-        }
+        let user = match e.user {
+            None => None,
+            Some(user) => {
+                let user = user.into_text().map_err(|m| format!("{}: {m}", at("User")))?;
+                validate_user(&user).map_err(|m| format!("{}: {m}", at("User")))?;
+                Some(user)
+            }
+        };
         ssh.push(SshEntry {
-            alias: e.host,
-            hostname: e.hostname,
+            alias: host,
+            hostname,
             port,
-            user: e.user,
+            user,
         });
     }
     Ok(Manifest { agent_netns, ssh })
 }
 
-fn parse_port(raw: &RawPort) -> Result<u16, String> {
+fn parse_port(raw: &Loose) -> Result<u16, String> {
     let bad = || format!("port {raw} is not a number from 1 to 65535");
-    let n: i64 = match raw {
-        RawPort::Number(n) => *n,
-        RawPort::Text(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.len() <= 5 => {
+    let n: i128 = match raw {
+        Loose::Int(n) => *n,
+        Loose::Text(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.len() <= 5 => {
             s.parse().map_err(|_| bad())?
         }
-        RawPort::Text(_) => return Err(bad()),
+        Loose::Text(_) | Loose::Float(_) => return Err(bad()),
+        other => {
+            return Err(format!(
+                "port must be a number from 1 to 65535 (an integer or a string of digits), not {}",
+                other.kind()
+            ))
+        }
     };
     u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(bad)
 }
@@ -311,8 +557,19 @@ pub fn validate_user(user: &str) -> Result<(), String> {
 /// or an absolute path without `..`.
 pub fn validate_netns_ref(ns: &str) -> Result<String, String> {
     if ns.starts_with('/') {
-        if ns.split('/').any(|c| c == "..") || ns.contains('\0') {
+        if ns.split('/').any(|c| c == "..") {
             return Err(format!("netns path {ns:?} must not contain '..'"));
+        }
+        if let Some(c) = ns.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "netns path {ns:?} contains {c:?}; give a path without control characters"
+            ));
+        }
+        if ns.len() > 4096 {
+            return Err(format!(
+                "netns path is {} bytes long; give a path of at most 4096",
+                ns.len()
+            ));
         }
         return Ok(ns.to_string());
     }
@@ -420,9 +677,67 @@ mod tests {
             ),
             (entry("User = \"%d\""), "(User): user \"%d\""),
             ("agent_netns = \"../x\"\n".to_string() + &entry(""), "agent_netns"),
+            (
+                "agent_netns = 5\n".to_string() + &entry(""),
+                "agent_netns: must be a string",
+            ),
+            (
+                "[ssh]\nHost = \"a\"".into(),
+                "ssh must be a list of entries, not a table",
+            ),
+            ("ssh = [1]".into(), "ssh entry 1: must be a table"),
+            ("[[ssh]]\nHostname = \"h\"".into(), "ssh entry 1 (Host): missing"),
+            ("[[ssh]]\nHost = \"a\"".into(), "ssh entry 1 (Hostname): missing"),
+            (
+                "[[ssh]]\nHost = 5\nHostname = \"h\"".into(),
+                "ssh entry 1 (Host): must be a string",
+            ),
+            (entry("Port = 22.5"), "ssh entry 1 (Port): port 22.5 is not"),
+            (entry("Port = true"), "ssh entry 1 (Port): port must be"),
+            (
+                entry("Port = 99999999999999999999"),
+                "(Port): port 99999999999999999999",
+            ),
+            (
+                entry("User = []"),
+                "ssh entry 1 (User): must be a string, not a list",
+            ),
         ];
         for (text, want) in cases {
             let err = toml(&text).unwrap_err();
+            assert!(
+                err.contains(want),
+                "manifest {text:?}: error {err:?} lacks {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_json_shapes_naming_the_field() {
+        let cases = [
+            ("[]", "must be an object"),
+            ("null", "must be an object"),
+            ("", "must be an object"),
+            (
+                r#"{"ssh":[null]}"#,
+                "ssh entry 1: must be a table with Host and Hostname, not null",
+            ),
+            (
+                r#"{"ssh":[{"Host":"a","Hostname":"h","Port":1e20}]}"#,
+                "(Port): port 1e20",
+            ),
+            (
+                r#"{"ssh":[{"Host":"a","Host":"b","Hostname":"h"}]}"#,
+                "duplicate field `Host`",
+            ),
+            (r#"{"ssh":{"Host":"a"}}"#, "ssh must be a list"),
+            (
+                r#"{"ssh":[{"Host":"a","Hostname":"h","Bogus":1}]}"#,
+                "unknown field `Bogus`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(text, Format::Json).unwrap_err();
             assert!(
                 err.contains(want),
                 "manifest {text:?}: error {err:?} lacks {want:?}"
@@ -440,6 +755,12 @@ mod tests {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
         let err = load(&link).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        // A FIFO is refused at once, not waited on for a writer.
+        let fifo = dir.join("fifo.toml");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = load(&fifo).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
         let big = dir.join("big.toml");
         std::fs::write(&big, vec![b'#'; (MAX_MANIFEST_BYTES + 10) as usize]).unwrap();

@@ -99,8 +99,14 @@ impl GatePlan {
                 settings.capacity()
             )));
         }
-        let last_port = u32::from(settings.base_port) + manifest.ssh.len() as u32 - 1;
-        if last_port > u32::from(u16::MAX) {
+        if manifest.ssh.is_empty() {
+            return Err(Error::invalid(
+                "no ssh entries: add at least one [[ssh]] table with Host and Hostname",
+            ));
+        }
+        // u64: neither the entry count nor the sum can overflow.
+        let last_port = u64::from(settings.base_port) + manifest.ssh.len() as u64 - 1;
+        if last_port > u64::from(u16::MAX) {
             return Err(Error::invalid(format!(
                 "{} ssh entries from base port {} would need port {last_port}; declare fewer entries or lower base_port",
                 manifest.ssh.len(),

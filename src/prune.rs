@@ -58,6 +58,12 @@ impl Host {
                 .iter()
                 .filter_map(|(_, alias)| slug_of_alias(alias.as_deref())),
         );
+        slugs.extend(
+            self.records
+                .index_holders()
+                .iter()
+                .filter_map(|(_, s)| Slug::parse(s).ok()),
+        );
 
         let mut found = Vec::new();
         let mut kept = BTreeSet::new();
@@ -136,6 +142,13 @@ impl Host {
         }
         if self.records.slugs().contains(slug) {
             traces.push(leftover("record", slug.to_string()));
+        } else if self
+            .records
+            .index_holders()
+            .iter()
+            .any(|(_, s)| s == slug.as_str())
+        {
+            traces.push(leftover("index claim", slug.to_string()));
         }
         traces
     }

@@ -24,9 +24,12 @@ pub struct GateRecord {
     pub complete: bool,
 }
 
-/// The record store rooted at the state directory.
+/// The record store rooted at the state directory. Besides one record per
+/// slug it keeps `indexes/<k>`, a symlink to the slug holding gate index k,
+/// so allocating an index reads a directory, not every record.
 pub struct Records {
     dir: PathBuf,
+    indexes: PathBuf,
 }
 
 impl Records {
@@ -34,11 +37,53 @@ impl Records {
     pub fn new(state_dir: &Path) -> Records {
         Records {
             dir: state_dir.join("gates"),
+            indexes: state_dir.join("indexes"),
         }
     }
 
     fn path(&self, slug: &Slug) -> PathBuf {
         self.dir.join(format!("{slug}.json"))
+    }
+
+    /// Marks gate index `index` as held by `slug`. Call it under the
+    /// allocation lock, after checking the index is free.
+    pub fn claim_index(&self, slug: &Slug, index: u32) -> Result<()> {
+        std::fs::create_dir_all(&self.indexes)
+            .with_context(|| format!("cannot create {}", self.indexes.display()))?;
+        let link = self.indexes.join(index.to_string());
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(slug.as_str(), &link)
+            .with_context(|| format!("cannot write {}", link.display()))
+    }
+
+    /// Releases every index held by `slug`.
+    fn release_indexes(&self, slug: &Slug) -> Result<()> {
+        for (index, holder) in self.index_holders() {
+            if holder == slug.as_str() {
+                let link = self.indexes.join(index.to_string());
+                match std::fs::remove_file(&link) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("cannot remove {}", link.display())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every claimed index and the slug holding it.
+    pub fn index_holders(&self) -> Vec<(u32, String)> {
+        let Ok(entries) = std::fs::read_dir(&self.indexes) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let index = e.file_name().to_str()?.parse().ok()?;
+                let holder = std::fs::read_link(e.path()).ok()?.to_str()?.to_string();
+                Some((index, holder))
+            })
+            .collect()
     }
 
     /// Writes `record` atomically (temporary file + rename).
@@ -71,8 +116,10 @@ impl Records {
         }
     }
 
-    /// Removes the record of `slug`; a missing record is success.
+    /// Removes the record of `slug` and releases its index; a missing
+    /// record is success.
     pub fn remove(&self, slug: &Slug) -> Result<()> {
+        self.release_indexes(slug)?;
         let path = self.path(slug);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -104,9 +151,14 @@ impl Records {
             .collect()
     }
 
-    /// Gate indexes in use by any record.
+    /// Gate indexes in use: claimed ones, and those of records (a record
+    /// written by an older gatectl may have no claim).
     pub fn used_indexes(&self) -> BTreeSet<u32> {
-        self.all().iter().map(|r| r.plan.index).collect()
+        let mut used: BTreeSet<u32> = self.index_holders().into_iter().map(|(i, _)| i).collect();
+        if used.len() < self.slugs().len() {
+            used.extend(self.all().iter().map(|r| r.plan.index));
+        }
+        used
     }
 }
 
