@@ -19,11 +19,12 @@ use crate::resolve;
 use crate::slug::Slug;
 use crate::state::{self, GateRecord, Records};
 use crate::systemd::{Systemd, UnitState};
+use crate::timings::Timings;
 use crate::unit;
 
 /// Marker file: gatectl turned IPv4 forwarding on, so the firewall keeps the
 /// host from forwarding anything but gate traffic.
-const FORWARDING_MARKER: &str = "ip_forward-enabled-by-gatectl";
+pub(crate) const FORWARDING_MARKER: &str = "ip_forward-enabled-by-gatectl";
 
 /// The link alias that marks a host-side link as belonging to `slug`.
 pub fn link_alias(slug: &Slug) -> String {
@@ -99,11 +100,13 @@ impl Host {
 
     /// Starts the gate of `slug`. Validates everything before the first side
     /// effect; on failure rolls back everything it created.
+    /// Each step's duration goes to `timings`.
     pub async fn start(
         &self,
         slug: &Slug,
         manifest: &Manifest,
         agent_netns: Option<&str>,
+        timings: &mut Timings,
     ) -> Result<GatePlan> {
         // Everything that only reads comes before the first file is written.
         let draft = self.plan(slug, manifest, agent_netns, 0)?;
@@ -116,8 +119,10 @@ impl Host {
             })?),
             None => None,
         };
+        timings.mark("plan: resolve upstreams, open the agent netns");
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
+        timings.mark("lock the slug, connect to systemd");
         let unit_name = plan::unit_name(slug);
         // Holding the slug lock, an incomplete record is a start that died.
         let interrupted = self
@@ -144,6 +149,7 @@ impl Host {
         root.check_pool_free("egress_pool", self.settings.egress_pool, &[HOST_EGRESS_PREFIX])
             .await?;
 
+        timings.mark("check the address pools against host routes");
         if self.records.slugs().contains(slug) || netns::exists(&plan::netns_name(slug)) {
             // Left over from a start that died or a gate whose unit is gone.
             self.stop_locked(&systemd, slug).await.map_err(|e| {
@@ -176,7 +182,10 @@ impl Host {
             })?;
             plan
         };
-        let result = self.bring_up(&systemd, &root, &plan, agent_ns.as_ref()).await;
+        timings.mark("allocate the gate index, write the record");
+        let result = self
+            .bring_up(&systemd, &root, &plan, agent_ns.as_ref(), timings)
+            .await;
         match result {
             Ok(()) => {
                 self.records.save(&GateRecord {
@@ -209,9 +218,11 @@ impl Host {
         root: &Netlink,
         plan: &GatePlan,
         agent_ns: Option<&std::os::fd::OwnedFd>,
+        timings: &mut Timings,
     ) -> Result<(), (&'static str, Error)> {
         let alias = link_alias(&plan.slug);
         let gate_ns = netns::create(&plan.netns).map_err(|e| ("create the gate netns", e))?;
+        timings.mark("create the gate netns");
         let step = "create the veth pairs";
         let pairs = [(&plan.host_egress, None), (&plan.agent_link, agent_ns)];
         for (outer, gate_end) in pairs.into_iter().zip([&plan.gate_egress, &plan.gate_internal]) {
@@ -227,6 +238,7 @@ impl Host {
             root.create_veth(outer, inner).await.map_err(|e| (step, e))?;
         }
 
+        timings.mark(step);
         let step = "configure the host side";
         root.configure(
             &plan.host_egress.name,
@@ -248,6 +260,7 @@ impl Host {
             .await
             .map_err(|e| ("configure the agent side", e))?;
 
+        timings.mark("configure the host and agent sides");
         let step = "configure the gate netns";
         let gate = Netlink::in_netns(&gate_ns).map_err(|e| (step, e))?;
         gate.configure("lo", None, None).await.map_err(|e| (step, e))?;
@@ -263,6 +276,7 @@ impl Host {
         netns::run_in(&gate_ns, sysctl::disable_ipv4_forwarding).map_err(|e| (step, e))?;
         drop(gate_ns);
 
+        timings.mark(step);
         let step = "set up host forwarding and firewall";
         // Marker and firewall first, forwarding last: the host never
         // forwards without gatectl's rules in place.
@@ -282,12 +296,15 @@ impl Host {
             .add_gate(&gate_rules(plan))
             .map_err(|e| (step, e))?;
         sysctl::enable_ipv4_forwarding().map_err(|e| (step, e))?;
+        timings.mark(step);
 
         let properties = unit::properties(plan, &self.settings);
         systemd
             .start_transient(&plan.unit, &properties)
             .await
-            .map_err(|e| ("start the forwarder unit", e))
+            .map_err(|e| ("start the forwarder unit", e))?;
+        timings.mark("start the forwarder unit and wait for READY=1");
+        Ok(())
     }
 
     /// Removes everything of the gate in `plan`, in the safe order: unit,
@@ -338,10 +355,14 @@ impl Host {
 
     /// Stops the gate of `slug`: unit, firewall rules, links, netns and
     /// record. A gate that is already gone is success.
-    pub async fn stop(&self, slug: &Slug) -> Result<()> {
+    /// Each step's duration goes to `timings`.
+    pub async fn stop(&self, slug: &Slug, timings: &mut Timings) -> Result<()> {
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
-        self.stop_locked(&systemd, slug).await
+        timings.mark("lock the slug, connect to systemd");
+        self.stop_locked(&systemd, slug).await?;
+        timings.mark("stop the unit, remove rules, links, netns and record");
+        Ok(())
     }
 
     /// [`Host::stop`] for a caller that holds the slug lock.

@@ -20,6 +20,7 @@ pub mod slug;
 pub mod ssh_config;
 pub mod state;
 pub mod systemd;
+pub mod timings;
 pub mod unit;
 
 pub use error::{Error, Result};

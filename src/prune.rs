@@ -1,17 +1,19 @@
 //! `prune`: find what gates that are gone left behind (a netns without a
-//! running unit, a failed unit, links, firewall elements, records) and
-//! remove it. A gate whose forwarder is up, or that a gatectl is starting
-//! or stopping right now, is never touched.
+//! running unit, a failed unit, what an interrupted start created, links,
+//! firewall elements, records) and remove it. A gate whose forwarder is up
+//! after a completed start, or that a gatectl is starting or stopping right
+//! now, is never touched.
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::gate::{link_alias, Host};
+use crate::gate::{link_alias, Host, FORWARDING_MARKER};
 use crate::lock;
+use crate::net::firewall::{Firewall, TABLE};
 use crate::net::link::Netlink;
-use crate::net::netns;
+use crate::net::{netns, sysctl};
 use crate::plan::{self, HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX};
 use crate::slug::Slug;
 use crate::systemd::{Systemd, UnitState};
@@ -73,7 +75,15 @@ impl Host {
                 continue;
             };
             let unit = units.iter().find(|u| u.name == plan::unit_name(&slug));
-            if unit.is_some_and(UnitState::is_up) {
+            // Holding the slug lock, an incomplete record is a start that
+            // died: what it left goes, even a unit it got running.
+            let interrupted = self
+                .records
+                .load(&slug)
+                .ok()
+                .flatten()
+                .is_some_and(|r| !r.complete);
+            if unit.is_some_and(UnitState::is_up) && !interrupted {
                 kept.insert(slug);
                 continue;
             }
@@ -117,7 +127,31 @@ impl Host {
             }
             found.push(leftover("firewall", ifname));
         }
+        if kept.is_empty() {
+            self.restore_host(&firewall, dry_run, &mut found)?;
+        }
         Ok(found)
+    }
+
+    /// With no gate left, undoes what gatectl did to the host: IPv4
+    /// forwarding off again if gatectl turned it on (before the rules that
+    /// confine it go), then the table `inet gatectl`.
+    fn restore_host(&self, firewall: &Firewall, dry_run: bool, found: &mut Vec<Leftover>) -> Result<()> {
+        let marker = self.settings.state_dir.join(FORWARDING_MARKER);
+        if marker.exists() {
+            if !dry_run {
+                sysctl::restore_ipv4_forwarding_off()?;
+                std::fs::remove_file(&marker).ok();
+            }
+            found.push(leftover("sysctl", "net.ipv4.ip_forward=1 (set by gatectl)"));
+        }
+        if firewall.table_present()? {
+            if !dry_run {
+                firewall.remove_table()?;
+            }
+            found.push(leftover("firewall", format!("table inet {TABLE}")));
+        }
+        Ok(())
     }
 
     /// What exists of the gate of `slug`.

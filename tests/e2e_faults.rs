@@ -282,7 +282,7 @@ fn races_and_interrupted_starts() {
 
     // gatectl start SIGKILLed at various points: a new start completes, and
     // prune removes what a killed start left.
-    for delay_ms in [5, 20, 40, 80, 150] {
+    for (n, delay_ms) in [5, 20, 40, 80, 150].into_iter().enumerate() {
         let secs = format!("{}", delay_ms as f64 / 1000.0);
         host.exec(&[
             "timeout",
@@ -293,7 +293,7 @@ fn races_and_interrupted_starts() {
             "start",
             "alice",
         ]);
-        if delay_ms % 2 == 1 {
+        if n % 2 == 0 {
             let dry = gatectl_ok(&host, &["prune", "--dry-run"]);
             let real = gatectl_ok(&host, &["prune"]);
             assert_eq!(
@@ -333,6 +333,14 @@ fn races_and_interrupted_starts() {
         pruned.contains("removed netns gate-alice") && pruned.contains("removed record alice"),
         "{pruned}"
     );
+    // With no gate left, prune also undoes what gatectl did to the host.
+    assert!(pruned.contains("removed firewall table inet gatectl"), "{pruned}");
+    assert!(
+        pruned.contains("removed sysctl net.ipv4.ip_forward=1"),
+        "{pruned}"
+    );
+    assert!(!host.run_ok(&["nft", "list", "tables"]).contains("gatectl"));
+    assert_eq!(host.run_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "0");
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
 

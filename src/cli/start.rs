@@ -5,6 +5,7 @@ use clap::Args;
 use super::{block_on, GateArgs, Outcome};
 use crate::error::Result;
 use crate::gate::Host;
+use crate::timings::Timings;
 
 /// Arguments of `start`.
 #[derive(Args, Debug)]
@@ -12,6 +13,9 @@ pub struct StartArgs {
     /// The gate and its manifest.
     #[command(flatten)]
     pub gate: GateArgs,
+    /// Print how long each step took (on stderr).
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// Runs `start`.
@@ -19,7 +23,11 @@ pub fn run(args: StartArgs) -> Result<Outcome> {
     let host = Host::load()?;
     let gate = args.gate;
     let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
-    let plan = block_on(host.start(&gate.slug, &manifest, gate.agent_netns.as_deref()))?;
+    let mut timings = Timings::default();
+    let plan = block_on(host.start(&gate.slug, &manifest, gate.agent_netns.as_deref(), &mut timings))?;
+    if args.timings {
+        eprint!("{}", timings.report());
+    }
     println!(
         "gate {} running: {} upstream(s) on {} ports {}-{}; `gatectl ssh-config {}` prints the agent's ssh config",
         plan.slug,

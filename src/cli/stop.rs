@@ -6,6 +6,7 @@ use super::{block_on, parse_slug, Outcome};
 use crate::error::Result;
 use crate::gate::Host;
 use crate::slug::Slug;
+use crate::timings::Timings;
 
 /// Arguments of `stop`.
 #[derive(Args, Debug)]
@@ -13,11 +14,18 @@ pub struct StopArgs {
     /// The agent's slug.
     #[arg(value_parser = parse_slug)]
     pub slug: Slug,
+    /// Print how long each step took (on stderr).
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// Runs `stop`.
 pub fn run(args: StopArgs) -> Result<Outcome> {
     let host = Host::load()?;
-    block_on(host.stop(&args.slug))?;
+    let mut timings = Timings::default();
+    block_on(host.stop(&args.slug, &mut timings))?;
+    if args.timings {
+        eprint!("{}", timings.report());
+    }
     Ok(Outcome::Ok)
 }

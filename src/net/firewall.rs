@@ -132,6 +132,29 @@ impl Firewall {
         }
     }
 
+    /// Whether the table `inet gatectl` exists.
+    pub fn table_present(&self) -> Result<bool> {
+        table_exists()
+    }
+
+    /// Deletes the whole table `inet gatectl`; success when it is gone.
+    /// Only for a host with no gate left (see `gatectl prune`).
+    pub fn remove_table(&self) -> Result<()> {
+        if !table_exists()? {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        batch.delete(NfListObject::Table(Table {
+            family: FAMILY,
+            name: TABLE.into(),
+            ..Table::default()
+        }));
+        apply(
+            &batch.to_nftables(),
+            format!("could not delete the nftables table `inet {TABLE}`"),
+        )
+    }
+
     /// The distinct interface names that have elements in the allowlist sets,
     /// sorted. Empty when the table does not exist.
     pub fn gate_interfaces(&self) -> Result<Vec<String>> {

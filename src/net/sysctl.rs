@@ -25,6 +25,12 @@ pub fn enable_ipv4_forwarding() -> Result<bool> {
     Ok(true)
 }
 
+/// Turns `net.ipv4.ip_forward` off again (when gatectl had turned it on
+/// and no gate is left).
+pub fn restore_ipv4_forwarding_off() -> Result<()> {
+    std::fs::write(IP_FORWARD, b"0\n").context("cannot turn IPv4 forwarding (net.ipv4.ip_forward) back off")
+}
+
 /// Turns IPv4 forwarding off in the current thread's network namespace
 /// (call it on a thread that joined a gate netns): a gate never routes
 /// between its links, so the agent cannot bypass the forwarder.
