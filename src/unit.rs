@@ -274,9 +274,10 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
             ]),
         ),
         prop("IPAddressAllow", PropertyValue::Prefixes(allowed_prefixes(plan))),
+        // Two sockets and up to two splice pipes (two fds each) per connection.
         prop(
             "LimitNOFILE",
-            PropertyValue::U64(u64::from(settings.max_connections) * 2 + 64),
+            PropertyValue::U64(u64::from(settings.max_connections) * 6 + 64),
         ),
         prop("TasksMax", PropertyValue::U64(16)),
         prop("MemoryMax", PropertyValue::U64(memory_max(settings))),

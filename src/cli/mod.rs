@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::slug::Slug;
 
 pub mod forward;
+pub mod generate;
 pub mod list;
 pub mod plan;
 pub mod prune;
@@ -55,6 +56,9 @@ pub enum Command {
     /// Run the forwarder (the gate unit's entrypoint).
     #[command(hide = true)]
     Forward(forward::ForwardArgs),
+    /// Write the man pages and shell completions into a directory (packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// What a subcommand ended with, when it did not fail.
@@ -111,6 +115,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Reconcile(args) => reconcile::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Forward(args) => forward::run(args).map(|()| Outcome::Ok),
+        Command::Generate(args) => generate::run(args),
     }
 }
 

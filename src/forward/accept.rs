@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::audit::{ConnectionLog, Outcome};
+use super::pipe::PipePool;
 use super::relay;
 use super::route::ForwardRoute;
 use super::status::Counters;
@@ -30,11 +31,13 @@ pub struct Forwarder {
     limit: Arc<Semaphore>,
     total: AtomicU64,
     refused: AtomicU64,
+    pipes: PipePool,
 }
 
 impl Forwarder {
     /// A forwarder for `slug` allowing `max_connections` open connections at
-    /// once, each connect attempt to an upstream limited to `connect_timeout`.
+    /// once, each connect attempt to an upstream limited to `connect_timeout`,
+    /// with the splice pipes the file-descriptor limit leaves room for.
     pub fn new(slug: String, max_connections: u32, connect_timeout: Duration) -> Self {
         Forwarder {
             slug,
@@ -43,6 +46,7 @@ impl Forwarder {
             limit: Arc::new(Semaphore::new(max_connections as usize)),
             total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            pipes: PipePool::for_forwarder(max_connections),
         }
     }
 
@@ -122,7 +126,7 @@ async fn serve_connection(
 ) {
     let mut log = ConnectionLog::new(&forwarder.slug, &route.alias, peer);
     let outcome = tokio::select! {
-        outcome = forward(client, &route, forwarder.connect_timeout, &mut log) => outcome,
+        outcome = forward(client, &route, &forwarder, &mut log) => outcome,
         _ = stop.wait_for(|stopping| *stopping) => Outcome::Aborted,
     };
     log.finish(outcome);
@@ -135,18 +139,18 @@ async fn serve_connection(
 async fn forward(
     mut client: TcpStream,
     route: &ForwardRoute,
-    timeout: Duration,
+    forwarder: &Forwarder,
     log: &mut ConnectionLog<'_>,
 ) -> Outcome {
     relay::set_nodelay(&client);
-    let mut upstream = match relay::connect(&route.upstreams, timeout).await {
+    let mut upstream = match relay::connect(&route.upstreams, forwarder.connect_timeout).await {
         Ok((upstream, addr)) => {
             log.upstream = Some(addr);
             upstream
         }
         Err(e) => return Outcome::ConnectFailed(e),
     };
-    match relay::relay(&mut client, &mut upstream, &mut log.bytes).await {
+    match relay::relay(&mut client, &mut upstream, &mut log.bytes, &forwarder.pipes).await {
         Ok(()) => Outcome::Closed,
         Err(e) => Outcome::Failed(e),
     }

@@ -13,6 +13,7 @@
 
 mod accept;
 mod audit;
+mod pipe;
 mod relay;
 mod route;
 mod status;

@@ -1,19 +1,28 @@
 //! The data path of one connection: connect to an upstream, then relay bytes
 //! both ways with half-close until both directions have ended.
 //!
-//! [`relay`] is the only function that moves bytes; a zero-copy variant
-//! (`splice(2)` through a pipe) can replace its body without touching callers.
+//! [`relay`] moves bytes with `splice(2)` through a pipe from the forwarder's
+//! [`PipePool`] (zero-copy: the bytes never enter user space), driven by
+//! tokio's readiness events. A chunk for which no pipe is free, or every
+//! chunk once `splice` turned out to be unavailable, is copied through a
+//! buffer instead; both ways keep the order of the bytes, the half-close and
+//! the byte counts.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use nix::errno::Errno;
+use nix::sys::socket::Shutdown;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::pipe::PipePool;
 use crate::error::{Error, IntoContextError, Result};
 
-/// Size of the buffer of each direction of a relayed connection.
+/// Size of the buffer of a direction that copies a chunk (allocated on the
+/// first such chunk only).
 const BUFFER_SIZE: usize = 64 * 1024;
 
 /// Bytes relayed so far in each direction of one connection.
@@ -64,8 +73,8 @@ pub fn set_nodelay(stream: &TcpStream) {
 }
 
 /// Relays bytes between `client` and `upstream` until both directions have
-/// ended, counting them into `counts` as they go (so the counts stay right
-/// if the relay is cancelled or fails).
+/// ended, counting them into `counts` as they are written (so the counts stay
+/// right if the relay is cancelled or fails). Pipes come from `pipes`.
 ///
 /// End of file on one side shuts down the write side of the other and the
 /// opposite direction goes on until it ends too (git over ssh depends on
@@ -75,46 +84,132 @@ pub async fn relay(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     counts: &mut ByteCounts,
+    pipes: &PipePool,
 ) -> io::Result<()> {
-    let (mut client_read, mut client_write) = client.split();
-    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let (client, upstream) = (&*client, &*upstream);
     let ByteCounts {
         to_upstream,
         from_upstream,
     } = counts;
     tokio::try_join!(
-        pump(&mut client_read, &mut upstream_write, to_upstream),
-        pump(&mut upstream_read, &mut client_write, from_upstream),
+        pump(client, upstream, to_upstream, pipes),
+        pump(upstream, client, from_upstream, pipes),
     )?;
     Ok(())
 }
 
-/// Copies `from` into `to` until end of file, then shuts down `to`'s write
-/// side.
-async fn pump<R, W>(from: &mut R, to: &mut W, count: &mut u64) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buffer = vec![0; BUFFER_SIZE];
+/// Moves bytes from `from` to `to` until end of file, then shuts down `to`'s
+/// write side.
+///
+/// Each round takes a pipe once `from` is readable, splices into it while it
+/// has room and out of it while `to` takes bytes, and gives it back once it
+/// is empty and `from` has nothing more for now. Readiness is cleared (by
+/// `try_io`) only on an `EAGAIN` that can only be the socket's: a fill into
+/// an empty pipe, or a drain of a non-empty one.
+async fn pump(from: &TcpStream, to: &TcpStream, count: &mut u64, pipes: &PipePool) -> io::Result<()> {
+    let mut buffer = Vec::new();
+    let mut end_of_file = false;
     loop {
-        let n = from.read(&mut buffer).await?;
-        if n == 0 {
-            return to.shutdown().await;
+        if end_of_file {
+            return shutdown_write(to);
         }
-        to.write_all(&buffer[..n]).await?;
-        *count += n as u64;
+        from.readable().await?;
+        let Some(mut lease) = pipes.take() else {
+            end_of_file = copy_chunk(from, to, &mut buffer, count).await?;
+            continue;
+        };
+        loop {
+            tokio::task::coop::consume_budget().await;
+            if !end_of_file && lease.has_room() {
+                let filled = if lease.pending() == 0 {
+                    from.try_io(Interest::READABLE, || lease.fill(from))
+                } else {
+                    lease.fill(from)
+                };
+                match filled {
+                    Ok(0) => end_of_file = true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if lease.pending() == 0 {
+                            break; // nothing to read now: give the pipe back
+                        }
+                    }
+                    Err(e) if lease.pending() == 0 && splice_unsupported(&e) => {
+                        pipes.disable(&format!("splice from a socket failed: {e}"));
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if lease.pending() > 0 {
+                match to.try_io(Interest::WRITABLE, || lease.drain(to)) {
+                    Ok(n) => *count += n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            } else if end_of_file {
+                break;
+            }
+        }
     }
+}
+
+/// Copies one chunk from `from` to `to` through `buffer` (allocated on first
+/// use); returns whether `from` reached end of file.
+async fn copy_chunk(
+    from: &TcpStream,
+    to: &TcpStream,
+    buffer: &mut Vec<u8>,
+    count: &mut u64,
+) -> io::Result<bool> {
+    if buffer.is_empty() {
+        buffer.resize(BUFFER_SIZE, 0);
+    }
+    let n = match from.try_read(buffer) {
+        Ok(0) => return Ok(true),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut written = 0;
+    while written < n {
+        to.writable().await?;
+        match to.try_write(&buffer[written..n]) {
+            Ok(m) => {
+                written += m;
+                *count += m as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a `splice` error means splicing cannot work here at all (an old
+/// or restricted kernel, a seccomp filter) rather than a connection failure.
+fn splice_unsupported(e: &io::Error) -> bool {
+    [Errno::EINVAL, Errno::ENOSYS, Errno::EPERM]
+        .iter()
+        .any(|&errno| e.raw_os_error() == Some(errno as i32))
+}
+
+/// Shuts down the write side of `stream`: the peer reads end of file.
+fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    nix::sys::socket::shutdown(stream.as_raw_fd(), Shutdown::Write).map_err(io::Error::from)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Instant;
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpSocket};
     use tokio::task::JoinHandle;
 
     use super::*;
+    use crate::forward::pipe::DEFAULT_PIPE_SIZE;
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -129,9 +224,20 @@ mod tests {
     }
 
     /// Accepts one client on a fresh port and relays it to `upstreams` the
-    /// way the forwarder does; the task yields the relay's result.
+    /// way the forwarder does, with pipes from a pool of at most
+    /// `pipe_limit`; the task yields the relay's result.
     async fn forwarder(
         upstreams: Vec<SocketAddr>,
+    ) -> (
+        SocketAddr,
+        JoinHandle<(Option<SocketAddr>, io::Result<()>, ByteCounts)>,
+    ) {
+        forwarder_with(upstreams, Arc::new(PipePool::new(DEFAULT_PIPE_SIZE, 2))).await
+    }
+
+    async fn forwarder_with(
+        upstreams: Vec<SocketAddr>,
+        pipes: Arc<PipePool>,
     ) -> (
         SocketAddr,
         JoinHandle<(Option<SocketAddr>, io::Result<()>, ByteCounts)>,
@@ -143,7 +249,7 @@ mod tests {
             let mut counts = ByteCounts::default();
             match connect(&upstreams, TIMEOUT).await {
                 Ok((mut upstream, used)) => {
-                    let result = relay(&mut client, &mut upstream, &mut counts).await;
+                    let result = relay(&mut client, &mut upstream, &mut counts, &pipes).await;
                     (Some(used), result, counts)
                 }
                 Err(e) => (None, Err(io::Error::other(e.to_string())), counts),
@@ -291,5 +397,126 @@ mod tests {
         assert!(result.is_err());
         let mut rest = Vec::new();
         let _ = client.read_to_end(&mut rest).await;
+    }
+
+    /// A deterministic pseudo-random byte stream (xorshift), so that a
+    /// reordered or dropped chunk cannot go unnoticed.
+    fn pattern(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Sends `up` bytes through a relay with `pipes` to an upstream that
+    /// reads all of it, then answers with `down` bytes (half-close both
+    /// ways); checks both streams byte for byte and the counts.
+    async fn bulk_both_ways(pipes: Arc<PipePool>, up: usize, down: usize) {
+        let upstream = listener().await;
+        let upstream_addr = upstream.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = upstream.accept().await.unwrap();
+            let mut request = Vec::new();
+            stream.read_to_end(&mut request).await.unwrap();
+            stream.write_all(&pattern(2, down)).await.unwrap();
+            request
+        });
+        let (addr, task) = forwarder_with(vec![upstream_addr], Arc::clone(&pipes)).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut read, mut write) = client.split();
+        let send = async {
+            write.write_all(&pattern(1, up)).await.unwrap();
+            write.shutdown().await.unwrap();
+        };
+        let receive = async {
+            let mut reply = Vec::new();
+            read.read_to_end(&mut reply).await.unwrap();
+            reply
+        };
+        let ((), reply) =
+            tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(send, receive) })
+                .await
+                .expect("bulk transfer hung");
+        assert!(
+            server.await.unwrap() == pattern(1, up),
+            "the upstream got other bytes"
+        );
+        assert!(reply == pattern(2, down), "the client got other bytes");
+        let (_, result, counts) = finish(task).await;
+        result.unwrap();
+        assert_eq!(
+            counts,
+            ByteCounts {
+                to_upstream: up as u64,
+                from_upstream: down as u64
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn splices_a_large_transfer_both_ways_and_gives_the_pipes_back() {
+        let pipes = Arc::new(PipePool::new(DEFAULT_PIPE_SIZE, 2));
+        bulk_both_ways(Arc::clone(&pipes), 48 << 20, 24 << 20).await;
+        assert!(pipes.created() > 0, "the transfer used splice");
+        assert_eq!(pipes.free(), pipes.created(), "every pipe came back empty");
+    }
+
+    #[tokio::test]
+    async fn copies_when_no_pipe_is_available() {
+        let pipes = Arc::new(PipePool::new(DEFAULT_PIPE_SIZE, 0));
+        bulk_both_ways(Arc::clone(&pipes), 8 << 20, 3 << 20).await;
+        assert_eq!(pipes.created(), 0);
+    }
+
+    #[tokio::test]
+    async fn mixes_splice_and_copy_when_pipes_run_short() {
+        // One pipe for two directions: whichever lacks it copies that chunk.
+        let pipes = Arc::new(PipePool::new(64 * 1024, 1));
+        bulk_both_ways(Arc::clone(&pipes), 16 << 20, 16 << 20).await;
+        assert_eq!((pipes.created(), pipes.free()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_disabled_pool_falls_back_to_copying() {
+        let pipes = Arc::new(PipePool::new(DEFAULT_PIPE_SIZE, 2));
+        pipes.disable("test");
+        bulk_both_ways(Arc::clone(&pipes), 1 << 20, 1 << 20).await;
+        assert_eq!(pipes.created(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_empty_transfer_half_closes_both_ways() {
+        bulk_both_ways(Arc::new(PipePool::new(DEFAULT_PIPE_SIZE, 2)), 0, 0).await;
+    }
+
+    #[tokio::test]
+    async fn an_aborted_relay_closes_pipes_that_still_hold_bytes() {
+        // The upstream never reads: bytes pile up in the relay's pipe, then
+        // the relay is cancelled the way a stopping forwarder cancels it.
+        let upstream = listener().await;
+        let upstream_addr = upstream.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            let (stream, _) = upstream.accept().await.unwrap();
+            tokio::time::sleep(TIMEOUT).await;
+            drop(stream);
+        });
+        let pipes = Arc::new(PipePool::new(DEFAULT_PIPE_SIZE, 2));
+        let (addr, task) = forwarder_with(vec![upstream_addr], Arc::clone(&pipes)).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let flood = vec![0; 16 << 20];
+        let _ = tokio::time::timeout(Duration::from_millis(500), client.write_all(&flood)).await;
+        assert!(pipes.created() >= 1);
+        task.abort();
+        let _ = task.await;
+        assert_eq!(
+            (pipes.created(), pipes.free()),
+            (0, 0),
+            "the pipe holding bytes was closed, not reused"
+        );
     }
 }

@@ -1,0 +1,230 @@
+//! `gatectl generate DIR` (hidden): writes the man pages and the shell
+//! completions, generated from the clap definition of the command line, so
+//! they cannot drift from it. `scripts/package` runs it on the freshly built
+//! binary and puts the output in the .deb.
+//!
+//! A hidden subcommand rather than a build script: the clap definition lives
+//! in the library's `cli` module, which a build script could only reach by
+//! `include!`-ing half the crate; running the built binary documents exactly
+//! the command line that ships.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+
+use crate::cli::{Cli, Outcome};
+use crate::error::{Context, Result};
+
+/// Section of the manual gatectl's pages go in: system administration.
+pub const MAN_SECTION: &str = "8";
+
+/// Arguments of `gatectl generate`.
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Directory to write into: man pages go to DIR/man, completions to
+    /// DIR/completions (gatectl.bash, _gatectl, gatectl.fish).
+    #[arg(value_name = "DIR")]
+    pub out_dir: PathBuf,
+}
+
+/// Writes every man page and completion script under `args.out_dir`.
+pub fn run(args: GenerateArgs) -> Result<Outcome> {
+    let written = generate(&args.out_dir)?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Writes the man pages (`gatectl.8` and one `gatectl-<sub>.8` per visible
+/// subcommand) and the bash, zsh and fish completions under `out_dir`;
+/// returns the paths written.
+pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
+    let man_dir = out_dir.join("man");
+    let completion_dir = out_dir.join("completions");
+    for dir in [&man_dir, &completion_dir] {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut written = Vec::new();
+
+    let cmd = man_command();
+    for (name, page) in man_pages(&cmd)? {
+        let path = man_dir.join(name);
+        fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let mut cmd = completion_command();
+        let path = clap_complete::generate_to(shell, &mut cmd, "gatectl", &completion_dir)
+            .with_context(|| format!("cannot write the {shell} completion"))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The command line as the man pages describe it: clap's definition, with
+/// the long description of gatectl(8) and without the `help` subcommand
+/// (every page documents `--help` already). Built, so that subcommands know
+/// their full names (`gatectl-start`).
+pub fn man_command() -> clap::Command {
+    let mut cmd = Cli::command()
+        .long_about(DESCRIPTION)
+        .disable_help_subcommand(true);
+    cmd.build();
+    cmd
+}
+
+/// The command line as the completions offer it: clap's definition without
+/// the hidden subcommands (`forward`, `generate`), which clap_complete would
+/// otherwise offer.
+pub fn completion_command() -> clap::Command {
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("gatectl")
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .args(full.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    cmd
+}
+
+/// The DESCRIPTION of gatectl(8).
+const DESCRIPTION: &str = "\
+gatectl gives each AI agent (a \"bottle\") an SSH egress gate: the agent reaches only \
+the SSH hosts its manifest declares, and nothing else.
+
+gatectl start SLUG creates a network namespace gate-SLUG, two veth pairs (one to the \
+agent, one routed to the host), firewall rules in the nftables table inet gatectl that \
+let the gate reach only its declared upstream address:port pairs, and a forwarder: the \
+sandboxed transient systemd unit gate-SLUG.service, which listens on one port per \
+manifest entry (30000 + i, in manifest order) on the gate's internal address. \
+gatectl stop SLUG removes all of it. gatectl ssh-config SLUG prints the Host blocks \
+the agent's ssh uses.
+
+The template unit gatectl@.service runs gatectl start and gatectl stop for a slug: \
+systemctl enable --now gatectl@SLUG brings the gate up now and at every boot.
+
+gatectl needs root, systemd as PID 1 with D-Bus, and nftables.";
+
+/// The man pages of a built command: `(file name, roff text)` for the
+/// command itself and for each subcommand that is not hidden.
+pub fn man_pages(cmd: &clap::Command) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut pages = Vec::new();
+    let top = man(cmd.clone());
+    let mut text = render(&top)?;
+    text.extend_from_slice(EXTRA_SECTIONS.as_bytes());
+    pages.push((top.get_filename(), text));
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let page = man(sub.clone());
+        let mut text = render(&page)?;
+        text.extend_from_slice(b".SH \"SEE ALSO\"\n\\fBgatectl\\fR(8)\n");
+        pages.push((page.get_filename(), text));
+    }
+    Ok(pages)
+}
+
+fn man(cmd: clap::Command) -> clap_mangen::Man {
+    clap_mangen::Man::new(cmd)
+        .section(MAN_SECTION)
+        .manual("gatectl manual")
+        .source(concat!("gatectl ", env!("CARGO_PKG_VERSION")))
+}
+
+fn render(man: &clap_mangen::Man) -> Result<Vec<u8>> {
+    let mut text = Vec::new();
+    man.render(&mut text).context("cannot render a man page")?;
+    Ok(text)
+}
+
+/// Sections of gatectl(8) that clap does not know: files, exit status,
+/// see also. Plain roff.
+const EXTRA_SECTIONS: &str = r#".SH FILES
+.TP
+\fI/etc/gatectl/gatectl.toml\fR
+Host settings (address pools, base port, directories, forwarder limits); every setting is optional.
+The environment variable \fBGATECTL_CONFIG\fR names another file.
+.TP
+\fI/etc/gatectl/bottles/\fR\fISLUG\fR\fI.toml\fR, \fI/etc/gatectl/bottles/\fR\fISLUG\fR\fI.json\fR
+The manifest of agent \fISLUG\fR: its \fBssh\fR entries (\fBHost\fR, \fBHostname\fR, \fBPort\fR, \fBUser\fR)
+and optionally \fBagent_netns\fR. An example is in \fI/usr/share/doc/gatectl/examples/\fR.
+.TP
+\fI/run/gatectl/\fR
+Runtime state: one record per running gate, and locks.
+.TP
+\fI/usr/lib/systemd/system/gatectl@.service\fR
+Template unit: \fBsystemctl enable \-\-now gatectl@\fR\fISLUG\fR starts the gate of \fISLUG\fR now and at every boot.
+.TP
+\fI/usr/lib/systemd/system/gatectl\-reconcile.service\fR
+Runs \fBgatectl reconcile\fR whenever nftables.service starts or restarts, which flushes the ruleset: the firewall rules of every running gate come back.
+.SH "EXIT STATUS"
+.TP
+\fB0\fR
+Success.
+.TP
+\fB1\fR
+Error; one line on standard error says what failed and why, then the fix where there is one.
+.TP
+\fB2\fR
+Usage error.
+.TP
+\fB3\fR
+\fBstatus\fR of a gate that is not running.
+.SH "SEE ALSO"
+\fBsystemctl\fR(1), \fBsystemd.unit\fR(5), \fBip-netns\fR(8), \fBnft\fR(8), \fBssh_config\fR(5)
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_cover_every_visible_subcommand_and_no_hidden_one() {
+        let cmd = man_command();
+        let pages = man_pages(&cmd).unwrap();
+        let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        for want in [
+            "gatectl.8",
+            "gatectl-start.8",
+            "gatectl-stop.8",
+            "gatectl-status.8",
+        ] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        assert!(!names
+            .iter()
+            .any(|n| n.contains("forward") || n.contains("generate")));
+        let top = String::from_utf8(pages[0].1.clone()).unwrap();
+        assert!(top.starts_with(".ie"), "{top}");
+        assert!(top.contains(".TH gatectl 8"), "{top}");
+        assert!(top.contains("gatectl\\-start(8)"), "{top}");
+        assert!(top.contains(".SH \"EXIT STATUS\""), "{top}");
+    }
+
+    #[test]
+    fn writes_pages_and_completions() {
+        let dir = std::env::temp_dir().join(format!("gatectl-generate-{}", std::process::id()));
+        let written = generate(&dir).unwrap();
+        for want in [
+            "man/gatectl.8",
+            "completions/gatectl.bash",
+            "completions/_gatectl",
+            "completions/gatectl.fish",
+        ] {
+            assert!(written.contains(&dir.join(want)), "{written:?}");
+        }
+        let bash = fs::read_to_string(dir.join("completions/gatectl.bash")).unwrap();
+        assert!(bash.contains(" start stop status "), "{bash}");
+        for hidden in ["forward", "generate"] {
+            for file in ["gatectl.bash", "_gatectl", "gatectl.fish"] {
+                let text = fs::read_to_string(dir.join("completions").join(file)).unwrap();
+                assert!(!text.contains(hidden), "{file} offers {hidden}:\n{text}");
+            }
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

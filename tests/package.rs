@@ -1,0 +1,376 @@
+//! The Debian package, end to end: build the .deb with `scripts/package`,
+//! check it with lintian, then in a fresh throwaway systemd host: install it
+//! with dpkg, verify its units, find its man page, complete `gatectl st<TAB>`
+//! in bash, run a gate through `systemctl start gatectl@demo` and ssh
+//! through it, enable it, upgrade under a running gate, stop it, and purge
+//! the package leaving nothing behind.
+//!
+//! The package is built into `<target>/tmp/package-build` (a target
+//! directory of its own, so the nested cargo never waits for the outer
+//! one's lock); set `GATECTL_DEB` to test a .deb built already instead.
+//!
+//! Needs root; skipped otherwise (fails under `CI`).
+
+mod common;
+
+use common::{require_root, ssh_args, SshFixture, TestHost};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const DEB_IN_HOST: &str = "/root/gatectl.deb";
+const UNIT_DIR: &str = "/usr/lib/systemd/system";
+const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/gatectl@demo.service";
+const RECONCILE_LINK: &str = "/etc/systemd/system/nftables.service.wants/gatectl-reconcile.service";
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The .deb to test: `GATECTL_DEB`, or a fresh one from `scripts/package`.
+fn build_deb() -> PathBuf {
+    if let Some(deb) = std::env::var_os("GATECTL_DEB") {
+        return PathBuf::from(deb);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package-build");
+    let out = Command::new(root.join("scripts/package"))
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cannot run scripts/package");
+    assert!(out.status.success(), "scripts/package failed: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let deb = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("scripts/package printed no path")
+            .trim(),
+    );
+    assert!(deb.is_file(), "scripts/package printed {}", deb.display());
+    deb
+}
+
+/// lintian on the .deb (it only reads the file): no error, no warning.
+fn lintian(deb: &Path) {
+    let out = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--tag-display-limit", "0"])
+        .arg(deb)
+        .output()
+        .expect("cannot run lintian (apt-get install lintian; scripts/install-deps does)");
+    assert!(out.status.success(), "lintian: {}", text(&out));
+}
+
+/// An upstream netns running sshd (named `upstream.test` in /etc/hosts), an
+/// isolated agent netns, and dpkg as on a plain Debian host: no
+/// policy-rc.d, no path-exclude of man pages (some images drop them).
+fn setup(host: &TestHost) -> SshFixture {
+    host.sh_ok(
+        "rm -f /usr/sbin/policy-rc.d; \
+         for f in /etc/dpkg/dpkg.cfg.d/*; do \
+           if grep -q '^path-exclude' \"$f\"; then rm -f \"$f\"; fi; \
+         done",
+    );
+    host.add_netns_with_link("upstream", "up0", "10.99.2.0/31", "10.99.2.1/31");
+    let sshd = host.start_sshd("upstream", "10.99.2.1", 22);
+    let hosts = host.read_file("/etc/hosts") + "10.99.2.1 upstream.test\n";
+    host.write_file("/etc/hosts", hosts.as_bytes(), 0o644);
+    host.add_netns("agent");
+    host.run_ok(&["mkdir", "-p", "/root/agent"]);
+    sshd.write_known_hosts(host, "/root/agent/known_hosts", &["upstream.test"]);
+    sshd
+}
+
+/// Runs a command through the gate of `demo` from the agent's netns.
+fn ssh_through_gate(host: &TestHost, sshd: &SshFixture, command: &str) -> String {
+    let config = host.run_ok(&["gatectl", "ssh-config", "demo"]);
+    host.write_file("/root/agent/ssh_config", config.as_bytes(), 0o600);
+    let argv = ssh_args(
+        Some("agent"),
+        Some("/root/agent/ssh_config"),
+        &sshd.identity,
+        "/root/agent/known_hosts",
+        "up",
+        command,
+    );
+    let out = host.exec(&argv);
+    assert!(
+        out.status.success(),
+        "ssh through the gate failed: {}\nsshd log:\n{}",
+        text(&out),
+        sshd.log_text(host)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unit_property(host: &TestHost, unit: &str, property: &str) -> String {
+    host.run_ok(&["systemctl", "show", "--value", "-p", property, unit])
+        .trim()
+        .to_string()
+}
+
+/// What is left of gate `demo`: netns, links, units, record (empty when
+/// nothing is).
+fn gate_leftovers(host: &TestHost) -> Vec<String> {
+    let mut left = Vec::new();
+    let netns = host.run_ok(&["ip", "netns", "list"]);
+    if netns.contains("gate-demo") {
+        left.push(format!("netns: {netns}"));
+    }
+    let links = host.run_ok(&["ip", "-o", "link", "show"]);
+    for l in links
+        .lines()
+        .filter(|l| l.contains(": gte") || l.contains(": gti"))
+    {
+        left.push(format!("host link: {l}"));
+    }
+    let agent_links = host.run_ok(&["ip", "-n", "agent", "-o", "link", "show"]);
+    if agent_links.contains("gate0") {
+        left.push(format!("agent link: {agent_links}"));
+    }
+    let units = host.run_ok(&[
+        "systemctl",
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "gate-*",
+    ]);
+    if !units.trim().is_empty() {
+        left.push(format!("units: {units}"));
+    }
+    if host
+        .exec(&["test", "-e", "/run/gatectl/gates/demo.json"])
+        .status
+        .success()
+    {
+        left.push("state record".into());
+    }
+    left
+}
+
+/// The completions bash offers for `line` (ending where the cursor is),
+/// from the function bash-completion loads for gatectl on demand.
+fn bash_complete(host: &TestHost, line: &str) -> Vec<String> {
+    let script = r#"
+        source /usr/share/bash-completion/bash_completion
+        _completion_loader gatectl
+        spec=$(complete -p gatectl) || { echo "no completion for gatectl" >&2; exit 1; }
+        fn=$(sed -E 's/.* -F ([^ ]+) .*/\1/' <<<"$spec")
+        COMP_LINE=$1
+        COMP_POINT=${#COMP_LINE}
+        read -r -a COMP_WORDS <<<"$COMP_LINE"
+        [[ $COMP_LINE == *' ' ]] && COMP_WORDS+=('')
+        COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+        "$fn" gatectl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+        printf '%s\n' "${COMPREPLY[@]}"
+    "#;
+    let out = host.run_ok(&["bash", "-c", script, "complete", line]);
+    let mut words: Vec<String> = out.split_whitespace().map(String::from).collect();
+    words.sort();
+    words
+}
+
+#[test]
+fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
+    if !require_root() {
+        return;
+    }
+    let deb = build_deb();
+    lintian(&deb);
+
+    let host = TestHost::boot("package");
+    let sshd = setup(&host);
+    host.install_binary(&deb, DEB_IN_HOST);
+
+    // Install.
+    let out = host.exec(&["dpkg", "-i", DEB_IN_HOST]);
+    assert!(out.status.success(), "dpkg -i: {}", text(&out));
+    let status = host.run_ok(&["dpkg-query", "-W", "-f", "${Status} ${Version}", "gatectl"]);
+    assert!(status.starts_with("install ok installed"), "{status}");
+    for path in [
+        "/usr/bin/gatectl",
+        "/etc/gatectl/gatectl.toml",
+        "/usr/lib/tmpfiles.d/gatectl.conf",
+    ] {
+        host.run_ok(&["test", "-f", path]);
+    }
+    for dir in ["/etc/gatectl/bottles", "/run/gatectl"] {
+        host.run_ok(&["test", "-d", dir]);
+    }
+    let conffiles = host.run_ok(&["dpkg-query", "-W", "-f", "${Conffiles}", "gatectl"]);
+    assert!(conffiles.contains("/etc/gatectl/gatectl.toml"), "{conffiles}");
+    // The template is not enabled, and no gate started; the reconcile unit
+    // is enabled (it runs when nftables.service starts).
+    let wants = host.exec(&["test", "-e", WANTS_LINK]);
+    assert!(!wants.status.success(), "the install enabled gatectl@demo");
+    host.run_ok(&["test", "-L", RECONCILE_LINK]);
+    assert_eq!(gate_leftovers(&host), Vec::<String>::new());
+
+    // The installed units pass systemd-analyze verify (which also checks
+    // that ExecStart's binary and Documentation's man page exist).
+    let template = format!("{UNIT_DIR}/gatectl@.service");
+    let out = host.exec(&["systemd-analyze", "verify", &template]);
+    assert!(out.status.success(), "verify {template}: {}", text(&out));
+    assert!(out.stderr.is_empty(), "verify {template}: {}", text(&out));
+    let out = host.exec(&["systemd-analyze", "verify", "gatectl@demo.service"]);
+    assert!(
+        out.status.success(),
+        "verify gatectl@demo.service: {}",
+        text(&out)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "verify gatectl@demo.service: {}",
+        text(&out)
+    );
+    let reconcile = format!("{UNIT_DIR}/gatectl-reconcile.service");
+    let out = host.exec(&["systemd-analyze", "verify", &reconcile]);
+    assert!(out.status.success(), "verify {reconcile}: {}", text(&out));
+    assert!(out.stderr.is_empty(), "verify {reconcile}: {}", text(&out));
+    let exec_start = unit_property(&host, "gatectl@demo.service", "ExecStart");
+    assert!(
+        exec_start.contains("argv[]=/usr/bin/gatectl start demo"),
+        "{exec_start}"
+    );
+
+    // The man page and the bash completion.
+    let man = host.run_ok(&["man", "-w", "gatectl"]);
+    assert_eq!(man.trim(), "/usr/share/man/man8/gatectl.8.gz");
+    let page = host.run_ok(&["sh", "-c", "MANWIDTH=80 man 8 gatectl-start 2>&1"]);
+    assert!(page.contains("--manifest"), "{page}");
+    assert_eq!(bash_complete(&host, "gatectl st"), ["start", "status", "stop"]);
+    let all = bash_complete(&host, "gatectl ");
+    assert!(all.contains(&"ssh-config".to_string()), "{all:?}");
+    assert!(!all.iter().any(|w| w == "forward" || w == "generate"), "{all:?}");
+
+    // A gate through the template unit: a real ssh reaches a real sshd.
+    host.write_file(
+        "/etc/gatectl/bottles/demo.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n",
+        0o644,
+    );
+    host.run_ok(&["systemctl", "start", "gatectl@demo.service"]);
+    assert_eq!(
+        unit_property(&host, "gatectl@demo.service", "ActiveState"),
+        "active"
+    );
+    assert_eq!(unit_property(&host, "gate-demo.service", "ActiveState"), "active");
+    let out = ssh_through_gate(&host, &sshd, "echo hello-through-the-package; hostname -I");
+    assert!(
+        out.contains("hello-through-the-package") && out.contains("10.99.2.1"),
+        "{out}"
+    );
+    // The forwarder runs the packaged binary.
+    let forwarder = unit_property(&host, "gate-demo.service", "ExecStart");
+    assert!(forwarder.contains("path=/usr/bin/gatectl"), "{forwarder}");
+
+    // Enable: the wants link of multi-user.target.
+    host.run_ok(&["systemctl", "enable", "gatectl@demo.service"]);
+    // (/lib/systemd/system/gatectl@.service on a merged-/usr host, where
+    // /lib is a link to /usr/lib.)
+    let link = host.run_ok(&["readlink", "-f", WANTS_LINK]);
+    assert_eq!(link.trim(), format!("{UNIT_DIR}/gatectl@.service"));
+
+    // An upgrade (the same package over itself) leaves the gate running:
+    // same forwarder process, still passing ssh.
+    let pid = unit_property(&host, "gate-demo.service", "MainPID");
+    assert_ne!(pid, "0");
+    let out = host.exec(&["dpkg", "-i", DEB_IN_HOST]);
+    assert!(out.status.success(), "dpkg -i (upgrade): {}", text(&out));
+    assert_eq!(
+        unit_property(&host, "gatectl@demo.service", "ActiveState"),
+        "active"
+    );
+    assert_eq!(unit_property(&host, "gate-demo.service", "ActiveState"), "active");
+    assert_eq!(unit_property(&host, "gate-demo.service", "MainPID"), pid);
+    let out = ssh_through_gate(&host, &sshd, "echo still-through-the-gate");
+    assert!(out.contains("still-through-the-gate"), "{out}");
+    host.run_ok(&["test", "-L", WANTS_LINK]);
+    host.run_ok(&["test", "-L", RECONCILE_LINK]);
+
+    // Stop removes everything of the gate.
+    host.run_ok(&["systemctl", "stop", "gatectl@demo.service"]);
+    assert_eq!(
+        unit_property(&host, "gatectl@demo.service", "ActiveState"),
+        "inactive"
+    );
+    assert_eq!(gate_leftovers(&host), Vec::<String>::new());
+
+    // Purge, with the gate running again: no gate, no unit, no file left.
+    host.run_ok(&["systemctl", "start", "gatectl@demo.service"]);
+    assert_eq!(unit_property(&host, "gate-demo.service", "ActiveState"), "active");
+    let files = host.run_ok(&["dpkg-query", "-L", "gatectl"]);
+    let out = host.exec(&["dpkg", "--purge", "gatectl"]);
+    assert!(out.status.success(), "dpkg --purge: {}", text(&out));
+    assert_eq!(gate_leftovers(&host), Vec::<String>::new());
+    let units = host.run_ok(&[
+        "systemctl",
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "gatectl@*",
+    ]);
+    assert!(units.trim().is_empty(), "units left after purge: {units}");
+    // (list-unit-files exits 1 when nothing matches.)
+    let unit_files = host.exec(&["systemctl", "list-unit-files", "--no-legend", "gatectl@*"]);
+    let unit_files = String::from_utf8_lossy(&unit_files.stdout);
+    assert!(
+        unit_files.trim().is_empty(),
+        "unit files left after purge: {unit_files}"
+    );
+    let status = host.exec(&["dpkg-query", "-W", "-f", "${Status}", "gatectl"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.is_empty() || status.contains("not-installed"),
+        "dpkg still knows gatectl: {status}"
+    );
+    // Every file of the package is gone, and so is every directory that was
+    // the package's alone; shared directories (/usr/bin, ...) stay.
+    let mut left = Vec::new();
+    for path in files.lines().map(str::trim).filter(|p| p.starts_with('/')) {
+        let is_dir = host.exec(&["test", "-d", path]).status.success();
+        let exists = host.exec(&["test", "-e", path]).status.success()
+            || host.exec(&["test", "-L", path]).status.success();
+        if exists && (!is_dir || path.contains("gatectl")) {
+            left.push(path.to_string());
+        }
+    }
+    for path in ["/etc/gatectl", "/run/gatectl", WANTS_LINK, RECONCILE_LINK] {
+        if host.exec(&["test", "-e", path]).status.success()
+            || host.exec(&["test", "-L", path]).status.success()
+        {
+            left.push(path.to_string());
+        }
+    }
+    assert_eq!(left, Vec::<String>::new(), "left after purge");
+    let tables = host.run_ok(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("gatectl"),
+        "the purge leaves no nftables table of gatectl: {tables}"
+    );
+
+    // Without a running systemd (as in a chroot: no /run/systemd/system),
+    // install and purge still succeed, and only touch files.
+    let out = host.exec(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /run/systemd && dpkg -i /root/gatectl.deb && dpkg --purge gatectl",
+    ]);
+    assert!(
+        out.status.success(),
+        "install and purge without systemd: {}",
+        text(&out)
+    );
+    assert!(!host.exec(&["test", "-e", "/etc/gatectl"]).status.success());
+}
