@@ -13,8 +13,8 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::gatectl::{allowlist, gatectl, gatectl_ok, setup, text, GATECTL};
-use common::{require_root, ssh_args, SshFixture, TestHost};
+use common::gatectl::{allowlist, gatectl, gatectl_ok, setup, ssh_via_gate, text, GATECTL};
+use common::{require_root, SshFixture, TestHost};
 
 const SLUGS: usize = 10;
 
@@ -39,26 +39,6 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
 }
 
-fn ssh_through(host: &TestHost, sshd: &SshFixture, slug: &str) -> Result<(), String> {
-    let config = gatectl_ok(host, &["ssh-config", slug]) + "    User root\n";
-    let path = format!("/root/agent/{slug}.ssh_config");
-    host.write_file(&path, config.as_bytes(), 0o600);
-    let argv = ssh_args(
-        None,
-        Some(&path),
-        &sshd.identity,
-        "/root/agent/known_hosts",
-        "up",
-        "echo ok",
-    );
-    let out = host.exec(&argv);
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(text(&out))
-    }
-}
-
 /// Every gate `list` reports running must carry ssh; a forwarder that was
 /// just killed gets a moment to be restarted by systemd.
 fn check_running_gates(host: &TestHost, sshd: &SshFixture, step: &str) {
@@ -73,7 +53,7 @@ fn check_running_gates(host: &TestHost, sshd: &SshFixture, step: &str) {
         }
         let mut last = Err(String::new());
         for _ in 0..30 {
-            last = ssh_through(host, sshd, slug);
+            last = ssh_via_gate(host, sshd, slug, None, "true").map(|_| ());
             if last.is_ok() {
                 break;
             }
@@ -99,7 +79,7 @@ fn chaos_soak() {
     for i in 0..SLUGS {
         host.write_file(
             &format!("/etc/gatectl/bottles/s{i}.toml"),
-            b"[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
+            b"[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n",
             0o644,
         );
     }

@@ -7,30 +7,13 @@
 
 mod common;
 
-use common::gatectl::{allowlist, connect, gatectl, gatectl_ok, leftovers, serve, setup, text};
-use common::{require_root, ssh_args, SshFixture, TestHost};
+use common::gatectl::{
+    allowlist, bash_in, connect, gatectl, gatectl_ok, leftovers, serve, setup, ssh_via_gate, text,
+};
+use common::require_root;
 
 const ALICE: &[u8] =
     b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n";
-
-fn ssh_alice(host: &TestHost, sshd: &SshFixture, cmd: &str) -> Result<String, String> {
-    let config = gatectl_ok(host, &["ssh-config", "alice"]);
-    host.write_file("/root/agent/ssh_config", config.as_bytes(), 0o600);
-    let argv = ssh_args(
-        Some("agent"),
-        Some("/root/agent/ssh_config"),
-        &sshd.identity,
-        "/root/agent/known_hosts",
-        "up",
-        cmd,
-    );
-    let out = host.exec(&argv);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(text(&out))
-    }
-}
 
 #[test]
 fn a_gate_reaches_its_upstream_and_nothing_else() {
@@ -49,7 +32,7 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
     gatectl_ok(&host, &["start", "alice"]);
 
     // From the agent netns: ssh through the gate works...
-    let out = ssh_alice(&host, &sshd, "echo through-the-gate").unwrap();
+    let out = ssh_via_gate(&host, &sshd, "alice", Some("agent"), "echo through-the-gate").unwrap();
     assert!(out.contains("through-the-gate"));
     // ...a direct connect to the upstream has no route...
     let direct = connect(&host, Some("agent"), "10.99.2.1", 22).unwrap_err();
@@ -138,17 +121,12 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
         "--route",
         "31000,tampered,10.99.2.1:22",
     ]);
-    let tampered = host.exec(&[
-        "ip",
-        "netns",
-        "exec",
+    let tampered = bash_in(
+        &host,
         "agent",
-        "timeout",
-        "5",
-        "bash",
-        "-c",
+        5,
         "exec 3<>/dev/tcp/10.231.0.1/31000; read -t 3 line <&3; echo \"got:$line\"",
-    ]);
+    );
     let got = String::from_utf8_lossy(&tampered.stdout);
     assert!(
         !got.contains("SSH-"),
@@ -177,9 +155,11 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
     host.run_ok(&["nft", "flush", "ruleset"]);
     let out = gatectl_ok(&host, &["reconcile"]);
     assert!(out.contains("1 running gate(s): alice"), "{out}");
-    assert!(ssh_alice(&host, &sshd, "echo after-reconcile")
-        .unwrap()
-        .contains("after-reconcile"));
+    assert!(
+        ssh_via_gate(&host, &sshd, "alice", Some("agent"), "echo after-reconcile")
+            .unwrap()
+            .contains("after-reconcile")
+    );
     assert!(
         connect(&host, gate, "10.99.2.1", 8080).is_err(),
         "decoy after reconcile"

@@ -8,32 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::gatectl::{connect, gatectl, gatectl_ok, leftovers, serve, setup, text};
-use common::{require_root, ssh_args, SshFixture, TestHost};
+use common::gatectl::{bash_in, connect, gatectl, gatectl_ok, leftovers, serve, setup, ssh_via_gate, text};
+use common::{require_root, TestHost};
 
 const ALICE: &[u8] =
     b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n";
-
-/// Runs `echo ok` over ssh through gate `slug` (agent end in netns `agent`).
-fn ssh_ok(host: &TestHost, sshd: &SshFixture, slug: &str) -> Result<(), String> {
-    let config = gatectl_ok(host, &["ssh-config", slug]);
-    let path = format!("/root/agent/{slug}.ssh_config");
-    host.write_file(&path, config.as_bytes(), 0o600);
-    let argv = ssh_args(
-        Some("agent"),
-        Some(&path),
-        &sshd.identity,
-        "/root/agent/known_hosts",
-        "up",
-        "echo ok",
-    );
-    let out = host.exec(&argv);
-    if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
-        Ok(())
-    } else {
-        Err(text(&out))
-    }
-}
 
 /// Starts the installed gatectl with `args` inside `host`, capturing its output.
 fn spawn_gatectl(host: &TestHost, args: &[&str]) -> std::process::Child {
@@ -66,7 +45,7 @@ fn forwarder_crash_netns_loss_reloads_and_wiped_state() {
     let (host, sshd) = setup("e2e-faults");
     host.write_file("/etc/gatectl/bottles/alice.toml", ALICE, 0o644);
     gatectl_ok(&host, &["start", "alice"]);
-    ssh_ok(&host, &sshd, "alice").unwrap();
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
     // The forwarder is SIGKILLed: systemd restarts it and the gate works again.
     host.run_ok(&["systemctl", "kill", "--signal=KILL", "gate-alice.service"]);
@@ -75,7 +54,7 @@ fn forwarder_crash_netns_loss_reloads_and_wiped_state() {
     });
     let back = back.expect("the forwarder did not come back within 5 s");
     assert!(back < Duration::from_millis(1500), "restart took {back:?}");
-    ssh_ok(&host, &sshd, "alice").unwrap();
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
     // daemon-reload and daemon-reexec: the gate keeps running and stays manageable.
     host.run_ok(&["systemctl", "daemon-reload"]);
@@ -84,7 +63,7 @@ fn forwarder_crash_netns_loss_reloads_and_wiped_state() {
         gatectl(&host, &["status", "alice"]).status.success()
     })
     .expect("status after daemon-reexec");
-    ssh_ok(&host, &sshd, "alice").unwrap();
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
     // /run/gatectl is wiped: status and stop work from systemd and the kernel.
     host.run_ok(&["rm", "-rf", "/run/gatectl"]);
@@ -132,17 +111,12 @@ fn upstream_down_and_connection_flood() {
     // Nothing listens on the second upstream: the agent's connection is
     // closed promptly, the journal says why, the first entry still works.
     let start = Instant::now();
-    let out = host.exec(&[
-        "ip",
-        "netns",
-        "exec",
+    let out = bash_in(
+        &host,
         "agent",
-        "timeout",
-        "5",
-        "bash",
-        "-c",
+        5,
         "exec 3<>/dev/tcp/10.231.0.1/30001; cat <&3; echo closed",
-    ]);
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("closed"),
         "{}",
@@ -165,7 +139,7 @@ fn upstream_down_and_connection_flood() {
         journal.contains("connect failed") && journal.contains("refused"),
         "{journal}"
     );
-    ssh_ok(&host, &sshd, "alice").unwrap();
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
     // A flood past max_connections: the excess is closed at once, the held
     // connections and new sessions after them keep working.
@@ -198,17 +172,12 @@ fn upstream_down_and_connection_flood() {
         status.contains("4 active")
     })
     .expect("4 connections held");
-    let excess = host.exec(&[
-        "ip",
-        "netns",
-        "exec",
+    let excess = bash_in(
+        &host,
         "agent",
-        "timeout",
-        "5",
-        "bash",
-        "-c",
+        5,
         "exec 3<>/dev/tcp/10.231.0.1/30000; cat <&3; echo closed",
-    ]);
+    );
     let excess_out = String::from_utf8_lossy(&excess.stdout);
     assert!(
         excess_out.trim() == "closed",
@@ -232,7 +201,7 @@ fn upstream_down_and_connection_flood() {
     ]);
     let memory: u64 = memory.trim().parse().unwrap_or(0);
     assert!(memory < 64 * 1024 * 1024, "forwarder memory {memory}");
-    ssh_ok(&host, &sshd, "alice").unwrap();
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
     gatectl_ok(&host, &["stop", "alice"]);
 }
 
@@ -264,7 +233,7 @@ fn races_and_interrupted_starts() {
         "{}",
         text(loser)
     );
-    ssh_ok(&host, &sshd, "alice").unwrap();
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
     // start racing stop: either a working gate or nothing.
     for _ in 0..3 {
@@ -273,7 +242,7 @@ fn races_and_interrupted_starts() {
         stop.wait_with_output().unwrap();
         start.wait_with_output().unwrap();
         if gatectl(&host, &["status", "alice"]).status.success() {
-            ssh_ok(&host, &sshd, "alice").unwrap();
+            ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
         } else {
             assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
         }
@@ -318,7 +287,7 @@ fn races_and_interrupted_starts() {
         if !gatectl(&host, &["status", "alice"]).status.success() {
             gatectl_ok(&host, &["start", "alice"]);
         }
-        ssh_ok(&host, &sshd, "alice").unwrap();
+        ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
         // prune never touches a healthy gate.
         assert_eq!(gatectl_ok(&host, &["prune"]).trim(), "nothing to prune");
         gatectl_ok(&host, &["stop", "alice"]);

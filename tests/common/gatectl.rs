@@ -165,3 +165,41 @@ pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
     }
     left
 }
+
+/// Runs `command` on the upstream over a real `ssh` to alias `up`, through
+/// gate `slug` with the config `gatectl ssh-config` prints, from `netns` (or
+/// the host's root namespace). Returns ssh's stdout, or why it failed.
+pub fn ssh_via_gate(
+    host: &TestHost,
+    sshd: &SshFixture,
+    slug: &str,
+    netns: Option<&str>,
+    command: &str,
+) -> Result<String, String> {
+    let config = gatectl_ok(host, &["ssh-config", slug]);
+    let path = format!("/root/agent/{slug}.ssh_config");
+    host.write_file(&path, config.as_bytes(), 0o600);
+    let argv = super::ssh_args(
+        netns,
+        Some(&path),
+        &sshd.identity,
+        "/root/agent/known_hosts",
+        "up",
+        command,
+    );
+    let out = host.exec(&argv);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(text(&out))
+    }
+}
+
+/// Runs a bash `script` inside `netns` with a time limit of `seconds`
+/// (for raw `/dev/tcp` connections).
+pub fn bash_in(host: &TestHost, netns: &str, seconds: u32, script: &str) -> Output {
+    let seconds = seconds.to_string();
+    host.exec(&[
+        "ip", "netns", "exec", netns, "timeout", &seconds, "bash", "-c", script,
+    ])
+}
