@@ -31,6 +31,11 @@ pub fn link_alias(slug: &Slug) -> String {
     format!("gatectl:{slug}")
 }
 
+/// The slug a link alias names, if it is one of [`link_alias`].
+pub fn slug_of_link_alias(alias: &str) -> Option<Slug> {
+    Slug::parse(alias.strip_prefix("gatectl:")?).ok()
+}
+
 /// The host: its settings and its record store.
 pub struct Host {
     /// Host settings.
@@ -166,12 +171,7 @@ impl Host {
                 .links_with_prefix("gt")
                 .await?
                 .iter()
-                .filter_map(|(name, _)| {
-                    let number = name
-                        .strip_prefix(HOST_EGRESS_PREFIX)
-                        .or(name.strip_prefix(HOST_INTERNAL_PREFIX))?;
-                    number.parse().ok()
-                })
+                .filter_map(|(name, _)| plan::host_link_index(name))
                 .collect();
             let index = self.next_index(&linked)?;
             let plan = draft.at_index(&self.settings, index);
@@ -424,15 +424,10 @@ impl Host {
     pub async fn list(&self, systemd: &Systemd) -> Result<Vec<GateStatus>> {
         let units = systemd.units(&format!("{}*.service", plan::GATE_PREFIX)).await?;
         let mut slugs: Vec<Slug> = self.records.slugs();
-        let from_units = units.iter().filter_map(|u| {
-            u.name
-                .strip_prefix(plan::GATE_PREFIX)?
-                .strip_suffix(".service")
-                .and_then(|s| Slug::parse(s).ok())
-        });
+        let from_units = units.iter().filter_map(|u| plan::slug_of_unit(&u.name));
         let from_netns = netns::list(plan::GATE_PREFIX)
             .into_iter()
-            .filter_map(|n| Slug::parse(n.strip_prefix(plan::GATE_PREFIX)?).ok());
+            .filter_map(|n| plan::slug_of_netns(&n));
         slugs.extend(from_units.chain(from_netns));
         slugs.sort();
         slugs.dedup();
@@ -531,27 +526,26 @@ async fn delete_agent_link(path: &Path, name: &str, slug: &Slug) -> Result<()> {
     let Ok(ns) = netns::open(path) else {
         return Ok(());
     };
-    let agent = Netlink::in_netns(&ns)?;
-    let ours = link_alias(slug);
-    match agent
-        .links_with_prefix(name)
-        .await?
-        .iter()
-        .find(|(n, _)| n == name)
-    {
-        Some((_, Some(alias))) if *alias == ours => agent.delete(name).await,
-        _ => Ok(()),
-    }
+    delete_if_ours(&Netlink::in_netns(&ns)?, name, slug, false).await
 }
 
 /// Deletes host link `name` if it is unlabelled or labelled as `slug`'s.
 async fn delete_own_link(root: &Netlink, name: &str, slug: &Slug) -> Result<()> {
-    let ours = link_alias(slug);
-    let links = root.links_with_prefix(name).await?;
-    match links.iter().find(|(n, _)| n == name) {
-        Some((_, Some(alias))) if *alias != ours => Ok(()),
-        Some(_) => root.delete(name).await,
-        None => Ok(()),
+    delete_if_ours(root, name, slug, true).await
+}
+
+/// Deletes link `name` if it carries `slug`'s alias, or no alias at all
+/// when `unlabelled_too`.
+async fn delete_if_ours(netlink: &Netlink, name: &str, slug: &Slug, unlabelled_too: bool) -> Result<()> {
+    let ours = match netlink.alias_of(name).await? {
+        None => false,
+        Some(None) => unlabelled_too,
+        Some(Some(alias)) => alias == link_alias(slug),
+    };
+    if ours {
+        netlink.delete(name).await
+    } else {
+        Ok(())
     }
 }
 

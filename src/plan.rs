@@ -205,6 +205,24 @@ pub fn unit_name(slug: &Slug) -> String {
     format!("{GATE_PREFIX}{slug}.service")
 }
 
+/// The slug whose forwarder unit is `unit` (`gate-<slug>.service`).
+pub fn slug_of_unit(unit: &str) -> Option<Slug> {
+    Slug::parse(unit.strip_prefix(GATE_PREFIX)?.strip_suffix(".service")?).ok()
+}
+
+/// The slug whose gate netns is `netns` (`gate-<slug>`).
+pub fn slug_of_netns(netns: &str) -> Option<Slug> {
+    Slug::parse(netns.strip_prefix(GATE_PREFIX)?).ok()
+}
+
+/// The gate index in a host-side link name (`gte<k>` or `gti<k>`).
+pub fn host_link_index(name: &str) -> Option<u32> {
+    let number = name
+        .strip_prefix(HOST_EGRESS_PREFIX)
+        .or(name.strip_prefix(HOST_INTERNAL_PREFIX))?;
+    number.parse().ok()
+}
+
 /// Turns a netns name into its path under /run/netns; a path stays as is.
 pub fn netns_path(ns: &str) -> PathBuf {
     if ns.starts_with('/') {

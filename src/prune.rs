@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::gate::{link_alias, Host, FORWARDING_MARKER};
+use crate::gate::{link_alias, slug_of_link_alias, Host, FORWARDING_MARKER};
 use crate::lock;
 use crate::net::firewall::{Firewall, TABLE};
 use crate::net::link::Netlink;
@@ -35,7 +35,7 @@ fn leftover(kind: &'static str, name: impl Into<String>) -> Leftover {
 }
 
 fn slug_of_alias(alias: Option<&str>) -> Option<Slug> {
-    Slug::parse(alias?.strip_prefix("gatectl:")?).ok()
+    slug_of_link_alias(alias?)
 }
 
 impl Host {
@@ -49,11 +49,11 @@ impl Host {
         host_links.extend(root.links_with_prefix(HOST_INTERNAL_PREFIX).await?);
 
         let mut slugs: BTreeSet<Slug> = self.records.slugs().into_iter().collect();
-        slugs.extend(units.iter().filter_map(|u| slug_of_unit(&u.name)));
+        slugs.extend(units.iter().filter_map(|u| plan::slug_of_unit(&u.name)));
         slugs.extend(
             netns::list(plan::GATE_PREFIX)
                 .iter()
-                .filter_map(|n| Slug::parse(n.strip_prefix(plan::GATE_PREFIX)?).ok()),
+                .filter_map(|n| plan::slug_of_netns(n)),
         );
         slugs.extend(
             host_links
@@ -105,7 +105,7 @@ impl Host {
             if owner.is_some_and(|s| kept.contains(&s) || found.iter().any(|f| f.name == *name)) {
                 continue;
             }
-            let index = name[HOST_EGRESS_PREFIX.len()..].parse::<u32>().ok();
+            let index = plan::host_link_index(name);
             if index.is_some_and(|i| claimed.contains(&i)) {
                 continue;
             }
@@ -186,8 +186,4 @@ impl Host {
         }
         traces
     }
-}
-
-fn slug_of_unit(unit: &str) -> Option<Slug> {
-    Slug::parse(unit.strip_prefix(plan::GATE_PREFIX)?.strip_suffix(".service")?).ok()
 }

@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::gatectl::{allowlist, gatectl, gatectl_ok, setup, ssh_via_gate, text, GATECTL};
+use common::gatectl::{allowlist, gatectl, gatectl_ok, setup, ssh_via_gate, text, GATECTL, LIST_GATE_UNITS};
 use common::{require_root, SshFixture, TestHost};
 
 const SLUGS: usize = 10;
@@ -141,14 +141,7 @@ fn chaos_soak() {
         !links.contains(": gte") && !links.contains(": gti"),
         "links left: {links}"
     );
-    let units = host.run_ok(&[
-        "systemctl",
-        "list-units",
-        "--all",
-        "--plain",
-        "--no-legend",
-        "gate-*",
-    ]);
+    let units = host.run_ok(&LIST_GATE_UNITS);
     assert_eq!(units.trim(), "", "units left");
     assert_eq!(allowlist(&host), "", "firewall elements left");
     let records = host.run_ok(&["sh", "-c", "ls /run/gatectl/gates 2>/dev/null || true"]);

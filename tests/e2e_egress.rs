@@ -8,7 +8,7 @@
 mod common;
 
 use common::gatectl::{
-    allowlist, bash_in, connect, gatectl, gatectl_ok, leftovers, serve, setup, ssh_via_gate, text,
+    allowlist, bash_in, connect, gatectl, gatectl_ok, ip_forward, leftovers, serve, setup, ssh_via_gate, text,
 };
 use common::require_root;
 
@@ -27,7 +27,7 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
     // A third network behind the host, with a service.
     host.add_netns_with_link("other", "ot0", "10.99.4.0/31", "10.99.4.1/31");
     serve(&host, Some("other"), "10.99.4.1", 7070, "other");
-    assert_eq!(host.run_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "0");
+    assert_eq!(ip_forward(&host, None), "0");
     host.write_file("/etc/gatectl/bottles/alice.toml", ALICE, 0o644);
     gatectl_ok(&host, &["start", "alice"]);
 
@@ -71,7 +71,7 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
 
     // gatectl turned forwarding on, but the host still forwards nothing but
     // gate traffic between its other networks.
-    assert_eq!(host.run_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "1");
+    assert_eq!(ip_forward(&host, None), "1");
     assert!(
         connect(&host, Some("upstream"), "10.99.4.1", 7070).is_err(),
         "upstream -> other"
@@ -82,15 +82,7 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
     );
 
     // The gate netns itself never forwards.
-    let fwd = host.run_ok(&[
-        "ip",
-        "netns",
-        "exec",
-        "gate-alice",
-        "sysctl",
-        "-n",
-        "net.ipv4.ip_forward",
-    ]);
+    let fwd = ip_forward(&host, Some("gate-alice"));
     assert_eq!(fwd.trim(), "0");
 
     // The forwarder's own sandbox: a forwarder in the same gate, told to

@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::gatectl::{bash_in, connect, gatectl, gatectl_ok, leftovers, serve, setup, ssh_via_gate, text};
+use common::gatectl::{
+    bash_in, connect, gatectl, gatectl_ok, ip_forward, leftovers, serve, setup, ssh_via_gate, text,
+};
 use common::{require_root, TestHost};
 
 const ALICE: &[u8] =
@@ -309,7 +311,7 @@ fn races_and_interrupted_starts() {
         "{pruned}"
     );
     assert!(!host.run_ok(&["nft", "list", "tables"]).contains("gatectl"));
-    assert_eq!(host.run_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "0");
+    assert_eq!(ip_forward(&host, None), "0");
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::gatectl::{gatectl, gatectl_ok, leftovers, setup, text};
+use common::gatectl::{gatectl, gatectl_ok, ip_forward, leftovers, setup, text};
 use common::{require_root, ssh_args};
 
 #[test]
@@ -146,17 +146,9 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
     let ns = host.run_ok(&["ip", "netns", "identify", pid.trim()]);
     assert_eq!(ns.trim(), "gate-alice");
     // The gate netns never routes between its links, though the host forwards.
-    let gate_fwd = host.run_ok(&[
-        "ip",
-        "netns",
-        "exec",
-        "gate-alice",
-        "sysctl",
-        "-n",
-        "net.ipv4.ip_forward",
-    ]);
+    let gate_fwd = ip_forward(&host, Some("gate-alice"));
     assert_eq!(gate_fwd.trim(), "0");
-    assert_eq!(host.run_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "1");
+    assert_eq!(ip_forward(&host, None), "1");
 
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::gatectl::{gatectl, gatectl_ok, text, GATECTL};
+use common::gatectl::{gatectl, gatectl_ok, text, GATECTL, LIST_GATE_UNITS};
 use common::{require_root, TestHost};
 
 /// Where rows put their input files inside the host.
@@ -337,14 +337,7 @@ fn snapshot(host: &TestHost) -> Snapshot {
         &["ip", "-o", "link", "show"],
         &["ip", "-n", "agent", "-o", "link", "show"],
         &["nft", "list", "ruleset"],
-        &[
-            "systemctl",
-            "list-units",
-            "--all",
-            "--plain",
-            "--no-legend",
-            "gate-*",
-        ],
+        &LIST_GATE_UNITS,
         &["find", "/run/gatectl", "-printf", "%p %y %s\n"],
     ];
     for argv in probes {

@@ -13,23 +13,15 @@
 
 mod common;
 
+use common::gatectl::{add_upstream_and_agent, gate_traces, text};
 use common::{require_root, ssh_args, SshFixture, TestHost};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const DEB_IN_HOST: &str = "/root/gatectl.deb";
 const UNIT_DIR: &str = "/usr/lib/systemd/system";
 const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/gatectl@demo.service";
 const RECONCILE_LINK: &str = "/etc/systemd/system/nftables.service.wants/gatectl-reconcile.service";
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The .deb to test: `GATECTL_DEB`, or a fresh one from `scripts/package`.
 fn build_deb() -> PathBuf {
@@ -76,14 +68,7 @@ fn setup(host: &TestHost) -> SshFixture {
            if grep -q '^path-exclude' \"$f\"; then rm -f \"$f\"; fi; \
          done",
     );
-    host.add_netns_with_link("upstream", "up0", "10.99.2.0/31", "10.99.2.1/31");
-    let sshd = host.start_sshd("upstream", "10.99.2.1", 22);
-    let hosts = host.read_file("/etc/hosts") + "10.99.2.1 upstream.test\n";
-    host.write_file("/etc/hosts", hosts.as_bytes(), 0o644);
-    host.add_netns("agent");
-    host.run_ok(&["mkdir", "-p", "/root/agent"]);
-    sshd.write_known_hosts(host, "/root/agent/known_hosts", &["upstream.test"]);
-    sshd
+    add_upstream_and_agent(host)
 }
 
 /// Runs a command through the gate of `demo` from the agent's netns.
@@ -112,46 +97,6 @@ fn unit_property(host: &TestHost, unit: &str, property: &str) -> String {
     host.run_ok(&["systemctl", "show", "--value", "-p", property, unit])
         .trim()
         .to_string()
-}
-
-/// What is left of gate `demo`: netns, links, units, record (empty when
-/// nothing is).
-fn gate_leftovers(host: &TestHost) -> Vec<String> {
-    let mut left = Vec::new();
-    let netns = host.run_ok(&["ip", "netns", "list"]);
-    if netns.contains("gate-demo") {
-        left.push(format!("netns: {netns}"));
-    }
-    let links = host.run_ok(&["ip", "-o", "link", "show"]);
-    for l in links
-        .lines()
-        .filter(|l| l.contains(": gte") || l.contains(": gti"))
-    {
-        left.push(format!("host link: {l}"));
-    }
-    let agent_links = host.run_ok(&["ip", "-n", "agent", "-o", "link", "show"]);
-    if agent_links.contains("gate0") {
-        left.push(format!("agent link: {agent_links}"));
-    }
-    let units = host.run_ok(&[
-        "systemctl",
-        "list-units",
-        "--all",
-        "--plain",
-        "--no-legend",
-        "gate-*",
-    ]);
-    if !units.trim().is_empty() {
-        left.push(format!("units: {units}"));
-    }
-    if host
-        .exec(&["test", "-e", "/run/gatectl/gates/demo.json"])
-        .status
-        .success()
-    {
-        left.push("state record".into());
-    }
-    left
 }
 
 /// The completions bash offers for `line` (ending where the cursor is),
@@ -210,7 +155,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     let wants = host.exec(&["test", "-e", WANTS_LINK]);
     assert!(!wants.status.success(), "the install enabled gatectl@demo");
     host.run_ok(&["test", "-L", RECONCILE_LINK]);
-    assert_eq!(gate_leftovers(&host), Vec::<String>::new());
+    assert_eq!(gate_traces(&host, "demo"), Vec::<String>::new());
 
     // The installed units pass systemd-analyze verify (which also checks
     // that ExecStart's binary and Documentation's man page exist).
@@ -300,7 +245,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         unit_property(&host, "gatectl@demo.service", "ActiveState"),
         "inactive"
     );
-    assert_eq!(gate_leftovers(&host), Vec::<String>::new());
+    assert_eq!(gate_traces(&host, "demo"), Vec::<String>::new());
 
     // Purge, with the gate running again: no gate, no unit, no file left.
     host.run_ok(&["systemctl", "start", "gatectl@demo.service"]);
@@ -308,7 +253,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     let files = host.run_ok(&["dpkg-query", "-L", "gatectl"]);
     let out = host.exec(&["dpkg", "--purge", "gatectl"]);
     assert!(out.status.success(), "dpkg --purge: {}", text(&out));
-    assert_eq!(gate_leftovers(&host), Vec::<String>::new());
+    assert_eq!(gate_traces(&host, "demo"), Vec::<String>::new());
     let units = host.run_ok(&[
         "systemctl",
         "list-units",

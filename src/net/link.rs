@@ -105,6 +105,17 @@ impl Netlink {
         }
     }
 
+    /// The alias of link `name`: `None` if there is no such link,
+    /// `Some(None)` if it has no alias.
+    pub async fn alias_of(&self, name: &str) -> Result<Option<Option<String>>> {
+        Ok(self.find(name).await?.map(|link| {
+            link.attributes.into_iter().find_map(|attr| match attr {
+                LinkAttribute::IfAlias(alias) => Some(alias),
+                _ => None,
+            })
+        }))
+    }
+
     async fn index_of(&self, name: &str) -> Result<u32> {
         self.find(name)
             .await?

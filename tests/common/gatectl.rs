@@ -35,20 +35,28 @@ pub fn gatectl_ok(host: &TestHost, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A throwaway host with gatectl installed, an upstream netns `upstream`
-/// (10.99.2.1, behind the host's `up0` 10.99.2.0) running sshd on :22 and
-/// named `upstream.test` in /etc/hosts, and an isolated agent netns `agent`.
-/// `/root/agent/known_hosts` vouches for the upstream's host key.
+/// A throwaway host with gatectl installed at [`GATECTL`] and the fixture of
+/// [`add_upstream_and_agent`].
 pub fn setup(name: &str) -> (TestHost, SshFixture) {
     let host = TestHost::boot(name);
     host.install_binary(Path::new(env!("CARGO_BIN_EXE_gatectl")), GATECTL);
+    host.run_ok(&["mkdir", "-p", "/etc/gatectl/bottles"]);
+    let sshd = add_upstream_and_agent(&host);
+    (host, sshd)
+}
+
+/// An upstream netns `upstream` (10.99.2.1, behind the host's `up0`
+/// 10.99.2.0) running sshd on :22 and named `upstream.test` in /etc/hosts,
+/// and an isolated agent netns `agent`. `/root/agent/known_hosts` vouches
+/// for the upstream's host key.
+pub fn add_upstream_and_agent(host: &TestHost) -> SshFixture {
     host.add_netns_with_link("upstream", "up0", "10.99.2.0/31", "10.99.2.1/31");
     let sshd = host.start_sshd("upstream", "10.99.2.1", 22);
-    add_host_name(&host, "10.99.2.1", "upstream.test");
+    add_host_name(host, "10.99.2.1", "upstream.test");
     host.add_netns("agent");
-    host.run_ok(&["mkdir", "-p", "/etc/gatectl/bottles", "/root/agent"]);
-    sshd.write_known_hosts(&host, "/root/agent/known_hosts", &["upstream.test"]);
-    (host, sshd)
+    host.run_ok(&["mkdir", "-p", "/root/agent"]);
+    sshd.write_known_hosts(host, "/root/agent/known_hosts", &["upstream.test"]);
+    sshd
 }
 
 /// Adds `address name` to the host's /etc/hosts.
@@ -125,9 +133,29 @@ pub fn allowlist(host: &TestHost) -> String {
     lines
 }
 
+/// The argv listing every `gate-*` unit systemd has loaded, one per line.
+pub const LIST_GATE_UNITS: [&str; 6] = [
+    "systemctl",
+    "list-units",
+    "--all",
+    "--plain",
+    "--no-legend",
+    "gate-*",
+];
+
+/// `net.ipv4.ip_forward` in `netns` (or the host's root namespace).
+pub fn ip_forward(host: &TestHost, netns: Option<&str>) -> String {
+    let mut argv = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip", "netns", "exec", ns]);
+    }
+    argv.extend(["sysctl", "-n", "net.ipv4.ip_forward"]);
+    host.run_ok(&argv).trim().to_string()
+}
+
 /// What the kernel, systemd and gatectl's state hold of gate `slug`, or of
-/// any gate's links and allowlist (empty when nothing is left).
-pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
+/// any gate's links, the firewall aside (empty when nothing is left).
+pub fn gate_traces(host: &TestHost, slug: &str) -> Vec<String> {
     let mut left = Vec::new();
     let netns = host.run_ok(&["ip", "netns", "list"]);
     if netns.contains(&format!("gate-{slug}")) {
@@ -144,24 +172,23 @@ pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
     if agent_links.contains("gate0") {
         left.push(format!("agent link: {agent_links}"));
     }
-    let units = host.run_ok(&[
-        "systemctl",
-        "list-units",
-        "--all",
-        "--plain",
-        "--no-legend",
-        "gate-*",
-    ]);
+    let units = host.run_ok(&LIST_GATE_UNITS);
     if !units.trim().is_empty() {
         left.push(format!("units: {units}"));
-    }
-    let elements = allowlist(host);
-    if !elements.is_empty() {
-        left.push(format!("firewall elements: {elements}"));
     }
     let record = host.exec(&["test", "-e", &format!("/run/gatectl/gates/{slug}.json")]);
     if record.status.success() {
         left.push("state record".into());
+    }
+    left
+}
+
+/// [`gate_traces`] plus any element left in gatectl's firewall allowlist.
+pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
+    let mut left = gate_traces(host, slug);
+    let elements = allowlist(host);
+    if !elements.is_empty() {
+        left.push(format!("firewall elements: {elements}"));
     }
     left
 }
