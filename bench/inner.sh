@@ -234,15 +234,15 @@ latency() {
 [[ssh]]
 Host = "up"
 Hostname = "$UP"
-Port = 22
+Port = 80
 EOF
   local t i
   : > /tmp/g-start; : > /tmp/g-stop; : > /tmp/s-start; : > /tmp/s-stop
   for i in $(seq "$cycles"); do
     t=$(now_ns); gatectl start lat >/dev/null; ms_since "$t" >> /tmp/g-start
     t=$(now_ns); gatectl stop lat >/dev/null; ms_since "$t" >> /tmp/g-stop
-    t=$(now_ns); "$here/shellgate" start lat 1 $UP 22; ms_since "$t" >> /tmp/s-start
-    t=$(now_ns); "$here/shellgate" stop lat 1 $UP 22; ms_since "$t" >> /tmp/s-stop
+    t=$(now_ns); "$here/shellgate" start lat 1 $UP 80; ms_since "$t" >> /tmp/s-start
+    t=$(now_ns); "$here/shellgate" stop lat 1 $UP 80; ms_since "$t" >> /tmp/s-stop
   done
   declare -gA LAT
   local f
@@ -256,24 +256,30 @@ EOF
   gatectl stop lat >/dev/null
   strace -f -tt -T -o /tmp/start.trace gatectl start lat >/dev/null 2>&1 || true
   gatectl stop lat >/dev/null
-  # the unit's side of a start, from the journal: systemd setting up the
-  # sandbox, the forwarder starting, READY=1
-  local since
+  # one start step by step, then the first connection, which makes systemd
+  # start the forwarder (sandbox set-up, exec, READY=1), and a second one
+  local since addr t first second
   since=$(date '+%Y-%m-%d %H:%M:%S.%6N')
   echo "$(date +%H:%M:%S.%6N) gatectl start lat: begins" > /tmp/start.journal
-  gatectl start lat >/dev/null
+  gatectl start --timings lat > /tmp/start.timings 2>&1
   echo "$(date +%H:%M:%S.%6N) gatectl start lat: returned" >> /tmp/start.journal
-  local props
+  addr=$(gatectl ssh-config lat | awk '/HostName/ {print $2}')
+  t=$(now_ns); http_get "$addr"; first=$(ms_since "$t")
+  t=$(now_ns); http_get "$addr"; second=$(ms_since "$t")
+  local props inactive exec active
   props=$(systemctl show -p InactiveExitTimestampMonotonic,ExecMainStartTimestampMonotonic,ActiveEnterTimestampMonotonic gate-lat.service)
-  local inactive exec active
   inactive=$(awk -F= '/^InactiveExit/ {print $2}' <<<"$props")
   exec=$(awk -F= '/^ExecMainStart/ {print $2}' <<<"$props")
   active=$(awk -F= '/^ActiveEnter/ {print $2}' <<<"$props")
-  UNIT_SPLIT="systemd: unit activating → main process forked $(((exec - inactive) / 1000)) ms; forked → READY=1 (sandbox set-up in the child, exec, forwarder start-up) $(((active - exec) / 1000)) ms"
+  UNIT_SPLIT="First HTTP request through the new gate: $first ms (systemd starts the forwarder: activating → main process forked $(((exec - inactive) / 1000)) ms, forked → READY=1 (sandbox set-up in the child, exec, forwarder start-up) $(((active - exec) / 1000)) ms); the second request: $second ms."
   sleep 0.2
-  journalctl --since "$since" -o short-precise --no-pager -u gate-lat.service |
+  journalctl --since "$since" -o short-precise --no-pager -u gate-lat.socket -u gate-lat.service |
     grep -v '^-- ' | sed -E 's/^[A-Z][a-z]{2} [0-9]+ //' >> /tmp/start.journal || true
   gatectl stop lat >/dev/null
+}
+
+http_get() { # ADDR: one HTTP request to ADDR:30000, waits for the reply
+  timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/30000"; printf "GET / HTTP/1.0\r\n\r\n" >&3; cat <&3 >/dev/null' _ "$1"
 }
 
 # --- scale ---------------------------------------------------------------------
@@ -300,9 +306,18 @@ scale() {
   SCALE[last]=$(tail -n $tenth /tmp/each-start | pct 50)
   log "$scale sequential starts: ${SCALE[seq_start]} ms"
 
-  # memory of idle forwarders (the bench gate carries no connection now)
+  # a gate with no connection yet has no forwarder process: only its socket
+  # unit, whose sockets systemd holds
+  SCALE[idle_forwarders]=$(systemctl list-units --plain --no-legend --state=running 'gate-s*.service' | wc -l)
+  # memory of idle forwarders: started by one request each, then idle
   : > /tmp/mem-idle; : > /tmp/rss-idle
-  for i in $(seq 0 $((scale - 1))); do
+  local sample=$(( scale < 20 ? scale : 20 )) a
+  for i in $(seq 0 $((sample - 1))); do
+    a=$(gatectl ssh-config s$i | awk '/HostName/ {print $2}')
+    http_get "$a"
+  done
+  sleep 1
+  for i in $(seq 0 $((sample - 1))); do
     unit_memory gate-s$i.service >> /tmp/mem-idle
     unit_rss gate-s$i.service >> /tmp/rss-idle
   done
@@ -410,8 +425,9 @@ report() {
     echo "| stop them one after another | ${SCALE[seq_stop]} ms |"
     echo "| start $scale gates 8 at a time | ${SCALE[par_start]} ms (${SCALE[par_n]} running) |"
     echo "| stop them 8 at a time | ${SCALE[par_stop]} ms |"
-    echo "| idle forwarder, MemoryCurrent (median) | ${SCALE[mem_idle]} KiB |"
-    echo "| idle forwarder, VmRSS (median) | ${SCALE[rss_idle]} KiB |"
+    echo "| forwarders running before any connection ($scale gates up) | ${SCALE[idle_forwarders]} |"
+    echo "| idle forwarder after one request, MemoryCurrent (median of $(wc -l < /tmp/mem-idle)) | ${SCALE[mem_idle]} KiB |"
+    echo "| idle forwarder after one request, VmRSS (median) | ${SCALE[rss_idle]} KiB |"
     echo "| forwarder with 10 open sessions, MemoryCurrent | ${SCALE[mem_10]} KiB |"
     echo "| forwarder with 10 open sessions, VmRSS | ${SCALE[rss_10]} KiB |"
     echo "| \`gatectl list\` with ${SCALE[list_n]} gates running (median of $lists) | ${SCALE[list]} ms |"
@@ -424,7 +440,13 @@ report() {
     head -n 16 /tmp/start.strace 2>/dev/null || echo "(strace unavailable)"
     echo '```'
     echo
-    echo "One start seen from the journal (systemd's and the forwarder's messages):"
+    echo "One \`gatectl start --timings\`:"
+    echo
+    echo '```'
+    cat /tmp/start.timings
+    echo '```'
+    echo
+    echo "That start and the first connection seen from the journal (systemd's and the forwarder's messages):"
     echo
     echo '```'
     sort /tmp/start.journal | cut -c1-150

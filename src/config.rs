@@ -126,6 +126,27 @@ impl Settings {
         pairs(self.internal_pool).min(pairs(self.egress_pool))
     }
 
+    /// Checks that `forwarder_binary` is an executable file. systemd runs it
+    /// only at a gate's first connection, so `start` checks it first.
+    pub fn check_forwarder_binary(&self) -> Result<()> {
+        let path = &self.forwarder_binary;
+        let problem = match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => Some("is not a regular file".to_string()),
+            Ok(_) => nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
+                .err()
+                .map(|e| format!("is not executable ({e})")),
+            Err(e) => Some(format!("cannot be read ({e})")),
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) => Err(Error::invalid(format!(
+                "the forwarder binary {} {problem}; install gatectl there or set \
+                 forwarder_binary in {DEFAULT_CONFIG_PATH}",
+                path.display()
+            ))),
+        }
+    }
+
     /// The connect timeout as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs.into())

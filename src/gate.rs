@@ -18,7 +18,7 @@ use crate::plan::{self, GatePlan, HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX, LINK
 use crate::resolve;
 use crate::slug::Slug;
 use crate::state::{self, GateRecord, Records};
-use crate::systemd::{Systemd, UnitState};
+use crate::systemd::{GateUnits, Systemd, UnitState};
 use crate::timings::Timings;
 use crate::unit;
 
@@ -114,6 +114,7 @@ impl Host {
         timings: &mut Timings,
     ) -> Result<GatePlan> {
         // Everything that only reads comes before the first file is written.
+        self.settings.check_forwarder_binary()?;
         let draft = self.plan(slug, manifest, agent_netns, 0)?;
         let agent_ns = match &draft.agent_netns {
             Some(path) => Some(netns::open(path).map_err(|e| {
@@ -128,7 +129,6 @@ impl Host {
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
         timings.mark("lock the slug, connect to systemd");
-        let unit_name = plan::unit_name(slug);
         // Holding the slug lock, an incomplete record is a start that died.
         let interrupted = self
             .records
@@ -136,11 +136,11 @@ impl Host {
             .ok()
             .flatten()
             .is_some_and(|r| !r.complete);
-        if let Some(unit) = systemd.unit(&unit_name).await? {
-            if !interrupted && unit.is_up() {
+        if let Some(unit) = systemd.gate_units(slug).await?.loaded().find(|u| u.is_up()) {
+            if !interrupted {
                 return Err(Error::failed(format!(
-                    "gate {slug} is already running ({unit_name} is {}); run `gatectl stop {slug}` first",
-                    unit.active
+                    "gate {slug} is already running ({} is {}); run `gatectl stop {slug}` first",
+                    unit.name, unit.active
                 )));
             }
         }
@@ -157,11 +157,13 @@ impl Host {
         timings.mark("check the address pools against host routes");
         if self.records.slugs().contains(slug) || netns::exists(&plan::netns_name(slug)) {
             // Left over from a start that died or a gate whose unit is gone.
-            self.stop_locked(&systemd, slug).await.map_err(|e| {
-                Error::failed(format!(
-                    "cannot clean up what an earlier start of {slug} left behind: {e}"
-                ))
-            })?;
+            self.stop_locked(&systemd, slug, &mut Timings::default())
+                .await
+                .map_err(|e| {
+                    Error::failed(format!(
+                        "cannot clean up what an earlier start of {slug} left behind: {e}"
+                    ))
+                })?;
         }
 
         let plan = {
@@ -195,7 +197,7 @@ impl Host {
                 Ok(plan)
             }
             Err((step, source)) => {
-                let rollback = match self.teardown(&systemd, &plan).await {
+                let rollback = match self.teardown(&systemd, &plan, timings).await {
                     Ok(()) => match self.records.remove(slug) {
                         Ok(()) => Vec::new(),
                         Err(e) => vec![e],
@@ -298,26 +300,32 @@ impl Host {
         sysctl::enable_ipv4_forwarding().map_err(|e| (step, e))?;
         timings.mark(step);
 
-        let properties = unit::properties(plan, &self.settings);
+        let service = unit::properties(plan, &self.settings);
         systemd
-            .start_transient(&plan.unit, &properties)
+            .start_transient(
+                &plan.socket_unit(),
+                &unit::socket_properties(plan),
+                &[(plan.unit.as_str(), &service)],
+            )
             .await
-            .map_err(|e| ("start the forwarder unit", e))?;
-        timings.mark("start the forwarder unit and wait for READY=1");
+            .map_err(|e| ("start the gate's socket unit", e))?;
+        timings.mark("start the socket unit (listening; the forwarder starts at the first connection)");
         Ok(())
     }
 
     /// Removes everything of the gate in `plan`, in the safe order: unit,
     /// firewall rules, host links, netns. Idempotent; keeps going past
     /// failures and reports them all.
-    async fn teardown(&self, systemd: &Systemd, plan: &GatePlan) -> Result<()> {
+    async fn teardown(&self, systemd: &Systemd, plan: &GatePlan, timings: &mut Timings) -> Result<()> {
         let mut errors = Vec::new();
-        if let Err(e) = systemd.stop(&plan.unit).await {
+        if let Err(e) = systemd.stop(&[&plan.socket_unit(), &plan.unit]).await {
             errors.push(e);
         }
+        timings.mark("stop the socket and forwarder units");
         if let Err(e) = self.firewall().remove_gate(&plan.host_egress.name) {
             errors.push(e);
         }
+        timings.mark("remove the firewall rules");
         match Netlink::current() {
             Ok(root) => {
                 let mut host_links = vec![plan.host_egress.name.clone()];
@@ -343,9 +351,11 @@ impl Host {
         if let Err(e) = delete_gate_links(&plan.netns).await {
             errors.push(e);
         }
+        timings.mark("delete the links");
         if let Err(e) = netns::delete(&plan.netns) {
             errors.push(e);
         }
+        timings.mark("delete the gate netns");
         if errors.is_empty() {
             Ok(())
         } else {
@@ -360,20 +370,28 @@ impl Host {
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
         timings.mark("lock the slug, connect to systemd");
-        self.stop_locked(&systemd, slug).await?;
-        timings.mark("stop the unit, remove rules, links, netns and record");
+        self.stop_locked(&systemd, slug, timings).await?;
+        timings.mark("remove the record");
         Ok(())
     }
 
     /// [`Host::stop`] for a caller that holds the slug lock.
-    pub(crate) async fn stop_locked(&self, systemd: &Systemd, slug: &Slug) -> Result<()> {
+    /// Each step's duration goes to `timings`.
+    pub(crate) async fn stop_locked(
+        &self,
+        systemd: &Systemd,
+        slug: &Slug,
+        timings: &mut Timings,
+    ) -> Result<()> {
         // A corrupt record is treated like a missing one.
         match self.records.load(slug).ok().flatten() {
-            Some(record) => self.teardown(systemd, &record.plan).await?,
+            Some(record) => self.teardown(systemd, &record.plan, timings).await?,
             None => {
                 // No record (e.g. /run/gatectl was wiped): remove what the
                 // names alone identify.
-                systemd.stop(&plan::unit_name(slug)).await?;
+                systemd
+                    .stop(&[&plan::socket_unit_name(slug), &plan::unit_name(slug)])
+                    .await?;
                 let root = Netlink::current()?;
                 let ours = link_alias(slug);
                 for (name, alias) in root.links_with_prefix("gt").await? {
@@ -403,9 +421,10 @@ impl Host {
                 continue;
             };
             let running = systemd
-                .unit(&record.plan.unit)
+                .gate_units(&slug)
                 .await?
-                .is_some_and(|u| u.is_running());
+                .socket
+                .is_some_and(|u| u.is_active());
             if record.complete && running {
                 firewall.add_gate(&gate_rules(&record.plan))?;
                 applied.push(slug);
@@ -416,13 +435,13 @@ impl Host {
 
     /// The state of one gate, from systemd, the kernel and its record.
     pub async fn status(&self, systemd: &Systemd, slug: &Slug) -> Result<GateStatus> {
-        let unit = systemd.unit(&plan::unit_name(slug)).await?;
-        Ok(self.assemble_status(slug, unit))
+        let units = systemd.gate_units(slug).await?;
+        Ok(self.assemble_status(slug, units))
     }
 
     /// The states of every gate that has a record, a unit or a netns.
     pub async fn list(&self, systemd: &Systemd) -> Result<Vec<GateStatus>> {
-        let units = systemd.units(&format!("{}*.service", plan::GATE_PREFIX)).await?;
+        let units = systemd.all_gate_units().await?;
         let mut slugs: Vec<Slug> = self.records.slugs();
         let from_units = units.iter().filter_map(|u| plan::slug_of_unit(&u.name));
         let from_netns = netns::list(plan::GATE_PREFIX)
@@ -434,19 +453,18 @@ impl Host {
         Ok(slugs
             .into_iter()
             .map(|slug| {
-                let unit = units.iter().find(|u| u.name == plan::unit_name(&slug)).cloned();
-                self.assemble_status(&slug, unit)
+                let gate_units = GateUnits::of(&slug, &units);
+                self.assemble_status(&slug, gate_units)
             })
             .collect())
     }
 
-    fn assemble_status(&self, slug: &Slug, unit: Option<UnitState>) -> GateStatus {
+    fn assemble_status(&self, slug: &Slug, units: GateUnits) -> GateStatus {
         let (record, record_problem) = match self.records.load(slug) {
             Ok(r) => (r, None),
             Err(e) => (None, Some(e.to_string())),
         };
         let netns_present = netns::exists(&plan::netns_name(slug));
-        let unit_running = unit.as_ref().is_some_and(UnitState::is_running);
         let mut problems: Vec<String> = record_problem.into_iter().collect();
         if let Some(r) = &record {
             if !r.complete {
@@ -458,17 +476,22 @@ impl Host {
                 });
             }
         }
-        match (&unit, unit_running) {
-            (Some(u), false) => problems.push(format!("unit {} is {}/{}", u.name, u.active, u.sub)),
-            (None, _) if record.is_some() || netns_present => {
-                problems.push(format!("unit {} is not loaded", plan::unit_name(slug)))
-            }
+        let anything = units.loaded().next().is_some() || record.is_some() || netns_present;
+        match &units.socket {
+            Some(u) if !u.is_active() => problems.push(format!("unit {} is {}/{}", u.name, u.active, u.sub)),
+            None if anything => problems.push(format!("unit {} is not loaded", plan::socket_unit_name(slug))),
             _ => {}
         }
-        if !netns_present && (unit.is_some() || record.is_some()) {
+        if let Some(u) = units.service.as_ref().filter(|u| u.has_failed()) {
+            problems.push(format!(
+                "the forwarder {} failed ({}); see `journalctl -u {}`",
+                u.name, u.sub, u.name
+            ));
+        }
+        if !netns_present && (units.socket.is_some() || record.is_some()) {
             problems.push(format!("network namespace {} is missing", plan::netns_name(slug)));
         }
-        let state = if unit.is_none() && record.is_none() && !netns_present {
+        let state = if !anything {
             GateState::Stopped
         } else if problems.is_empty() {
             GateState::Running
@@ -479,11 +502,12 @@ impl Host {
             slug: slug.clone(),
             state,
             problems,
-            unit: unit.unwrap_or(UnitState {
-                name: plan::unit_name(slug),
-                active: "inactive".into(),
-                sub: "dead".into(),
-            }),
+            unit: units
+                .socket
+                .unwrap_or_else(|| UnitState::not_loaded(plan::socket_unit_name(slug))),
+            forwarder: units
+                .service
+                .unwrap_or_else(|| UnitState::not_loaded(plan::unit_name(slug))),
             netns: plan::netns_name(slug),
             netns_path: Path::new(plan::NETNS_DIR).join(plan::netns_name(slug)),
             netns_present,
@@ -570,8 +594,11 @@ pub struct GateStatus {
     pub state: GateState,
     /// Why the gate is broken, if it is.
     pub problems: Vec<String>,
-    /// The forwarder unit as systemd reports it.
+    /// The socket unit as systemd reports it: the gate is up while it is
+    /// active.
     pub unit: UnitState,
+    /// The forwarder unit: inactive until the first connection.
+    pub forwarder: UnitState,
     /// The gate netns name.
     pub netns: String,
     /// Its path.

@@ -179,6 +179,12 @@ impl GatePlan {
         self
     }
 
+    /// The socket unit holding the gate's listening sockets
+    /// (`gate-<slug>.socket`); systemd starts [`GatePlan::unit`] from it.
+    pub fn socket_unit(&self) -> String {
+        socket_unit_name(&self.slug)
+    }
+
     /// Path of the gate netns (`/run/netns/gate-<slug>`).
     pub fn netns_path(&self) -> PathBuf {
         PathBuf::from(NETNS_DIR).join(&self.netns)
@@ -205,9 +211,20 @@ pub fn unit_name(slug: &Slug) -> String {
     format!("{GATE_PREFIX}{slug}.service")
 }
 
-/// The slug whose forwarder unit is `unit` (`gate-<slug>.service`).
+/// The name of the socket unit holding a slug's listening sockets; it
+/// starts the forwarder at the first connection.
+pub fn socket_unit_name(slug: &Slug) -> String {
+    format!("{GATE_PREFIX}{slug}.socket")
+}
+
+/// The slug whose forwarder or socket unit is `unit` (`gate-<slug>.service`,
+/// `gate-<slug>.socket`).
 pub fn slug_of_unit(unit: &str) -> Option<Slug> {
-    Slug::parse(unit.strip_prefix(GATE_PREFIX)?.strip_suffix(".service")?).ok()
+    let name = unit.strip_prefix(GATE_PREFIX)?;
+    let slug = name
+        .strip_suffix(".service")
+        .or_else(|| name.strip_suffix(".socket"))?;
+    Slug::parse(slug).ok()
 }
 
 /// The slug whose gate netns is `netns` (`gate-<slug>`).
@@ -274,6 +291,13 @@ mod tests {
         let p = plan(TWO, 3);
         assert_eq!(p.netns, "gate-alice");
         assert_eq!(p.unit, "gate-alice.service");
+        assert_eq!(p.socket_unit(), "gate-alice.socket");
+        for unit in ["gate-alice.service", "gate-alice.socket"] {
+            assert_eq!(slug_of_unit(unit).as_ref(), Some(&p.slug), "{unit}");
+        }
+        for not_ours in ["gate-alice.scope", "alice.service", "gate-.socket"] {
+            assert_eq!(slug_of_unit(not_ours), None, "{not_ours}");
+        }
         assert_eq!(p.netns_path(), PathBuf::from("/run/netns/gate-alice"));
         assert_eq!(p.agent_link.name, "gti3");
         assert_eq!(p.agent_link.address, Ipv4Addr::new(10, 231, 0, 6));

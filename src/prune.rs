@@ -16,7 +16,8 @@ use crate::net::link::Netlink;
 use crate::net::{netns, sysctl};
 use crate::plan::{self, HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX};
 use crate::slug::Slug;
-use crate::systemd::{Systemd, UnitState};
+use crate::systemd::{GateUnits, Systemd};
+use crate::timings::Timings;
 
 /// One leftover that prune removed (or would remove).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,7 +45,7 @@ impl Host {
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<Leftover>> {
         let systemd = Systemd::connect().await?;
         let root = Netlink::current()?;
-        let units = systemd.units(&format!("{}*.service", plan::GATE_PREFIX)).await?;
+        let units = systemd.all_gate_units().await?;
         let mut host_links = root.links_with_prefix(HOST_EGRESS_PREFIX).await?;
         host_links.extend(root.links_with_prefix(HOST_INTERNAL_PREFIX).await?);
 
@@ -74,7 +75,7 @@ impl Host {
                 kept.insert(slug);
                 continue;
             };
-            let unit = units.iter().find(|u| u.name == plan::unit_name(&slug));
+            let gate_units = GateUnits::of(&slug, &units);
             // Holding the slug lock, an incomplete record is a start that
             // died: what it left goes, even a unit it got running.
             let interrupted = self
@@ -83,16 +84,16 @@ impl Host {
                 .ok()
                 .flatten()
                 .is_some_and(|r| !r.complete);
-            if unit.is_some_and(UnitState::is_up) && !interrupted {
+            if gate_units.is_up() && !interrupted {
                 kept.insert(slug);
                 continue;
             }
-            let traces = self.traces(&slug, unit, &host_links);
+            let traces = self.traces(&slug, &gate_units, &host_links);
             if traces.is_empty() {
                 continue;
             }
             if !dry_run {
-                self.stop_locked(&systemd, &slug).await?;
+                self.stop_locked(&systemd, &slug, &mut Timings::default()).await?;
             }
             found.extend(traces);
         }
@@ -158,11 +159,11 @@ impl Host {
     fn traces(
         &self,
         slug: &Slug,
-        unit: Option<&UnitState>,
+        units: &GateUnits,
         host_links: &[(String, Option<String>)],
     ) -> Vec<Leftover> {
         let mut traces = Vec::new();
-        if let Some(u) = unit {
+        for u in units.loaded() {
             traces.push(leftover("unit", format!("{} ({}/{})", u.name, u.active, u.sub)));
         }
         if netns::exists(&plan::netns_name(slug)) {

@@ -1,5 +1,5 @@
-//! The D-Bus client for systemd: start and stop the forwarder's transient
-//! unit, wait for its job, and read unit states.
+//! The D-Bus client for systemd: start and stop a gate's transient units,
+//! wait for their jobs, and read unit states.
 
 use std::time::Duration;
 
@@ -8,9 +8,11 @@ use zbus::zvariant::{OwnedObjectPath, Value};
 use zbus::Connection;
 
 use crate::error::{Context, Error, Result};
+use crate::plan;
+use crate::slug::Slug;
 use crate::unit::Property;
 
-/// How long `start` waits for the forwarder to report `READY=1`.
+/// How long a start or stop job of a gate's units may take.
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[zbus::proxy(
@@ -69,15 +71,62 @@ pub struct UnitState {
 }
 
 impl UnitState {
+    /// How a unit systemd has not loaded is reported: inactive/dead.
+    pub fn not_loaded(name: String) -> UnitState {
+        UnitState {
+            name,
+            active: "inactive".into(),
+            sub: "dead".into(),
+        }
+    }
+
     /// Whether the unit is active or on its way there (a start must not
     /// replace it).
     pub fn is_up(&self) -> bool {
         matches!(self.active.as_str(), "active" | "activating" | "reloading")
     }
 
-    /// Whether the forwarder is running.
-    pub fn is_running(&self) -> bool {
-        self.active == "active" && self.sub == "running"
+    /// Whether the unit is active: a socket unit listening (or running its
+    /// service), a service running.
+    pub fn is_active(&self) -> bool {
+        self.active == "active"
+    }
+
+    /// Whether the unit has failed.
+    pub fn has_failed(&self) -> bool {
+        self.active == "failed"
+    }
+}
+
+/// A gate's two units as systemd reports them; `None` where systemd has no
+/// such unit loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GateUnits {
+    /// `gate-<slug>.socket`, holding the listening sockets.
+    pub socket: Option<UnitState>,
+    /// `gate-<slug>.service`, the forwarder, started at the first
+    /// connection.
+    pub service: Option<UnitState>,
+}
+
+impl GateUnits {
+    /// Picks the units of `slug` out of `units`.
+    pub fn of(slug: &Slug, units: &[UnitState]) -> GateUnits {
+        let find = |name: String| units.iter().find(|u| u.name == name).cloned();
+        GateUnits {
+            socket: find(plan::socket_unit_name(slug)),
+            service: find(plan::unit_name(slug)),
+        }
+    }
+
+    /// The units that are loaded.
+    pub fn loaded(&self) -> impl Iterator<Item = &UnitState> {
+        self.socket.iter().chain(&self.service)
+    }
+
+    /// Whether either unit is active or on its way there.
+    pub fn is_up(&self) -> bool {
+        self.loaded().any(UnitState::is_up)
     }
 }
 
@@ -91,6 +140,36 @@ fn is_error(e: &zbus::Error, name: &str) -> bool {
 }
 
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+
+/// Waits until every job of `jobs` is removed and returns their results
+/// (`done`, `failed`, …) in the same order, or `None` after [`JOB_TIMEOUT`].
+async fn wait_for_jobs(
+    removed: &mut JobRemovedStream,
+    jobs: &[OwnedObjectPath],
+) -> Result<Option<Vec<String>>> {
+    let mut results: Vec<Option<String>> = vec![None; jobs.len()];
+    let wait = async {
+        while results.iter().any(Option::is_none) {
+            let Some(signal) = removed.next().await else {
+                return Err(Error::failed(
+                    "the D-Bus connection to systemd closed while waiting for a job",
+                ));
+            };
+            let args = signal
+                .args()
+                .context("cannot decode a systemd JobRemoved signal")?;
+            if let Some(i) = jobs.iter().position(|job| *job == args.job) {
+                results[i] = Some(args.result.clone());
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(JOB_TIMEOUT, wait).await {
+        Ok(Ok(())) => Ok(Some(results.into_iter().flatten().collect())),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
 
 impl Systemd {
     /// Connects to the system bus. One connection serves every call.
@@ -108,13 +187,28 @@ impl Systemd {
         Ok(Systemd { manager })
     }
 
-    /// Starts a transient unit and waits until its start job finishes. For
-    /// `Type=notify` that is when the service sent `READY=1`.
-    pub async fn start_transient(&self, unit: &str, properties: &[Property]) -> Result<()> {
-        let values: Vec<(&str, Value<'_>)> =
-            properties.iter().map(|p| (p.name, p.value.to_value())).collect();
+    /// Starts transient unit `unit` with `properties`, defining the
+    /// auxiliary units `aux` (name, properties) in the same call, and waits
+    /// until the start job of `unit` finishes. For a socket unit that is
+    /// when it listens; its service is started at the first connection.
+    pub async fn start_transient(
+        &self,
+        unit: &str,
+        properties: &[Property],
+        aux: &[(&str, &[Property])],
+    ) -> Result<()> {
+        let values = |props: &[Property]| -> Vec<(&'static str, Value<'static>)> {
+            props.iter().map(|p| (p.name, p.value.to_value())).collect()
+        };
+        let main = values(properties);
+        let aux_values: Vec<(&str, Vec<(&str, Value<'_>)>)> =
+            aux.iter().map(|(name, props)| (*name, values(props))).collect();
+        let aux_refs: Vec<(&str, &[(&str, Value<'_>)])> =
+            aux_values.iter().map(|(name, v)| (*name, v.as_slice())).collect();
         // A failed unit of the same name would block the start with UnitExists.
-        let _ = self.manager.reset_failed_unit(unit).await;
+        for name in std::iter::once(unit).chain(aux.iter().map(|(name, _)| *name)) {
+            let _ = self.manager.reset_failed_unit(name).await;
+        }
         let mut removed = self
             .manager
             .receive_job_removed()
@@ -122,29 +216,18 @@ impl Systemd {
             .context("cannot listen for systemd job signals")?;
         let job = self
             .manager
-            .start_transient_unit(unit, "fail", &values, &[])
+            .start_transient_unit(unit, "fail", &main, &aux_refs)
             .await
             .with_context(|| format!("systemd refused to start {unit}"))?;
-        let result = tokio::time::timeout(JOB_TIMEOUT, async {
-            while let Some(signal) = removed.next().await {
-                let args = signal
-                    .args()
-                    .context("cannot decode a systemd JobRemoved signal")?;
-                if args.job == job {
-                    return Ok(args.result);
-                }
-            }
-            Err(Error::failed(
-                "the D-Bus connection to systemd closed while waiting for a job",
-            ))
-        })
-        .await
-        .map_err(|_| {
-            Error::failed(format!(
-                "{unit} did not become ready within {}s; see `journalctl -u {unit}`",
-                JOB_TIMEOUT.as_secs()
-            ))
-        })??;
+        let results = wait_for_jobs(&mut removed, std::slice::from_ref(&job))
+            .await?
+            .ok_or_else(|| {
+                Error::failed(format!(
+                    "{unit} did not start within {}s; see `journalctl -u {unit}`",
+                    JOB_TIMEOUT.as_secs()
+                ))
+            })?;
+        let result = &results[0];
         if result == "done" {
             Ok(())
         } else {
@@ -154,39 +237,44 @@ impl Systemd {
         }
     }
 
-    /// Stops `unit` and waits for it; a unit that does not exist is success.
-    /// Then clears a failed state so the name is free again.
-    pub async fn stop(&self, unit: &str) -> Result<()> {
+    /// Stops `units` at once and waits for them all; a unit that does not
+    /// exist is success. Then clears failed states so the names are free
+    /// again.
+    pub async fn stop(&self, units: &[&str]) -> Result<()> {
         let mut removed = self
             .manager
             .receive_job_removed()
             .await
             .context("cannot listen for systemd job signals")?;
-        match self.manager.stop_unit(unit, "replace").await {
-            Ok(job) => {
-                let wait = async {
-                    while let Some(signal) = removed.next().await {
-                        if signal.args().is_ok_and(|a| a.job == job) {
-                            break;
-                        }
-                    }
-                };
-                tokio::time::timeout(JOB_TIMEOUT, wait).await.map_err(|_| {
-                    Error::failed(format!("{unit} did not stop within {}s", JOB_TIMEOUT.as_secs()))
-                })?;
+        let mut jobs = Vec::new();
+        for unit in units {
+            match self.manager.stop_unit(unit, "replace").await {
+                Ok(job) => jobs.push((*unit, job)),
+                Err(e) if is_error(&e, NO_SUCH_UNIT) => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot stop {unit}")),
             }
-            Err(e) if is_error(&e, NO_SUCH_UNIT) => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot stop {unit}")),
         }
-        match self.manager.reset_failed_unit(unit).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_error(&e, NO_SUCH_UNIT) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot reset the failed state of {unit}")),
+        let paths: Vec<OwnedObjectPath> = jobs.iter().map(|(_, job)| job.clone()).collect();
+        if wait_for_jobs(&mut removed, &paths).await?.is_none() {
+            let names: Vec<&str> = jobs.iter().map(|(unit, _)| *unit).collect();
+            return Err(Error::failed(format!(
+                "{} did not stop within {}s",
+                names.join(" and "),
+                JOB_TIMEOUT.as_secs()
+            )));
         }
+        for unit in units {
+            match self.manager.reset_failed_unit(unit).await {
+                Ok(()) => {}
+                Err(e) if is_error(&e, NO_SUCH_UNIT) => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot reset the failed state of {unit}")),
+            }
+        }
+        Ok(())
     }
 
     /// Loaded units matching the glob `pattern`, with their states.
-    pub async fn units(&self, pattern: &str) -> Result<Vec<UnitState>> {
+    async fn units(&self, pattern: &str) -> Result<Vec<UnitState>> {
         let units = self
             .manager
             .list_units_by_patterns(&[], &[pattern])
@@ -202,8 +290,14 @@ impl Systemd {
             .collect())
     }
 
-    /// The state of `unit`, or `None` if systemd has no such unit loaded.
-    pub async fn unit(&self, unit: &str) -> Result<Option<UnitState>> {
-        Ok(self.units(unit).await?.into_iter().find(|u| u.name == unit))
+    /// The units of the gate of `slug`, in one call.
+    pub async fn gate_units(&self, slug: &Slug) -> Result<GateUnits> {
+        let units = self.units(&format!("{}{slug}.*", plan::GATE_PREFIX)).await?;
+        Ok(GateUnits::of(slug, &units))
+    }
+
+    /// Every loaded unit of every gate.
+    pub async fn all_gate_units(&self) -> Result<Vec<UnitState>> {
+        self.units(&format!("{}*", plan::GATE_PREFIX)).await
     }
 }

@@ -1,7 +1,10 @@
-//! The forwarder's transient unit: a pure function from a gate plan to the
-//! systemd properties passed to `StartTransientUnit`, with their D-Bus types.
+//! A gate's transient units: pure functions from a gate plan to the systemd
+//! properties passed to `StartTransientUnit`, with their D-Bus types. The
+//! socket unit `gate-<slug>.socket` holds the listening sockets; the
+//! forwarder `gate-<slug>.service`, its auxiliary unit, is started by
+//! systemd at the first connection and handed the sockets.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde::Serialize;
@@ -64,6 +67,9 @@ pub enum PropertyValue {
     },
     /// `a(iayu)`, for `IPAddressAllow=`/`IPAddressDeny=`.
     Prefixes(Vec<IpPrefix>),
+    /// `a(ss)`, for a socket unit's `Listen`: (kind, address) pairs such as
+    /// (`Stream`, `10.231.0.1:30000`) for `ListenStream=10.231.0.1:30000`.
+    Listen(Vec<(String, String)>),
 }
 
 impl PropertyValue {
@@ -79,6 +85,7 @@ impl PropertyValue {
             PropertyValue::Exec(_) => "a(sasb)",
             PropertyValue::List { .. } => "(bas)",
             PropertyValue::Prefixes(_) => "a(iayu)",
+            PropertyValue::Listen(_) => "a(ss)",
         }
     }
 
@@ -106,6 +113,7 @@ impl PropertyValue {
                     })
                     .collect::<Vec<_>>(),
             ),
+            PropertyValue::Listen(sockets) => Value::from(sockets.clone()),
         }
     }
 }
@@ -160,10 +168,7 @@ pub fn forwarder_argv(plan: &GatePlan, settings: &Settings) -> Vec<String> {
 /// Addresses the forwarder's sockets may talk to: the internal /31 and every
 /// resolved upstream address.
 pub fn allowed_prefixes(plan: &GatePlan) -> Vec<IpPrefix> {
-    let mut allowed = vec![IpPrefix {
-        address: IpAddr::V4(plan.internal_net().network()),
-        prefix_len: LINK_PREFIX_LEN.into(),
-    }];
+    let mut allowed = vec![internal_prefix(plan)];
     for address in plan.upstreams.iter().flat_map(|u| &u.addresses) {
         let prefix = IpPrefix {
             address: *address,
@@ -181,17 +186,14 @@ fn memory_max(settings: &Settings) -> u64 {
     32 * 1024 * 1024 + u64::from(settings.max_connections) * 256 * 1024
 }
 
-/// The full property list of the forwarder's transient unit.
+/// The full property list of the forwarder's transient unit, started from
+/// the socket unit with the listening sockets as `LISTEN_FDS`.
 pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
     let argv = forwarder_argv(plan, settings);
     let exec = ExecCommand {
         path: argv[0].clone(),
         argv,
         ignore_failure: false,
-    };
-    let any = |address: IpAddr| IpPrefix {
-        address,
-        prefix_len: 0,
     };
     let netns_path = plan.netns_path();
     vec![
@@ -266,13 +268,7 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
             "SystemCallArchitectures",
             PropertyValue::Strings(vec!["native".into()]),
         ),
-        prop(
-            "IPAddressDeny",
-            PropertyValue::Prefixes(vec![
-                any(IpAddr::V4([0, 0, 0, 0].into())),
-                any(IpAddr::V6([0u16; 8].into())),
-            ]),
-        ),
+        deny_all(),
         prop("IPAddressAllow", PropertyValue::Prefixes(allowed_prefixes(plan))),
         // Two sockets and up to two splice pipes (two fds each) per connection.
         prop(
@@ -282,6 +278,64 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
         prop("TasksMax", PropertyValue::U64(16)),
         prop("MemoryMax", PropertyValue::U64(memory_max(settings))),
     ]
+}
+
+/// The properties of the gate's socket unit: systemd creates one listening
+/// socket per upstream on the internal address, inside the gate netns, and
+/// starts the forwarder unit (an auxiliary unit of the same
+/// `StartTransientUnit` call) at the first connection, handing it the
+/// sockets. Accepted connections stay in this unit's cgroup, so its IP
+/// allowlist is the internal /31 only.
+pub fn socket_properties(plan: &GatePlan) -> Vec<Property> {
+    let listen = plan
+        .upstreams
+        .iter()
+        .map(|u| {
+            let address = SocketAddr::new(plan.gate_internal.address.into(), u.listen_port);
+            ("Stream".to_string(), address.to_string())
+        })
+        .collect();
+    vec![
+        text(
+            "Description",
+            &format!("gatectl SSH egress gate for {}: listening sockets", plan.slug),
+        ),
+        prop(
+            "Documentation",
+            PropertyValue::Strings(vec!["man:gatectl(8)".into()]),
+        ),
+        prop("Listen", PropertyValue::Listen(listen)),
+        text("NetworkNamespacePath", &path_str(&plan.netns_path())),
+        text("CollectMode", "inactive-or-failed"),
+        deny_all(),
+        prop(
+            "IPAddressAllow",
+            PropertyValue::Prefixes(vec![internal_prefix(plan)]),
+        ),
+    ]
+}
+
+/// `IPAddressDeny=any`, before an `IPAddressAllow=` that opens exceptions.
+fn deny_all() -> Property {
+    let any = |address: IpAddr| IpPrefix {
+        address,
+        prefix_len: 0,
+    };
+    prop(
+        "IPAddressDeny",
+        PropertyValue::Prefixes(vec![
+            any(IpAddr::V4([0, 0, 0, 0].into())),
+            any(IpAddr::V6([0u16; 8].into())),
+        ]),
+    )
+}
+
+/// The internal /31: the agent's address and the gate's.
+fn internal_prefix(plan: &GatePlan) -> IpPrefix {
+    IpPrefix {
+        address: IpAddr::V4(plan.internal_net().network()),
+        prefix_len: LINK_PREFIX_LEN.into(),
+    }
 }
 
 fn path_str(path: &Path) -> String {
@@ -395,6 +449,42 @@ mod tests {
                 "30001,v6,[2001:db8::5]:2200"
             ]
         );
+    }
+
+    #[test]
+    fn the_socket_unit_listens_on_the_internal_address_one_port_per_upstream() {
+        let plan = plan();
+        let props = socket_properties(&plan);
+        let find = |name: &str| &props.iter().find(|p| p.name == name).unwrap().value;
+        assert_eq!(
+            find("Listen"),
+            &PropertyValue::Listen(vec![
+                ("Stream".into(), "10.231.0.5:30000".into()),
+                ("Stream".into(), "10.231.0.5:30001".into()),
+            ])
+        );
+        assert_eq!(find("Listen").to_value().value_signature().to_string(), "a(ss)");
+        assert_eq!(
+            find("NetworkNamespacePath"),
+            &PropertyValue::Str("/run/netns/gate-alice".into())
+        );
+        // Accepted connections are charged to the socket unit: only the
+        // internal /31 may talk to them.
+        assert_eq!(
+            find("IPAddressAllow"),
+            &PropertyValue::Prefixes(vec![IpPrefix {
+                address: "10.231.0.4".parse().unwrap(),
+                prefix_len: 31
+            }])
+        );
+        for p in &props {
+            assert_eq!(
+                p.value.to_value().value_signature().to_string(),
+                p.value.signature(),
+                "{}",
+                p.name
+            );
+        }
     }
 
     #[test]

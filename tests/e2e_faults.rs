@@ -49,7 +49,8 @@ fn forwarder_crash_netns_loss_reloads_and_wiped_state() {
     gatectl_ok(&host, &["start", "alice"]);
     ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
-    // The forwarder is SIGKILLed: systemd restarts it and the gate works again.
+    // The forwarder is SIGKILLed: systemd keeps the listening sockets,
+    // restarts the forwarder, and the gate works again.
     host.run_ok(&["systemctl", "kill", "--signal=KILL", "gate-alice.service"]);
     let back = within(Duration::from_secs(5), || {
         connect(&host, Some("agent"), "10.231.0.1", 30000).is_ok()
@@ -295,10 +296,11 @@ fn races_and_interrupted_starts() {
         gatectl_ok(&host, &["stop", "alice"]);
     }
 
-    // A failed unit is pruned.
+    // A gate whose units were stopped behind gatectl's back is pruned.
     gatectl_ok(&host, &["start", "alice"]);
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
     host.run_ok(&["systemctl", "kill", "--signal=KILL", "gate-alice.service"]);
-    host.run_ok(&["systemctl", "stop", "gate-alice.service"]);
+    host.run_ok(&["systemctl", "stop", "gate-alice.socket", "gate-alice.service"]);
     let pruned = gatectl_ok(&host, &["prune"]);
     assert!(
         pruned.contains("removed netns gate-alice") && pruned.contains("removed record alice"),

@@ -1,5 +1,6 @@
 //! End to end, in a throwaway systemd host: `gatectl start` brings up a gate
-//! whose forwarder runs as a transient unit; a real `ssh` in the agent's
+//! whose socket unit listens and starts the forwarder, a transient unit, at
+//! the first connection; a real `ssh` in the agent's
 //! netns reaches a real `sshd` in an upstream netns through it; `stop`
 //! leaves nothing behind; a failed start rolls everything back.
 //!
@@ -29,6 +30,17 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
 
     let started = gatectl_ok(&host, &["start", "alice"]);
     assert!(started.contains("gate alice running"), "{started}");
+    // The socket unit listens; the forwarder waits for the first connection.
+    let idle = gatectl_ok(&host, &["status", "alice"]);
+    for want in [
+        "gate alice: running",
+        "gate-alice.socket (active/listening)",
+        "gate-alice.service (inactive/dead, starts at the first connection)",
+    ] {
+        assert!(idle.contains(want), "status lacks {want:?}:\n{idle}");
+    }
+    let listening = host.run_ok(&["ip", "netns", "exec", "gate-alice", "ss", "-Htln"]);
+    assert!(listening.contains("10.231.0.1:30000"), "{listening}");
 
     // A second start says so and changes nothing.
     let again = gatectl(&host, &["start", "alice"]);
@@ -90,6 +102,7 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
     eprintln!("{status}");
     for want in [
         "gate alice: running",
+        "gate-alice.socket (active/running)",
         "gate-alice.service (active/running)",
         "gate0 10.231.0.0",
         "30000",
@@ -223,8 +236,8 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
     host.run_ok(&["ip", "route", "del", "unreachable", "10.232.7.0/24"]);
 
-    // A step that fails after side effects (the forwarder cannot start
-    // because its binary is missing): everything is rolled back.
+    // A missing forwarder binary is refused before anything is created:
+    // systemd would only run it at the first connection.
     host.write_file(
         "/etc/gatectl/gatectl.toml",
         b"forwarder_binary = \"/usr/local/bin/missing\"\n",
@@ -234,11 +247,30 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(
-        err.contains("start the forwarder unit") && err.contains("everything it created was removed"),
+        err.contains("the forwarder binary /usr/local/bin/missing cannot be read"),
         "{err}"
     );
     assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
     host.run_ok(&["rm", "/etc/gatectl/gatectl.toml"]);
+
+    // A step that fails after side effects (systemd refuses the socket
+    // unit: a unit file of that name exists): everything is rolled back.
+    host.write_file(
+        "/etc/systemd/system/gate-bob.socket",
+        b"[Socket]\nListenStream=127.0.0.1:1\n",
+        0o644,
+    );
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    let failed = gatectl(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("start the gate's socket unit") && err.contains("everything it created was removed"),
+        "{err}"
+    );
+    host.run_ok(&["rm", "/etc/systemd/system/gate-bob.socket"]);
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
 
     // Without an agent netns the agent end stays in the host namespace.
     gatectl_ok(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);

@@ -205,8 +205,9 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         unit_property(&host, "gatectl@demo.service", "ActiveState"),
         "active"
     );
-    assert_eq!(unit_property(&host, "gate-demo.service", "ActiveState"), "active");
+    assert_eq!(unit_property(&host, "gate-demo.socket", "ActiveState"), "active");
     let out = ssh_through_gate(&host, &sshd, "echo hello-through-the-package; hostname -I");
+    assert_eq!(unit_property(&host, "gate-demo.service", "ActiveState"), "active");
     assert!(
         out.contains("hello-through-the-package") && out.contains("10.99.2.1"),
         "{out}"
@@ -249,7 +250,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
 
     // Purge, with the gate running again: no gate, no unit, no file left.
     host.run_ok(&["systemctl", "start", "gatectl@demo.service"]);
-    assert_eq!(unit_property(&host, "gate-demo.service", "ActiveState"), "active");
+    assert_eq!(unit_property(&host, "gate-demo.socket", "ActiveState"), "active");
     let files = host.run_ok(&["dpkg-query", "-L", "gatectl"]);
     let out = host.exec(&["dpkg", "--purge", "gatectl"]);
     assert!(out.status.success(), "dpkg --purge: {}", text(&out));

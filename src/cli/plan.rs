@@ -24,6 +24,7 @@ pub struct PlanArgs {
 struct PlanOutput<'a> {
     #[serde(flatten)]
     plan: &'a GatePlan,
+    socket_properties: Vec<Property>,
     unit_properties: Vec<Property>,
 }
 
@@ -34,14 +35,19 @@ pub fn run(args: PlanArgs) -> Result<Outcome> {
     let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
     let index = host.next_index(&Default::default())?;
     let plan = host.plan(&gate.slug, &manifest, gate.agent_netns.as_deref(), index)?;
+    let socket_properties = unit::socket_properties(&plan);
     let unit_properties = unit::properties(&plan, &host.settings);
     if args.json {
         render::json(&PlanOutput {
             plan: &plan,
+            socket_properties,
             unit_properties,
         })?;
     } else {
-        print!("{}", render::plan_text(&plan, &unit_properties));
+        print!(
+            "{}",
+            render::plan_text(&plan, &socket_properties, &unit_properties)
+        );
     }
     Ok(Outcome::Ok)
 }

@@ -82,6 +82,16 @@ pub fn status_text(s: &GateStatus) -> String {
         "  unit:      {} ({}/{})",
         s.unit.name, s.unit.active, s.unit.sub
     );
+    let idle = if s.forwarder.active == "inactive" {
+        ", starts at the first connection"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "  forwarder: {} ({}/{}{idle})",
+        s.forwarder.name, s.forwarder.active, s.forwarder.sub
+    );
     let _ = writeln!(
         out,
         "  netns:     {}{}",
@@ -130,19 +140,22 @@ pub fn list_table(statuses: &[GateStatus]) -> String {
 }
 
 /// The text of `plan`.
-pub fn plan_text(plan: &GatePlan, properties: &[Property]) -> String {
+pub fn plan_text(plan: &GatePlan, socket: &[Property], forwarder: &[Property]) -> String {
     let mut out = format!(
-        "plan for gate {} (index {}):\n  netns:     {}\n  unit:      {}\n",
+        "plan for gate {} (index {}):\n  netns:     {}\n  units:     {} (listening), {} (forwarder)\n",
         plan.slug,
         plan.index,
         plan.netns_path().display(),
+        plan.socket_unit(),
         plan.unit
     );
     addresses_and_upstreams(&mut out, plan);
-    let _ = writeln!(out, "  unit properties:");
-    for p in properties {
-        let value = serde_json::to_string(&p.value).unwrap_or_default();
-        let _ = writeln!(out, "    {}={}", p.name, value);
+    for (unit, properties) in [(plan.socket_unit(), socket), (plan.unit.clone(), forwarder)] {
+        let _ = writeln!(out, "  {unit} properties:");
+        for p in properties {
+            let value = serde_json::to_string(&p.value).unwrap_or_default();
+            let _ = writeln!(out, "    {}={}", p.name, value);
+        }
     }
     out
 }

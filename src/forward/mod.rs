@@ -1,10 +1,12 @@
 //! The forwarder: the body of `gatectl forward`, one process per gate, run by
 //! systemd inside the gate's network namespace.
 //!
-//! It listens on the gate's internal address only, one port per route, and
-//! relays each connection to that route's upstream (see `relay`), logging
-//! one audit event per connection (see `audit`). It tells systemd it is
-//! ready once every listener is bound (see `status`).
+//! It serves the listening sockets systemd passes from the gate's socket
+//! unit (or binds them itself when run by hand): the gate's internal address
+//! only, one port per route. It relays each connection to that route's
+//! upstream (see `relay`), logging one audit event per connection (see
+//! `audit`). It tells systemd it is ready once it serves every listener (see
+//! `status`).
 //!
 //! On SIGTERM or SIGINT it stops accepting and closes the connections still
 //! open at once, logging each as aborted, then exits successfully: a gate is
@@ -20,9 +22,10 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,7 +114,10 @@ impl ForwardConfig {
 /// names the address).
 pub async fn run(config: ForwardConfig) -> Result<()> {
     config.validate()?;
-    let listeners = bind(&config).await?;
+    let listeners = match inherited_sockets()? {
+        Some(sockets) => match_listeners(&config, sockets)?,
+        None => bind(&config).await?,
+    };
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let slug = config.slug.clone();
@@ -125,8 +131,68 @@ pub async fn run(config: ForwardConfig) -> Result<()> {
     serve(&config, listeners, stop).await
 }
 
+/// The listening sockets systemd passed (socket activation: `LISTEN_FDS`
+/// for this process), or `None` when it passed none.
+fn inherited_sockets() -> Result<Option<Vec<std::net::TcpListener>>> {
+    let fds: Vec<RawFd> = sd_notify::listen_fds()
+        .context("reading the sockets systemd passed (LISTEN_FDS)")?
+        .collect();
+    if fds.is_empty() {
+        return Ok(None);
+    }
+    let sockets = fds
+        .into_iter()
+        // SAFETY: LISTEN_PID names this process, so systemd passed these
+        // descriptors to it and nothing else in it owns them; each is taken
+        // over exactly once, here.
+        .map(|fd| std::net::TcpListener::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        .collect();
+    Ok(Some(sockets))
+}
+
+/// Pairs passed listening `sockets` with `config`'s routes by their port,
+/// in the order of the routes. Fails, naming the socket or route, unless
+/// each route has exactly one socket on the internal address.
+pub fn match_listeners(
+    config: &ForwardConfig,
+    sockets: Vec<std::net::TcpListener>,
+) -> Result<Vec<TcpListener>> {
+    let mut by_port = HashMap::new();
+    for socket in sockets {
+        let addr = socket
+            .local_addr()
+            .context("reading the address of a socket systemd passed")?;
+        if addr.ip() != config.listen || by_port.insert(addr.port(), socket).is_some() {
+            return Err(Error::invalid(format!(
+                "systemd passed a socket on {addr}, which no route listens on; \
+                 the socket unit does not match the forwarder's routes: restart the gate"
+            )));
+        }
+    }
+    let mut listeners = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let socket = by_port.remove(&route.listen_port).ok_or_else(|| {
+            Error::invalid(format!(
+                "systemd passed no socket for port {} (route {}); restart the gate",
+                route.listen_port, route.alias
+            ))
+        })?;
+        socket
+            .set_nonblocking(true)
+            .context("making a passed socket non-blocking")?;
+        listeners.push(TcpListener::from_std(socket).context("registering a passed socket")?);
+    }
+    if let Some(port) = by_port.keys().next() {
+        return Err(Error::invalid(format!(
+            "systemd passed a socket on port {port}, which no route listens on; restart the gate"
+        )));
+    }
+    Ok(listeners)
+}
+
 /// Binds one listener per route of `config`, on the internal address only,
-/// in the order of the routes.
+/// in the order of the routes. Used when systemd passed no sockets, e.g.
+/// when `gatectl forward` is run by hand.
 pub async fn bind(config: &ForwardConfig) -> Result<Vec<TcpListener>> {
     let mut listeners = Vec::with_capacity(config.routes.len());
     for route in &config.routes {

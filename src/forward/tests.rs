@@ -184,6 +184,39 @@ async fn bind_names_the_address_it_could_not_listen_on() {
     );
 }
 
+#[tokio::test]
+async fn passed_sockets_are_paired_with_routes_by_port() {
+    let sockets: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = sockets.iter().map(|s| s.local_addr().unwrap().port()).collect();
+    let route = |port: u16, alias: &str| ForwardRoute {
+        listen_port: port,
+        alias: alias.to_string(),
+        upstreams: vec!["127.0.0.1:22".parse().unwrap()],
+    };
+    // Routes in another order than the sockets: each gets its own port.
+    let routes = vec![route(ports[2], "c"), route(ports[0], "a"), route(ports[1], "b")];
+    let listeners = match_listeners(&config(8, routes.clone()), sockets).unwrap();
+    let got: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    assert_eq!(got, [ports[2], ports[0], ports[1]]);
+
+    let one = || vec![std::net::TcpListener::bind("127.0.0.1:0").unwrap()];
+    let mut two = one();
+    two.extend(one());
+    let port = two[0].local_addr().unwrap().port();
+    let error = match_listeners(&config(8, vec![route(port, "a")]), two)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("which no route listens on"), "{error}");
+    let socket = one();
+    let port = socket[0].local_addr().unwrap().port();
+    let error = match_listeners(&config(8, vec![route(port, "a"), route(1, "gone")]), socket)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no socket for port 1 (route gone)"), "{error}");
+}
+
 #[test]
 fn validate_refuses_bad_settings() {
     let route = |port| ForwardRoute {
