@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::lock;
 use crate::manifest::{self, Manifest};
 use crate::net::firewall::{Firewall, GateRules};
-use crate::net::link::{Netlink, VethEnd};
+use crate::net::link::{Mark, Netlink, VethEnd};
 use crate::net::{netns, sysctl};
 use crate::plan::{self, GatePlan, HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX, LINK_PREFIX_LEN};
 use crate::resolve;
@@ -245,7 +245,7 @@ impl Host {
         root.configure(
             &plan.host_egress.name,
             Some((plan.host_egress.address, LINK_PREFIX_LEN)),
-            Some(&alias),
+            Mark::Alias(&alias),
         )
         .await
         .map_err(|e| (step, e))?;
@@ -257,7 +257,7 @@ impl Host {
             .configure(
                 &plan.agent_link.name,
                 Some((plan.agent_link.address, LINK_PREFIX_LEN)),
-                Some(&alias),
+                Mark::Alias(&alias),
             )
             .await
             .map_err(|e| ("configure the agent side", e))?;
@@ -265,9 +265,12 @@ impl Host {
         timings.mark("configure the host and agent sides");
         let step = "configure the gate netns";
         let gate = Netlink::in_netns(&gate_ns).map_err(|e| (step, e))?;
-        gate.configure("lo", None, None).await.map_err(|e| (step, e))?;
+        gate.configure("lo", None, Mark::None)
+            .await
+            .map_err(|e| (step, e))?;
         for end in [&plan.gate_internal, &plan.gate_egress] {
-            gate.configure(&end.name, Some((end.address, LINK_PREFIX_LEN)), None)
+            let address = Some((end.address, LINK_PREFIX_LEN));
+            gate.configure(&end.name, address, Mark::Group(plan::GATE_LINK_GROUP))
                 .await
                 .map_err(|e| (step, e))?;
         }
@@ -326,6 +329,15 @@ impl Host {
             errors.push(e);
         }
         timings.mark("remove the firewall rules");
+        // The gate's link ends, with their peers (the host's egress end and
+        // the agent's end), in one kernel batch. The kernel would destroy
+        // them with an unmounted netns too, but asynchronously, and the
+        // agent's end must be gone when `stop` returns.
+        if let Err(e) = delete_gate_links(&plan.netns).await {
+            errors.push(e);
+        }
+        // What is left if the gate netns was already gone: the outer ends,
+        // if they are this gate's.
         match Netlink::current() {
             Ok(root) => {
                 let mut host_links = vec![plan.host_egress.name.clone()];
@@ -344,12 +356,6 @@ impl Host {
             if let Err(e) = delete_agent_link(agent_ns, &plan.agent_link.name, &plan.slug).await {
                 errors.push(e);
             }
-        }
-        // Delete the gate's link ends first: the kernel destroys an unmounted
-        // netns (and the veth peers in it) asynchronously, and the agent's end
-        // must be gone when `stop` returns.
-        if let Err(e) = delete_gate_links(&plan.netns).await {
-            errors.push(e);
         }
         timings.mark("delete the links");
         if let Err(e) = netns::delete(&plan.netns) {
@@ -540,8 +546,7 @@ async fn delete_gate_links(netns_name: &str) -> Result<()> {
         return Ok(());
     }
     let gate = Netlink::in_netns(&netns::open(&plan::netns_path(netns_name))?)?;
-    gate.delete(plan::GATE_INTERNAL_LINK).await?;
-    gate.delete(plan::GATE_EGRESS_LINK).await
+    gate.delete_group(plan::GATE_LINK_GROUP).await
 }
 
 /// Deletes the agent's end `name` in the agent netns at `path`, if it is

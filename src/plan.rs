@@ -25,6 +25,10 @@ pub const HOST_EGRESS_PREFIX: &str = "gte";
 pub const GATE_INTERNAL_LINK: &str = "int0";
 /// Name of the egress link inside the gate netns.
 pub const GATE_EGRESS_LINK: &str = "ext0";
+/// The device group of the gate's two links inside its netns (`ip -n
+/// gate-<slug> link show group 231`), so that one request deletes both, and
+/// their peers, in a single kernel batch.
+pub const GATE_LINK_GROUP: u32 = 231;
 /// Name of the agent's end when it lives in the agent's netns.
 pub const AGENT_LINK: &str = "gate0";
 /// Prefix length of every gate link address.

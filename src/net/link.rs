@@ -35,6 +35,17 @@ fn spawn_connection() -> Result<Handle> {
     Ok(handle)
 }
 
+/// How [`Netlink::configure`] marks a link as a gate's.
+#[derive(Debug, Clone, Copy)]
+pub enum Mark<'a> {
+    /// Not marked.
+    None,
+    /// The link alias (`IFLA_IFALIAS`, shown by `ip link`).
+    Alias(&'a str),
+    /// The device group (`ip link … group N`), for [`Netlink::delete_group`].
+    Group(u32),
+}
+
 /// One end of a veth pair to create: its name and, if not the current
 /// namespace, the namespace it goes into.
 pub struct VethEnd<'a> {
@@ -124,13 +135,8 @@ impl Netlink {
     }
 
     /// Sets link `name` up, after giving it `address` if one is given, and
-    /// labels it with `alias` (`IFLA_IFALIAS`, shown by `ip link`) if given.
-    pub async fn configure(
-        &self,
-        name: &str,
-        address: Option<(Ipv4Addr, u8)>,
-        alias: Option<&str>,
-    ) -> Result<()> {
+    /// marks it with `mark`.
+    pub async fn configure(&self, name: &str, address: Option<(Ipv4Addr, u8)>, mark: Mark<'_>) -> Result<()> {
         let index = self.index_of(name).await?;
         if let Some((addr, prefix)) = address {
             self.handle
@@ -140,11 +146,13 @@ impl Netlink {
                 .await
                 .with_context(|| format!("cannot add address {addr}/{prefix} to {name}"))?;
         }
+        let link = LinkUnspec::new_with_index(index).up();
         self.handle
             .link()
-            .set(match alias {
-                Some(alias) => LinkUnspec::new_with_index(index).up().alias(alias).build(),
-                None => LinkUnspec::new_with_index(index).up().build(),
+            .set(match mark {
+                Mark::Alias(alias) => link.alias(alias).build(),
+                Mark::Group(group) => link.link_group(group).build(),
+                Mark::None => link.build(),
             })
             .execute()
             .await
@@ -172,6 +180,19 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("cannot delete link {name}")),
+        }
+    }
+
+    /// Deletes every link in device group `group` (and their veth peers, in
+    /// whatever namespace) in one request: the kernel unregisters them in
+    /// one batch, waiting for RCU once instead of once per link.
+    pub async fn delete_group(&self, group: u32) -> Result<()> {
+        let mut request = self.handle.link().del(0);
+        request.message_mut().attributes.push(LinkAttribute::Group(group));
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete the links of device group {group}")),
         }
     }
 
