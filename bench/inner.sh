@@ -15,8 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 case $mode in
-full) iperf_secs=5 ab_secs=3 rounds=3 cycles=50 scale=500 lists=5 profile=1 ;;
-smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 lists=2 profile=1 ;;
+full) iperf_secs=5 ab_secs=3 rounds=3 cycles=50 scale=500 lists=5 profile=1 profile_conns=3000 ;;
+smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 lists=2 profile=1 profile_conns=200 ;;
 *) echo "usage: $0 full|smoke RESULTS_MD" >&2; exit 2 ;;
 esac
 
@@ -227,6 +227,24 @@ profile_cpu() { # where the CPU goes while traffic crosses the gatectl gate and 
   done
 }
 
+syscalls_per_connection() { # strace -c of the forwarder process during ab -n N
+  declare -gA SYSCALLS
+  local n=$(( profile_conns )) path unit port pid tracer
+  for path in gatectl proxyd; do
+    unit=$([[ $path == gatectl ]] && echo gate-bench.service || echo bench-proxyd-http.service)
+    port=$([[ $path == gatectl ]] && echo 30001 || echo 32001)
+    pid=$(systemctl show -p MainPID --value $unit)
+    strace -c -f -p "$pid" -o /tmp/syscalls-$path 2>/dev/null &
+    tracer=$!
+    sleep 0.5
+    ip netns exec agent ab -q -r -c 32 -n $n "http://$GATE:$port/" >/dev/null 2>&1 || true
+    kill -INT $tracer 2>/dev/null; wait $tracer 2>/dev/null || true
+    SYSCALLS[$path]=$(awk -v n=$n '$NF == "total" {printf "%.1f", $4 / n}' /tmp/syscalls-$path)
+    SYSCALLS[$path,top]=$(awk -v n=$n '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {printf "%s %.1f, ", $NF, $4 / n}' /tmp/syscalls-$path | head -c 300)
+  done
+  log "system calls per connection: gatectl ${SYSCALLS[gatectl]}, proxyd ${SYSCALLS[proxyd]}"
+}
+
 # --- start and stop latency --------------------------------------------------
 latency() {
   log "start/stop latency, $cycles cycles each"
@@ -407,6 +425,11 @@ report() {
     done
     echo "| gatectl forward run by hand, audit log to /dev/null (diagnostic) | ${CPS[nojournal]} | $(ratio "${CPS[gatectl]}" "${CPS[nojournal]}") |"
     echo
+    echo "System calls per connection in the forwarder process (strace -c -f during ab -c 32 -n $profile_conns):"
+    echo
+    echo "- gatectl: ${SYSCALLS[gatectl]} (${SYSCALLS[gatectl,top]%, })"
+    echo "- proxyd: ${SYSCALLS[proxyd]} (${SYSCALLS[proxyd,top]%, })"
+    echo
     echo "### Start and stop latency ($cycles cycles)"
     echo
     echo "| | p50 ms | p90 ms | script p50 ÷ gatectl p50 |"
@@ -481,6 +504,7 @@ else
   SPLICE="yes"
 fi
 profile_cpu
+syscalls_per_connection
 pipe_sizes
 latency
 scale
