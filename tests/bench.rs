@@ -43,7 +43,10 @@ const ROWS: &[&str] = &[
     "| shell script stop |",
     "one after another |",
     "8 at a time |",
-    "| idle forwarder, MemoryCurrent",
+    "| forwarders running before any connection",
+    "| idle forwarder after one request, MemoryCurrent",
+    "System calls per connection in the forwarder process",
+    "First HTTP request through the new gate",
     "10 open sessions, MemoryCurrent",
     "| `gatectl list` with",
 ];
