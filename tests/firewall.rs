@@ -4,7 +4,8 @@
 //! in a private network namespace with an empty ruleset: the real host's firewall is
 //! never touched, and everything the test created vanishes with the namespace.
 //!
-//! Needs root and `nft`; skipped otherwise (fails under `CI`).
+//! Needs root, and `nft` for the tests' own inspection; skipped otherwise (fails
+//! under `CI`).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -297,4 +298,27 @@ fn a_refused_batch_changes_nothing_and_says_what_nft_said() {
     }
     eprintln!("refused as expected: {err}");
     assert_eq!(nft(&["list", "ruleset"]), before);
+}
+
+#[test]
+fn the_firewall_runs_no_nft_command() {
+    if !in_private_netns("the_firewall_runs_no_nft_command") {
+        return;
+    }
+    // libnftables in process: with no `nft` to be found, every operation
+    // still works (this body runs alone in its re-executed test binary, so
+    // changing PATH affects no other test).
+    let path = std::env::var_os("PATH").expect("PATH");
+    std::env::set_var("PATH", "/nonexistent");
+    let fw = firewall(true);
+    fw.ensure_base().expect("ensure_base");
+    fw.add_gate(&gate("gte1", &["192.0.2.10:22"])).expect("add gte1");
+    assert!(fw.table_present().expect("table_present"));
+    assert_eq!(fw.gate_interfaces().expect("list"), ["gte1"]);
+    fw.remove_gate("gte1").expect("remove gte1");
+    assert!(fw.gate_interfaces().expect("list").is_empty());
+    fw.remove_table().expect("remove_table");
+    assert!(!fw.table_present().expect("table_present"));
+    std::env::set_var("PATH", path);
+    assert!(nft(&["list", "tables"]).trim().is_empty());
 }

@@ -23,14 +23,14 @@
 //! }
 //! ```
 //!
-//! Every change is one atomic `nft -j -f -` batch built from the `nftables`
-//! crate's JSON schema types: names and addresses travel as JSON values, never
-//! formatted into nft's text syntax.
+//! Every change is one atomic batch built from the `nftables` crate's JSON
+//! schema types: names and addresses travel as JSON values, never formatted
+//! into nft's text syntax. Batches and listings go through libnftables in
+//! process (`super::nftlib`), exactly as `nft -j` would send them, with no
+//! `nft` child process; each operation uses one libnftables context.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
@@ -42,6 +42,7 @@ use nftables::stmt::{Counter, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::Value;
 
+use super::nftlib;
 use crate::error::{Error, Result};
 use crate::plan::HOST_EGRESS_PREFIX;
 
@@ -60,8 +61,6 @@ const POSTROUTING_CHAIN: &str = "postrouting";
 const PRIO_FILTER: i32 = 0;
 /// nft's `priority srcnat`.
 const PRIO_SRCNAT: i32 = 100;
-/// The nft executable, looked up in `PATH`.
-const NFT: &str = "nft";
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
@@ -93,54 +92,52 @@ impl Firewall {
     /// flushes the three base chains and re-adds their rules. The sets are not
     /// flushed: they hold the gates' allowlists.
     pub fn ensure_base(&self) -> Result<()> {
-        apply(
-            &self.base_batch().to_nftables(),
-            format!("could not set up the nftables table `inet {TABLE}`"),
-        )
+        let context = format!("could not set up the nftables table `inet {TABLE}`");
+        apply(&mut open(&context)?, &self.base_batch().to_nftables(), context)
     }
 
     /// Does [`Firewall::ensure_base`] and adds this gate's allowlist, in one
     /// atomic nft batch. Adding elements that already exist is not an error.
     pub fn add_gate(&self, gate: &GateRules) -> Result<()> {
         let batch = self.gate_batch(gate)?;
-        apply(
-            &batch,
-            format!(
-                "could not add the allowlist of gate link {} to the nftables table `inet {TABLE}`",
-                gate.egress_if
-            ),
-        )
+        let context = format!(
+            "could not add the allowlist of gate link {} to the nftables table `inet {TABLE}`",
+            gate.egress_if
+        );
+        apply(&mut open(&context)?, &batch, context)
     }
 
     /// Removes every element of the allowlist sets whose interface is
     /// `egress_if`, in one atomic batch. Success when the table, the sets or
-    /// the elements are already gone. The sets are listed first: deleting an
-    /// element that does not exist would fail the whole batch.
+    /// the elements are already gone. The sets are listed first (in the same
+    /// libnftables context): deleting an element that does not exist would
+    /// fail the whole batch.
     pub fn remove_gate(&self, egress_if: &str) -> Result<()> {
-        let Some(listing) = list_table()? else {
+        let context = format!(
+            "could not remove the allowlist of gate link {egress_if} from the nftables table `inet {TABLE}`"
+        );
+        let mut nft = open(&context)?;
+        let Some(listing) = list_table(&mut nft)? else {
             return Ok(());
         };
         let elements = set_elements(&listing);
         match removal_batch(&elements, egress_if)? {
-            Some(batch) => apply(
-                &batch,
-                format!(
-                    "could not remove the allowlist of gate link {egress_if} from the nftables table `inet {TABLE}`"
-                ),
-            ),
+            Some(batch) => apply(&mut nft, &batch, context),
             None => Ok(()),
         }
     }
 
     /// Whether the table `inet gatectl` exists.
     pub fn table_present(&self) -> Result<bool> {
-        table_exists()
+        table_exists(&mut open(LIST_TABLES_CONTEXT)?)
     }
 
     /// Deletes the whole table `inet gatectl`; success when it is gone.
     /// Only for a host with no gate left (see `gatectl prune`).
     pub fn remove_table(&self) -> Result<()> {
-        if !table_exists()? {
+        let context = format!("could not delete the nftables table `inet {TABLE}`");
+        let mut nft = open(&context)?;
+        if !table_exists(&mut nft)? {
             return Ok(());
         }
         let mut batch = Batch::new();
@@ -149,16 +146,14 @@ impl Firewall {
             name: TABLE.into(),
             ..Table::default()
         }));
-        apply(
-            &batch.to_nftables(),
-            format!("could not delete the nftables table `inet {TABLE}`"),
-        )
+        apply(&mut nft, &batch.to_nftables(), context)
     }
 
     /// The distinct interface names that have elements in the allowlist sets,
     /// sorted. Empty when the table does not exist.
     pub fn gate_interfaces(&self) -> Result<Vec<String>> {
-        let Some(listing) = list_table()? else {
+        let mut nft = open(&list_table_context())?;
+        let Some(listing) = list_table(&mut nft)? else {
             return Ok(Vec::new());
         };
         let names: BTreeSet<String> = set_elements(&listing).into_iter().map(|e| e.ifname).collect();
@@ -461,21 +456,38 @@ fn removal_batch(elements: &[SetElement], egress_if: &str) -> Result<Option<Nfta
     Ok(any.then(|| batch.to_nftables()))
 }
 
-/// Lists gatectl's table as JSON, or `None` when it does not exist.
-fn list_table() -> Result<Option<Value>> {
-    let context = || format!("could not list the nftables table `inet {TABLE}`");
-    match run_nft(&["-j", "list", "table", "inet", TABLE], None) {
+/// What gatectl was doing when listing its table failed.
+fn list_table_context() -> String {
+    format!("could not list the nftables table `inet {TABLE}`")
+}
+
+/// What gatectl was doing when listing the table names failed.
+const LIST_TABLES_CONTEXT: &str = "could not list the nftables tables of family inet";
+
+/// A libnftables context for one operation; `context` says what gatectl was
+/// doing, should libnftables be unusable.
+fn open(context: &str) -> Result<nftlib::Context> {
+    nftlib::Context::new().map_err(|message| Error::Firewall {
+        context: context.to_string(),
+        message,
+    })
+}
+
+/// Lists gatectl's table as JSON (`nft -j list table inet gatectl`), or
+/// `None` when it does not exist.
+fn list_table(nft: &mut nftlib::Context) -> Result<Option<Value>> {
+    match nft.run(&format!("list table inet {TABLE}")) {
         Ok(out) => parse_json(&out).map(Some).map_err(|message| Error::Firewall {
-            context: context(),
+            context: list_table_context(),
             message,
         }),
-        Err(failure) => {
+        Err(stderr) => {
             // nft fails the same way for "no such table" and for real trouble;
             // tell them apart by listing the table names.
-            if table_exists()? {
+            if table_exists(nft)? {
                 Err(Error::Firewall {
-                    context: context(),
-                    message: failure,
+                    context: list_table_context(),
+                    message: refusal(&stderr),
                 })
             } else {
                 Ok(None)
@@ -484,17 +496,16 @@ fn list_table() -> Result<Option<Value>> {
     }
 }
 
-/// Whether `inet gatectl` exists.
-fn table_exists() -> Result<bool> {
-    let context = "could not list the nftables tables of family inet";
-    let out = run_nft(&["-j", "list", "tables", "inet"], None).map_err(|message| Error::Firewall {
-        context: context.to_string(),
+/// Whether `inet gatectl` exists (`nft -j list tables inet`).
+fn table_exists(nft: &mut nftlib::Context) -> Result<bool> {
+    let firewall_error = |message| Error::Firewall {
+        context: LIST_TABLES_CONTEXT.to_string(),
         message,
-    })?;
-    let listing = parse_json(&out).map_err(|message| Error::Firewall {
-        context: context.to_string(),
-        message,
-    })?;
+    };
+    let out = nft
+        .run("list tables inet")
+        .map_err(|stderr| firewall_error(refusal(&stderr)))?;
+    let listing = parse_json(&out).map_err(firewall_error)?;
     let objects = listing
         .get("nftables")
         .and_then(Value::as_array)
@@ -508,61 +519,28 @@ fn table_exists() -> Result<bool> {
 
 fn parse_json(out: &str) -> Result<Value, String> {
     serde_json::from_str(out).map_err(|e| {
-        format!("nft printed JSON gatectl cannot read ({e}); check that the nftables package is installed and working")
+        format!(
+            "libnftables printed JSON gatectl cannot read ({e}); check that the libnftables1 package is \
+             installed and working"
+        )
     })
 }
 
-/// Applies `batch` as one atomic transaction (`nft -j -f -`).
-fn apply(batch: &Nftables<'_>, context: String) -> Result<()> {
+/// Applies `batch` as one atomic transaction (what `nft -j -f -` does).
+fn apply(nft: &mut nftlib::Context, batch: &Nftables<'_>, context: String) -> Result<()> {
     let payload = serde_json::to_string(batch).map_err(|e| Error::Firewall {
         context: context.clone(),
         message: format!("could not encode the nft batch: {e}"),
     })?;
-    run_nft(&["-j", "-f", "-"], Some(&payload))
-        .map(|_| ())
-        .map_err(|message| Error::Firewall { context, message })
+    nft.run(&payload).map(|_| ()).map_err(|stderr| Error::Firewall {
+        context,
+        message: refusal(&stderr),
+    })
 }
 
-/// Runs nft, feeding `stdin` if given, and returns its stdout. The error is a
-/// message saying what nft reported and what to do about it.
-///
-/// (The `nftables` crate's helper lets nft's stderr through to the terminal
-/// when applying a batch; this captures it for the error message.)
-fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new(NFT)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                format!("`{NFT}` was not found in PATH; install the nftables package (`apt-get install nftables`)")
-            } else {
-                format!("could not run `{NFT}`: {e}")
-            }
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // nft reads its whole input before it writes anything, so writing
-        // first and reading afterwards cannot deadlock.
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| format!("could not send the batch to `{NFT}`: {e}"))?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| format!("could not wait for `{NFT}`: {e}"))?;
-    if output.status.success() {
-        return String::from_utf8(output.stdout)
-            .map_err(|e| format!("`{NFT}` printed output that is not UTF-8: {e}"));
-    }
-    Err(refusal(
-        &String::from_utf8_lossy(&output.stderr),
-        &output.status.to_string(),
-    ))
-}
-
-/// The message for a failed nft run: what nft said, then what to do.
-fn refusal(stderr: &str, status: &str) -> String {
+/// The message for a refused nft run: what nft said (its stderr), then what
+/// to do.
+fn refusal(stderr: &str) -> String {
     let said = stderr
         .lines()
         .map(|line| {
@@ -577,9 +555,9 @@ fn refusal(stderr: &str, status: &str) -> String {
         .collect::<Vec<_>>()
         .join(" / ");
     let said = if said.is_empty() {
-        format!("`{NFT}` failed ({status}) without a message")
+        "`nft` failed without a message".to_string()
     } else {
-        format!("`{NFT}` said: {said}")
+        format!("`nft` said: {said}")
     };
     let hint = if stderr.contains("Operation not permitted") {
         "run gatectl as root (it needs CAP_NET_ADMIN)".to_string()
@@ -837,25 +815,16 @@ mod tests {
 
     #[test]
     fn refusal_says_what_nft_said_and_what_to_do() {
-        let m = refusal(
-            "internal:0:0-0: Error: Could not process rule: Operation not supported\n\n",
-            "exit status: 1",
-        );
+        let m = refusal("internal:0:0-0: Error: Could not process rule: Operation not supported\n\n");
         assert!(
             m.starts_with("`nft` said: Error: Could not process rule: Operation not supported; "),
             "{m}"
         );
         assert!(m.contains("nft list table inet gatectl"), "{m}");
-        let m = refusal(
-            "Error: Could not process rule: Operation not permitted\n",
-            "exit status: 1",
-        );
+        let m = refusal("Error: Could not process rule: Operation not permitted\n");
         assert!(m.ends_with("run gatectl as root (it needs CAP_NET_ADMIN)"), "{m}");
-        let m = refusal("", "signal: 9 (SIGKILL)");
-        assert!(
-            m.starts_with("`nft` failed (signal: 9 (SIGKILL)) without a message"),
-            "{m}"
-        );
+        let m = refusal("");
+        assert!(m.starts_with("`nft` failed without a message; "), "{m}");
     }
 
     #[test]

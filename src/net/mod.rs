@@ -4,4 +4,5 @@
 pub mod firewall;
 pub mod link;
 pub mod netns;
+mod nftlib;
 pub mod sysctl;
