@@ -282,60 +282,59 @@ impl Host {
         drop(gate_ns);
 
         timings.mark(step);
-        let step = "set up host forwarding and firewall";
-        // Marker and firewall first, forwarding last: the host never
-        // forwards without gatectl's rules in place.
-        if !sysctl::ipv4_forwarding().map_err(|e| (step, e))? {
+        // The host's side and the units, at once: both mostly wait (the
+        // kernel for an RCU grace period after the firewall commit, systemd
+        // for the socket unit). A connection accepted before the firewall is
+        // in place cannot reach the upstream yet: the order fails closed.
+        let host_side = tokio::task::spawn_blocking({
             let marker = self.settings.state_dir.join(FORWARDING_MARKER);
-            std::fs::write(&marker, b"").map_err(|e| {
-                (
-                    step,
-                    Error::Io {
-                        context: format!("cannot write {}", marker.display()),
-                        source: e,
-                    },
-                )
-            })?;
-        }
-        self.firewall()
-            .add_gate(&gate_rules(plan))
-            .map_err(|e| (step, e))?;
-        sysctl::enable_ipv4_forwarding().map_err(|e| (step, e))?;
-        timings.mark(step);
-
+            let (firewall, rules) = (self.firewall(), gate_rules(plan));
+            move || open_host_path(&marker, &firewall, &rules)
+        });
+        let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
         let service = unit::properties(plan, &self.settings);
-        systemd
-            .start_transient(
-                &plan.socket_unit(),
-                &unit::socket_properties(plan),
-                &[(plan.unit.as_str(), &service)],
-            )
-            .await
-            .map_err(|e| ("start the gate's socket unit", e))?;
-        timings.mark("start the socket unit (listening; the forwarder starts at the first connection)");
+        let aux = [(plan.unit.as_str(), service.as_slice())];
+        let units = systemd.start_transient(&socket_unit, &socket, &aux);
+        let (host_side, units) = tokio::join!(host_side, units);
+        let host_side =
+            host_side.unwrap_or_else(|e| Err(Error::failed(format!("the firewall task failed: {e}"))));
+        host_side.map_err(|e| ("set up host forwarding and firewall", e))?;
+        units.map_err(|e| ("start the gate's socket unit", e))?;
+        timings.mark(
+            "set up host forwarding and firewall, and meanwhile start the socket unit \
+             (listening; the forwarder starts at the first connection)",
+        );
         Ok(())
     }
 
-    /// Removes everything of the gate in `plan`, in the safe order: unit,
-    /// firewall rules, host links, netns. Idempotent; keeps going past
+    /// Removes everything of the gate in `plan`: units, firewall rules and
+    /// links, then the netns. Idempotent; keeps going past
     /// failures and reports them all.
     async fn teardown(&self, systemd: &Systemd, plan: &GatePlan, timings: &mut Timings) -> Result<()> {
-        let mut errors = Vec::new();
-        if let Err(e) = systemd.stop(&[&plan.socket_unit(), &plan.unit]).await {
-            errors.push(e);
-        }
-        timings.mark("stop the socket and forwarder units");
-        if let Err(e) = self.firewall().remove_gate(&plan.host_egress.name) {
-            errors.push(e);
-        }
-        timings.mark("remove the firewall rules");
+        // Units, firewall rules and the gate's links at once: each mostly
+        // waits (for systemd, or the kernel's RCU grace periods), and the
+        // gate's index stays claimed until the record goes, so no other gate
+        // can take its link names or allowlist meanwhile.
+        let firewall = tokio::task::spawn_blocking({
+            let (firewall, egress_if) = (self.firewall(), plan.host_egress.name.clone());
+            move || firewall.remove_gate(&egress_if)
+        });
+        let socket_unit = plan.socket_unit();
+        let unit_names = [socket_unit.as_str(), plan.unit.as_str()];
+        let units = systemd.stop(&unit_names);
         // The gate's link ends, with their peers (the host's egress end and
         // the agent's end), in one kernel batch. The kernel would destroy
         // them with an unmounted netns too, but asynchronously, and the
         // agent's end must be gone when `stop` returns.
-        if let Err(e) = delete_gate_links(&plan.netns).await {
-            errors.push(e);
-        }
+        let links = delete_gate_links(&plan.netns);
+        let (firewall, units, links) = tokio::join!(firewall, units, links);
+        let firewall =
+            firewall.unwrap_or_else(|e| Err(Error::failed(format!("the firewall task failed: {e}"))));
+        let mut errors: Vec<Error> = [units, firewall, links]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        timings.mark("stop the units, remove the firewall rules and delete the links, at once");
         // What is left if the gate netns was already gone: the outer ends,
         // if they are this gate's.
         match Netlink::current() {
@@ -357,11 +356,10 @@ impl Host {
                 errors.push(e);
             }
         }
-        timings.mark("delete the links");
         if let Err(e) = netns::delete(&plan.netns) {
             errors.push(e);
         }
-        timings.mark("delete the gate netns");
+        timings.mark("delete what the gate netns no longer held, and the netns");
         if errors.is_empty() {
             Ok(())
         } else {
@@ -537,6 +535,21 @@ pub fn gate_rules(plan: &GatePlan) -> GateRules {
             })
             .collect(),
     }
+}
+
+/// Lets the host forward a gate's egress: the marker if gatectl is the one
+/// turning forwarding on, then the firewall rules of `rules`, and only then
+/// forwarding, so that the host never forwards without gatectl's rules.
+fn open_host_path(marker: &Path, firewall: &Firewall, rules: &GateRules) -> Result<()> {
+    if !sysctl::ipv4_forwarding()? {
+        std::fs::write(marker, b"").map_err(|e| Error::Io {
+            context: format!("cannot write {}", marker.display()),
+            source: e,
+        })?;
+    }
+    firewall.add_gate(rules)?;
+    sysctl::enable_ipv4_forwarding()?;
+    Ok(())
 }
 
 /// Deletes the gate's ends of both veth pairs (and with them their peers),
