@@ -95,12 +95,9 @@ impl Host {
         })
     }
 
-    /// The host firewall, as configured for this host.
+    /// The host firewall, as configured for this host now.
     pub(crate) fn firewall(&self) -> Firewall {
-        Firewall {
-            egress_pool: self.settings.egress_pool,
-            block_other_forwarding: self.settings.state_dir.join(FORWARDING_MARKER).exists(),
-        }
+        host_firewall(&self.settings)
     }
 
     /// Starts the gate of `slug`. Validates everything before the first side
@@ -287,9 +284,8 @@ impl Host {
         // for the socket unit). A connection accepted before the firewall is
         // in place cannot reach the upstream yet: the order fails closed.
         let host_side = tokio::task::spawn_blocking({
-            let marker = self.settings.state_dir.join(FORWARDING_MARKER);
-            let (firewall, rules) = (self.firewall(), gate_rules(plan));
-            move || open_host_path(&marker, &firewall, &rules)
+            let (settings, rules) = (self.settings.clone(), gate_rules(plan));
+            move || open_host_path(&settings, &rules)
         });
         let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
         let service = unit::properties(plan, &self.settings);
@@ -537,17 +533,27 @@ pub fn gate_rules(plan: &GatePlan) -> GateRules {
     }
 }
 
+/// The host firewall as `settings` and the forwarding marker configure it.
+fn host_firewall(settings: &Settings) -> Firewall {
+    Firewall {
+        egress_pool: settings.egress_pool,
+        block_other_forwarding: settings.state_dir.join(FORWARDING_MARKER).exists(),
+    }
+}
+
 /// Lets the host forward a gate's egress: the marker if gatectl is the one
-/// turning forwarding on, then the firewall rules of `rules`, and only then
-/// forwarding, so that the host never forwards without gatectl's rules.
-fn open_host_path(marker: &Path, firewall: &Firewall, rules: &GateRules) -> Result<()> {
+/// turning forwarding on, then the firewall rules of `rules` (which block
+/// other forwarding when the marker is there), and only then forwarding, so
+/// that the host never forwards without gatectl's rules.
+fn open_host_path(settings: &Settings, rules: &GateRules) -> Result<()> {
     if !sysctl::ipv4_forwarding()? {
-        std::fs::write(marker, b"").map_err(|e| Error::Io {
+        let marker = settings.state_dir.join(FORWARDING_MARKER);
+        std::fs::write(&marker, b"").map_err(|e| Error::Io {
             context: format!("cannot write {}", marker.display()),
             source: e,
         })?;
     }
-    firewall.add_gate(rules)?;
+    host_firewall(settings).add_gate(rules)?;
     sysctl::enable_ipv4_forwarding()?;
     Ok(())
 }
