@@ -2,7 +2,6 @@
 //! everything back if a step fails), tear it down idempotently, and report
 //! its state from systemd and the kernel.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -83,16 +82,50 @@ impl Host {
         )
     }
 
-    /// The index the next gate would get, avoiding those in `also_used`.
-    pub fn next_index(&self, also_used: &BTreeSet<u32>) -> Result<u32> {
-        let mut used = self.records.used_indexes();
-        used.extend(also_used);
-        state::lowest_free_index(&used, self.settings.capacity()).ok_or_else(|| {
-            Error::failed(format!(
-                "all {} gate slots are in use; stop a gate or enlarge the address pools",
-                self.settings.capacity()
-            ))
-        })
+    /// The index the next gate would get: the first unclaimed one from
+    /// where the last allocation ended (`start` also skips an index whose
+    /// host link still exists).
+    pub fn next_index(&self) -> Result<u32> {
+        state::probe_order(self.records.index_hint(), self.settings.capacity())
+            .find(|&index| !self.records.index_claimed(index))
+            .ok_or_else(|| self.slots_full())
+    }
+
+    /// Claims a free gate index for `slug`, probing from where the last
+    /// allocation ended, so a start does not read every claim. An index
+    /// whose host link exists is skipped: a gate whose record was lost
+    /// still holds it. Call it under the allocation lock.
+    async fn claim_free_index(&self, root: &Netlink, slug: &Slug) -> Result<u32> {
+        for index in state::probe_order(self.records.index_hint(), self.settings.capacity()) {
+            if !self.records.claim_index(slug, index)? {
+                continue;
+            }
+            let linked = async {
+                for name in [plan::host_egress_link(index), plan::host_internal_link(index)] {
+                    if root.find(&name).await?.is_some() {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            };
+            match linked.await {
+                Ok(false) => return Ok(index),
+                Ok(true) => self.records.release_index(index)?,
+                Err(e) => {
+                    // A claim left behind is removed by `gatectl prune`.
+                    let _ = self.records.release_index(index);
+                    return Err(e);
+                }
+            }
+        }
+        Err(self.slots_full())
+    }
+
+    fn slots_full(&self) -> Error {
+        Error::failed(format!(
+            "all {} gate slots are in use; stop a gate or enlarge the address pools",
+            self.settings.capacity()
+        ))
     }
 
     /// The host firewall, as configured for this host now.
@@ -127,12 +160,8 @@ impl Host {
         let systemd = Systemd::connect().await?;
         timings.mark("lock the slug, connect to systemd");
         // Holding the slug lock, an incomplete record is a start that died.
-        let interrupted = self
-            .records
-            .load(slug)
-            .ok()
-            .flatten()
-            .is_some_and(|r| !r.complete);
+        let record = self.records.load(slug);
+        let interrupted = matches!(&record, Ok(Some(r)) if !r.complete);
         if let Some(unit) = systemd.gate_units(slug).await?.loaded().find(|u| u.is_up()) {
             if !interrupted {
                 return Err(Error::failed(format!(
@@ -142,17 +171,24 @@ impl Host {
             }
         }
         let root = Netlink::current()?;
-        root.check_pool_free(
-            "internal_pool",
-            self.settings.internal_pool,
-            &[HOST_INTERNAL_PREFIX],
-        )
-        .await?;
-        root.check_pool_free("egress_pool", self.settings.egress_pool, &[HOST_EGRESS_PREFIX])
+        // The first gate checks the whole pools against the host's routes (a
+        // dump, short while no gate is up); later ones check only the
+        // addresses they take, by lookups once their index is known, so the
+        // cost of a start does not grow with the number of gates.
+        let first = !self.records.any_index_claimed();
+        if first {
+            root.check_pool_free(
+                "internal_pool",
+                self.settings.internal_pool,
+                &[HOST_INTERNAL_PREFIX],
+            )
             .await?;
+            root.check_pool_free("egress_pool", self.settings.egress_pool, &[HOST_EGRESS_PREFIX])
+                .await?;
+        }
 
         timings.mark("check the address pools against host routes");
-        if self.records.slugs().contains(slug) || netns::exists(&plan::netns_name(slug)) {
+        if !matches!(record, Ok(None)) || netns::exists(&plan::netns_name(slug)) {
             // Left over from a start that died or a gate whose unit is gone.
             self.stop_locked(&systemd, slug, &mut Timings::default())
                 .await
@@ -165,23 +201,43 @@ impl Host {
 
         let plan = {
             let _alloc = lock::lock_allocation(&self.settings.state_dir)?;
-            // Links of gates whose records are lost still hold their index.
-            let linked: BTreeSet<u32> = root
-                .links_with_prefix("gt")
-                .await?
-                .iter()
-                .filter_map(|(name, _)| plan::host_link_index(name))
-                .collect();
-            let index = self.next_index(&linked)?;
+            let index = self.claim_free_index(&root, slug).await?;
             let plan = draft.at_index(&self.settings, index);
-            self.records.claim_index(slug, index)?;
-            self.records.save(&GateRecord {
-                plan: plan.clone(),
-                complete: false,
-            })?;
+            let placed = async {
+                if !first {
+                    if plan.agent_in_root_ns() {
+                        let internal = [plan.agent_link.address, plan.gate_internal.address];
+                        root.check_addresses_free(
+                            "internal_pool",
+                            self.settings.internal_pool,
+                            &internal,
+                            &[HOST_INTERNAL_PREFIX],
+                        )
+                        .await?;
+                    }
+                    let egress = [plan.host_egress.address, plan.gate_egress.address];
+                    root.check_addresses_free(
+                        "egress_pool",
+                        self.settings.egress_pool,
+                        &egress,
+                        &[HOST_EGRESS_PREFIX],
+                    )
+                    .await?;
+                }
+                self.records.set_index_hint(index + 1)?;
+                self.records.save(&GateRecord {
+                    plan: plan.clone(),
+                    complete: false,
+                })
+            };
+            if let Err(e) = placed.await {
+                // A claim left behind is removed by `gatectl prune`.
+                let _ = self.records.release_index(index);
+                return Err(e);
+            }
             plan
         };
-        timings.mark("allocate the gate index, write the record");
+        timings.mark("allocate the gate index, check its addresses' routes, write the record");
         let result = self
             .bring_up(&systemd, &root, &plan, agent_ns.as_ref(), timings)
             .await;

@@ -170,14 +170,14 @@ impl GatePlan {
         self.agent_link = LinkEnd {
             name: match self.agent_netns {
                 Some(_) => AGENT_LINK.to_string(),
-                None => format!("{HOST_INTERNAL_PREFIX}{index}"),
+                None => host_internal_link(index),
             },
             address: agent_addr,
         };
         self.gate_internal.address = gate_int_addr;
         self.gate_egress.address = gate_egr_addr;
         self.host_egress = LinkEnd {
-            name: format!("{HOST_EGRESS_PREFIX}{index}"),
+            name: host_egress_link(index),
             address: host_egr_addr,
         };
         self
@@ -234,6 +234,17 @@ pub fn slug_of_unit(unit: &str) -> Option<Slug> {
 /// The slug whose gate netns is `netns` (`gate-<slug>`).
 pub fn slug_of_netns(netns: &str) -> Option<Slug> {
     Slug::parse(netns.strip_prefix(GATE_PREFIX)?).ok()
+}
+
+/// The host-side egress link of gate index `index` (`gte<k>`).
+pub fn host_egress_link(index: u32) -> String {
+    format!("{HOST_EGRESS_PREFIX}{index}")
+}
+
+/// The host-side internal link of gate index `index` (`gti<k>`), used when
+/// the agent has no netns of its own.
+pub fn host_internal_link(index: u32) -> String {
+    format!("{HOST_INTERNAL_PREFIX}{index}")
 }
 
 /// The gate index in a host-side link name (`gte<k>` or `gti<k>`).

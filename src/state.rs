@@ -5,7 +5,6 @@
 //! `stop`. It is a cache of the plan: `status` and `list` check the truth
 //! with systemd and the kernel.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -26,10 +25,13 @@ pub struct GateRecord {
 
 /// The record store rooted at the state directory. Besides one record per
 /// slug it keeps `indexes/<k>`, a symlink to the slug holding gate index k,
-/// so allocating an index reads a directory, not every record.
+/// and `next-index`, where the search for a free index starts: allocating
+/// an index creates one symlink (atomically, so two starts never get the
+/// same index) instead of reading every record.
 pub struct Records {
     dir: PathBuf,
     indexes: PathBuf,
+    hint: PathBuf,
 }
 
 impl Records {
@@ -38,6 +40,7 @@ impl Records {
         Records {
             dir: state_dir.join("gates"),
             indexes: state_dir.join("indexes"),
+            hint: state_dir.join("next-index"),
         }
     }
 
@@ -45,30 +48,104 @@ impl Records {
         self.dir.join(format!("{slug}.json"))
     }
 
-    /// Marks gate index `index` as held by `slug`. Call it under the
-    /// allocation lock, after checking the index is free.
-    pub fn claim_index(&self, slug: &Slug, index: u32) -> Result<()> {
-        std::fs::create_dir_all(&self.indexes)
-            .with_context(|| format!("cannot create {}", self.indexes.display()))?;
-        let link = self.indexes.join(index.to_string());
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(slug.as_str(), &link)
-            .with_context(|| format!("cannot write {}", link.display()))
+    fn claim_path(&self, index: u32) -> PathBuf {
+        self.indexes.join(index.to_string())
     }
 
-    /// Releases every index held by `slug`.
+    /// Marks gate index `index` as held by `slug`, unless something holds
+    /// it already: `false` then. Atomic, so concurrent claims of one index
+    /// cannot both succeed.
+    pub fn claim_index(&self, slug: &Slug, index: u32) -> Result<bool> {
+        let link = self.claim_path(index);
+        loop {
+            match std::os::unix::fs::symlink(slug.as_str(), &link) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                // The directory goes when it is empty (any_index_claimed).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&self.indexes)
+                        .with_context(|| format!("cannot create {}", self.indexes.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot write {}", link.display())),
+            }
+        }
+    }
+
+    /// Releases the claim of gate index `index`. The next allocation starts
+    /// from it when it was the index handed out last, and from 0 when no
+    /// claim is left. Needs no lock: a hint that a concurrent allocation
+    /// changed meanwhile only makes the next search start elsewhere.
+    pub fn release_index(&self, index: u32) -> Result<()> {
+        let link = self.claim_path(index);
+        match std::fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", link.display())),
+        }
+        if !self.any_index_claimed() {
+            self.set_index_hint(0)?;
+        } else if self.index_hint() == index + 1 {
+            self.set_index_hint(index)?;
+        }
+        Ok(())
+    }
+
+    /// Where the search for a free gate index starts: after the index
+    /// handed out last (0 at first). Only a hint: the claims decide.
+    pub fn index_hint(&self) -> u32 {
+        std::fs::read_to_string(&self.hint)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Makes the next search for a free gate index start at `index`.
+    pub fn set_index_hint(&self, index: u32) -> Result<()> {
+        std::fs::write(&self.hint, index.to_string())
+            .with_context(|| format!("cannot write {}", self.hint.display()))
+    }
+
+    /// Whether `index` is claimed.
+    pub fn index_claimed(&self, index: u32) -> bool {
+        self.claim_path(index).symlink_metadata().is_ok()
+    }
+
+    /// Whether any gate index is claimed. `false` means no gate exists,
+    /// except one whose state directory entries were lost. Costs the same
+    /// however many indexes are claimed: it asks the kernel to remove the
+    /// claims directory, which succeeds only when it is empty (and
+    /// [`Records::claim_index`] creates it again).
+    pub fn any_index_claimed(&self) -> bool {
+        match std::fs::remove_dir(&self.indexes) {
+            Ok(()) => false,
+            Err(e) => matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)),
+        }
+    }
+
+    /// Releases every index held by `slug`: the one its record names, or,
+    /// without a record that names an index `slug` holds, any found by
+    /// reading every claim. (A claim a start made before it died, without
+    /// writing its record, is found that way once the record is gone, e.g.
+    /// by `gatectl prune`.)
     fn release_indexes(&self, slug: &Slug) -> Result<()> {
+        if let Ok(Some(record)) = self.load(slug) {
+            let index = record.plan.index;
+            if self.holder(index).as_deref() == Some(slug.as_str()) {
+                return self.release_index(index);
+            }
+        }
         for (index, holder) in self.index_holders() {
             if holder == slug.as_str() {
-                let link = self.indexes.join(index.to_string());
-                match std::fs::remove_file(&link) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).with_context(|| format!("cannot remove {}", link.display())),
-                }
+                self.release_index(index)?;
             }
         }
         Ok(())
+    }
+
+    /// The slug holding gate index `index`, if it is claimed.
+    fn holder(&self, index: u32) -> Option<String> {
+        let target = std::fs::read_link(self.claim_path(index)).ok()?;
+        target.to_str().map(str::to_string)
     }
 
     /// Every claimed index and the slug holding it.
@@ -150,33 +227,82 @@ impl Records {
             .filter_map(|s| self.load(s).ok().flatten())
             .collect()
     }
-
-    /// Gate indexes in use: claimed ones, and those of records (a record
-    /// written by an older gatectl may have no claim).
-    pub fn used_indexes(&self) -> BTreeSet<u32> {
-        let mut used: BTreeSet<u32> = self.index_holders().into_iter().map(|(i, _)| i).collect();
-        if used.len() < self.slugs().len() {
-            used.extend(self.all().iter().map(|r| r.plan.index));
-        }
-        used
-    }
 }
 
-/// The lowest index not in `used` (and below `capacity`), if any.
-pub fn lowest_free_index(used: &BTreeSet<u32>, capacity: u32) -> Option<u32> {
-    (0..capacity).find(|i| !used.contains(i))
+/// The gate indexes below `capacity` in the order a free one is searched
+/// for: from `hint` up, then wrapping around to 0.
+pub fn probe_order(hint: u32, capacity: u32) -> impl Iterator<Item = u32> {
+    let start = if hint < capacity { hint } else { 0 };
+    (start..capacity).chain(0..start)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::GatePlan;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gatectl-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn slug(s: &str) -> Slug {
+        Slug::parse(s).unwrap()
+    }
 
     #[test]
-    fn lowest_free_index_fills_gaps() {
-        let used: BTreeSet<u32> = [0, 1, 3].into_iter().collect();
-        assert_eq!(lowest_free_index(&used, 10), Some(2));
-        assert_eq!(lowest_free_index(&BTreeSet::new(), 10), Some(0));
-        let full: BTreeSet<u32> = (0..4).collect();
-        assert_eq!(lowest_free_index(&full, 4), None);
+    fn probing_starts_at_the_hint_and_wraps_around() {
+        assert_eq!(probe_order(2, 5).collect::<Vec<_>>(), [2, 3, 4, 0, 1]);
+        assert_eq!(probe_order(0, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        // A hint past the capacity (the pools shrank) starts at 0.
+        assert_eq!(probe_order(9, 3).collect::<Vec<_>>(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn an_index_is_claimed_once_and_released_by_its_record() {
+        let dir = scratch("claims");
+        let records = Records::new(&dir);
+        assert!(!records.any_index_claimed());
+        assert_eq!(records.index_hint(), 0);
+        assert!(records.claim_index(&slug("a"), 4).unwrap());
+        assert!(!records.claim_index(&slug("b"), 4).unwrap(), "held by a");
+        assert!(records.claim_index(&slug("b"), 5).unwrap());
+        assert!(records.any_index_claimed() && records.index_claimed(4) && !records.index_claimed(6));
+        let mut holders = records.index_holders();
+        holders.sort();
+        assert_eq!(holders, [(4, "a".to_string()), (5, "b".to_string())]);
+
+        assert!(records.claim_index(&slug("c"), 6).unwrap());
+        records.set_index_hint(7).unwrap();
+
+        // Without a record, a slug's claim is found among all claims. The
+        // index handed out last is handed out again next.
+        records.remove(&slug("c")).unwrap();
+        assert!(!records.index_claimed(6));
+        assert_eq!(records.index_hint(), 6);
+        // Releasing an index handed out before leaves the hint alone.
+        records.remove(&slug("a")).unwrap();
+        assert!(!records.index_claimed(4) && records.index_claimed(5));
+        assert_eq!(records.index_hint(), 6);
+
+        // b has a record naming its index.
+        let manifest = crate::manifest::parse(
+            "[[ssh]]\nHost = \"up\"\nHostname = \"192.0.2.1\"\n",
+            crate::manifest::Format::Toml,
+        )
+        .unwrap();
+        let settings = crate::config::Settings::default();
+        let plan = GatePlan::build(&slug("b"), &manifest, &settings, 5, None, |h| {
+            Ok(vec![h.parse().unwrap()])
+        })
+        .unwrap();
+        records.save(&GateRecord { plan, complete: true }).unwrap();
+        records.remove(&slug("b")).unwrap();
+        assert!(!records.any_index_claimed() && records.load(&slug("b")).unwrap().is_none());
+        // With no claim left, numbering starts over.
+        assert_eq!(records.index_hint(), 0);
+        assert!(records.claim_index(&slug("d"), 0).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

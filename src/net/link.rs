@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::{Context, Error, Result};
@@ -230,7 +230,7 @@ impl Netlink {
 
     /// Refuses `pool` if an IPv4 route of this namespace (other than a
     /// default route, or one through a link named with an `own_prefixes`
-    /// prefix) overlaps it.
+    /// prefix) overlaps it. Reads every route and link.
     pub async fn check_pool_free(&self, setting: &str, pool: Ipv4Net, own_prefixes: &[&str]) -> Result<()> {
         let mut routes = self
             .handle
@@ -250,31 +250,231 @@ impl Netlink {
             None => true,
         };
         for route in dump {
-            let len = route.header.destination_prefix_length;
-            let mut dest = None;
-            let mut oif = None;
-            for attr in &route.attributes {
-                match attr {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dest = Some(*a),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    _ => {}
-                }
-            }
-            let (Some(dest), true) = (dest, len > 0) else {
+            let Some((net, oif)) = destination(&route) else {
                 continue;
             };
             if oif.is_some_and(is_own_or_gone) {
                 continue;
             }
-            let Ok(net) = Ipv4Net::new(dest, len) else {
-                continue;
-            };
             if pool.contains(&net) || net.contains(&pool) {
-                return Err(Error::invalid(format!(
-                    "{setting} {pool} overlaps the host route {net}; choose a free range for {setting} in /etc/gatectl/gatectl.toml"
-                )));
+                return Err(overlap(setting, pool, net));
             }
         }
         Ok(())
+    }
+
+    /// Refuses `pool` if a route that [`Netlink::check_pool_free`] would
+    /// refuse it for covers one of `addresses` (taken from `pool`): one FIB
+    /// lookup per address, not a dump, so the cost does not grow with the
+    /// number of routes. A lookup that ends in an unreachable, prohibit or
+    /// blackhole route, whose extent the kernel does not report, falls back
+    /// to [`Netlink::check_pool_free`].
+    pub async fn check_addresses_free(
+        &self,
+        setting: &str,
+        pool: Ipv4Net,
+        addresses: &[Ipv4Addr],
+        own_prefixes: &[&str],
+    ) -> Result<()> {
+        for &address in addresses {
+            let route = match self.fib_match(address).await? {
+                FibMatch::Nothing => continue,
+                FibMatch::Unreported => return self.check_pool_free(setting, pool, own_prefixes).await,
+                FibMatch::Route(route) => route,
+            };
+            let Some((net, oif)) = destination(&route) else {
+                continue;
+            };
+            if let Some(oif) = oif {
+                let own_or_gone = match self.name_of(oif).await? {
+                    Some(name) => own_prefixes.iter().any(|p| name.starts_with(p)),
+                    None => true,
+                };
+                if own_or_gone {
+                    continue;
+                }
+            }
+            return Err(overlap(setting, pool, net));
+        }
+        Ok(())
+    }
+
+    /// The route the kernel's FIB matches for `address`, like `ip route get
+    /// fibmatch`: a lookup, not a dump.
+    async fn fib_match(&self, address: Ipv4Addr) -> Result<FibMatch> {
+        let mut request = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(address, 32)
+            .build();
+        request.header.flags = RouteFlags::FibMatch;
+        let mut answer = self.handle.route().get(request).execute();
+        match answer.try_next().await {
+            Ok(Some(route)) => Ok(FibMatch::Route(route)),
+            Ok(None) => Ok(FibMatch::Unreported),
+            Err(e) => match errno_of(&e) {
+                Some(libc::ENETUNREACH) => Ok(FibMatch::Nothing),
+                Some(libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL) => Ok(FibMatch::Unreported),
+                _ => Err(e).with_context(|| format!("cannot look up the host's route to {address}")),
+            },
+        }
+    }
+
+    /// The name of the link with index `index`, or `None` if there is none.
+    async fn name_of(&self, index: u32) -> Result<Option<String>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link.and_then(|link| {
+                link.attributes.into_iter().find_map(|attr| match attr {
+                    LinkAttribute::IfName(name) => Some(name),
+                    _ => None,
+                })
+            })),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot look up link {index}")),
+        }
+    }
+}
+
+/// What the FIB matches for one address.
+enum FibMatch {
+    /// No route at all.
+    Nothing,
+    /// A route the kernel does not report: an unreachable, prohibit or
+    /// blackhole route (answered with an error, not the route).
+    Unreported,
+    /// This route.
+    Route(RouteMessage),
+}
+
+/// The destination of `route` unless it is a default route, and the index
+/// of its output link if it has one.
+fn destination(route: &RouteMessage) -> Option<(Ipv4Net, Option<u32>)> {
+    let len = route.header.destination_prefix_length;
+    let mut dest = None;
+    let mut oif = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dest = Some(*a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let net = Ipv4Net::new(dest?, len).ok().filter(|_| len > 0)?;
+    Some((net, oif))
+}
+
+/// The refusal of `pool`, the value of `setting`, for overlapping `net`.
+fn overlap(setting: &str, pool: Ipv4Net, net: Ipv4Net) -> Error {
+    Error::invalid(format!(
+        "{setting} {pool} overlaps the host route {net}; choose a free range for {setting} in /etc/gatectl/gatectl.toml"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::route::RouteType;
+
+    /// Runs `body` with a [`Netlink`] in a fresh network namespace of its
+    /// own thread (root only: skipped otherwise, failing under `CI`).
+    fn in_private_netns<F: std::future::Future<Output = ()>>(
+        name: &str,
+        body: impl FnOnce(Netlink) -> F + Send + 'static,
+    ) {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{name} needs root; CI requires it"
+            );
+            eprintln!("skipping {name}: not root");
+            return;
+        }
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move { body(Netlink::current().unwrap()).await });
+        })
+        .join()
+        .unwrap();
+    }
+
+    async fn add_route(netlink: &Netlink, route: RouteMessage) {
+        netlink.handle.route().add(route).execute().await.unwrap();
+    }
+
+    /// What [`Netlink::check_addresses_free`] says of `addr` in the pool
+    /// 10.232.0.0/16.
+    async fn check(netlink: &Netlink, addr: [u8; 4], own: &[&str]) -> std::result::Result<(), String> {
+        let pool: Ipv4Net = "10.232.0.0/16".parse().unwrap();
+        netlink
+            .check_addresses_free("egress_pool", pool, &[Ipv4Addr::from(addr)], own)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn address_lookups_refuse_what_the_pool_dump_refuses() {
+        in_private_netns("address_lookups", |netlink| async move {
+            // No route at all.
+            assert_eq!(check(&netlink, [10, 232, 0, 6], &["gte"]).await, Ok(()));
+
+            let veth = |name| VethEnd { name, netns: None };
+            netlink.create_veth(veth("eth0"), veth("eth1")).await.unwrap();
+            netlink
+                .configure("eth0", Some((Ipv4Addr::new(192, 168, 5, 1), 24)), None)
+                .await
+                .unwrap();
+            netlink
+                .add_default_route(Ipv4Addr::new(192, 168, 5, 2))
+                .await
+                .unwrap();
+            assert_eq!(check(&netlink, [10, 232, 0, 6], &["gte"]).await, Ok(()));
+
+            // A gate's own link, and a foreign route.
+            netlink.create_veth(veth("gte3"), veth("peer3")).await.unwrap();
+            netlink
+                .configure("gte3", Some((Ipv4Addr::new(10, 232, 0, 6), 31)), None)
+                .await
+                .unwrap();
+            assert_eq!(check(&netlink, [10, 232, 0, 7], &["gte"]).await, Ok(()));
+            let eth0 = netlink.index_of("eth0").await.unwrap();
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(Ipv4Addr::new(10, 232, 7, 0), 24)
+                .output_interface(eth0)
+                .build();
+            add_route(&netlink, route).await;
+            let overlap = "egress_pool 10.232.0.0/16 overlaps the host route 10.232.7.0/24; \
+                           choose a free range for egress_pool in /etc/gatectl/gatectl.toml";
+            assert_eq!(
+                check(&netlink, [10, 232, 7, 9], &["gte"]).await,
+                Err(overlap.into())
+            );
+            assert_eq!(check(&netlink, [10, 232, 0, 8], &["gte"]).await, Ok(()));
+            // Only the gate's own prefixes count as its own.
+            let err = check(&netlink, [10, 232, 0, 7], &["gti"]).await.unwrap_err();
+            assert!(err.contains("overlaps the host route 10.232.0.6/31"), "{err}");
+
+            // The kernel reports no route for an unreachable one: the whole
+            // pool is checked instead.
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(Ipv4Addr::new(10, 232, 8, 0), 24)
+                .kind(RouteType::Unreachable)
+                .build();
+            add_route(&netlink, route).await;
+            let err = check(&netlink, [10, 232, 8, 1], &["gte"]).await.unwrap_err();
+            assert!(err.contains("overlaps the host route 10.232."), "{err}");
+            let pool = "10.232.0.0/16".parse().unwrap();
+            let dump = netlink
+                .check_pool_free("egress_pool", pool, &["gte"])
+                .await
+                .unwrap_err();
+            assert!(
+                dump.to_string().contains("overlaps the host route 10.232."),
+                "{dump}"
+            );
+        });
     }
 }
