@@ -424,7 +424,7 @@ mod tests {
             let veth = |name| VethEnd { name, netns: None };
             netlink.create_veth(veth("eth0"), veth("eth1")).await.unwrap();
             netlink
-                .configure("eth0", Some((Ipv4Addr::new(192, 168, 5, 1), 24)), None)
+                .configure("eth0", Some((Ipv4Addr::new(192, 168, 5, 1), 24)), Mark::None)
                 .await
                 .unwrap();
             netlink
@@ -436,7 +436,7 @@ mod tests {
             // A gate's own link, and a foreign route.
             netlink.create_veth(veth("gte3"), veth("peer3")).await.unwrap();
             netlink
-                .configure("gte3", Some((Ipv4Addr::new(10, 232, 0, 6), 31)), None)
+                .configure("gte3", Some((Ipv4Addr::new(10, 232, 0, 6), 31)), Mark::None)
                 .await
                 .unwrap();
             assert_eq!(check(&netlink, [10, 232, 0, 7], &["gte"]).await, Ok(()));
