@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::lock;
 use crate::manifest::{self, Manifest};
 use crate::net::firewall::{Firewall, GateRules};
@@ -18,7 +18,7 @@ use crate::resolve;
 use crate::slug::Slug;
 use crate::state::{self, GateRecord, Records};
 use crate::systemd::{GateUnits, Systemd, UnitState};
-use crate::timings::Timings;
+use crate::timings::{timed, Timings};
 use crate::unit;
 
 /// Marker file: gatectl turned IPv4 forwarding on, so the firewall keeps the
@@ -339,22 +339,26 @@ impl Host {
         // kernel for an RCU grace period after the firewall commit, systemd
         // for the socket unit). A connection accepted before the firewall is
         // in place cannot reach the upstream yet: the order fails closed.
-        let host_side = tokio::task::spawn_blocking({
+        let host_side = timed(tokio::task::spawn_blocking({
             let (settings, rules) = (self.settings.clone(), gate_rules(plan));
             move || open_host_path(&settings, &rules)
-        });
+        }));
         let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
         let service = unit::properties(plan, &self.settings);
         let aux = [(plan.unit.as_str(), service.as_slice())];
-        let units = systemd.start_transient(&socket_unit, &socket, &aux);
-        let (host_side, units) = tokio::join!(host_side, units);
-        let host_side =
-            host_side.unwrap_or_else(|e| Err(Error::failed(format!("the firewall task failed: {e}"))));
-        host_side.map_err(|e| ("set up host forwarding and firewall", e))?;
+        let units = timed(systemd.start_transient(&socket_unit, &socket, &aux));
+        let ((host_side, host_took), (units, units_took)) = tokio::join!(host_side, units);
+        joined(host_side).map_err(|e| ("set up host forwarding and firewall", e))?;
         units.map_err(|e| ("start the gate's socket unit", e))?;
-        timings.mark(
-            "set up host forwarding and firewall, and meanwhile start the socket unit \
-             (listening; the forwarder starts at the first connection)",
+        timings.mark_parallel(
+            "set up host forwarding and firewall; start the socket unit",
+            &[
+                ("host forwarding and firewall", host_took),
+                (
+                    "the socket unit (listening; the forwarder starts at the first connection)",
+                    units_took,
+                ),
+            ],
         );
         Ok(())
     }
@@ -367,26 +371,44 @@ impl Host {
         // waits (for systemd, or the kernel's RCU grace periods), and the
         // gate's index stays claimed until the record goes, so no other gate
         // can take its link names or allowlist meanwhile.
-        let firewall = tokio::task::spawn_blocking({
+        let firewall = timed(tokio::task::spawn_blocking({
             let (firewall, egress_if) = (self.firewall(), plan.host_egress.name.clone());
             move || firewall.remove_gate(&egress_if)
-        });
+        }));
         let socket_unit = plan.socket_unit();
         let unit_names = [socket_unit.as_str(), plan.unit.as_str()];
-        let units = systemd.stop(&unit_names);
+        let units = timed(systemd.stop(&unit_names));
         // The gate's link ends, with their peers (the host's egress end and
         // the agent's end), in one kernel batch. The kernel would destroy
         // them with an unmounted netns too, but asynchronously, and the
         // agent's end must be gone when `stop` returns.
-        let links = delete_gate_links(&plan.netns);
-        let (firewall, units, links) = tokio::join!(firewall, units, links);
-        let firewall =
-            firewall.unwrap_or_else(|e| Err(Error::failed(format!("the firewall task failed: {e}"))));
-        let mut errors: Vec<Error> = [units, firewall, links]
+        let links = timed(tokio::task::spawn_blocking({
+            let netns = plan.netns.clone();
+            // A thread and runtime of its own: the kernel answers the
+            // deletion only after an RCU grace period, and this runtime must
+            // meanwhile go on talking to systemd.
+            move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start a runtime to delete the gate's links")?
+                    .block_on(delete_gate_links(&netns))
+            }
+        }));
+        let ((firewall, firewall_took), (units, units_took), (links, links_took)) =
+            tokio::join!(firewall, units, links);
+        let mut errors: Vec<Error> = [units, joined(firewall), joined(links)]
             .into_iter()
             .filter_map(Result::err)
             .collect();
-        timings.mark("stop the units, remove the firewall rules and delete the links, at once");
+        timings.mark_parallel(
+            "stop the units, remove the firewall rules, delete the links",
+            &[
+                ("stop the socket and forwarder units", units_took),
+                ("remove the firewall rules", firewall_took),
+                ("delete the gate's links and their peers", links_took),
+            ],
+        );
         // What is left if the gate netns was already gone: the outer ends,
         // if they are this gate's.
         match Netlink::current() {
@@ -587,6 +609,11 @@ pub fn gate_rules(plan: &GatePlan) -> GateRules {
             })
             .collect(),
     }
+}
+
+/// The result of a task run with `spawn_blocking`.
+fn joined<T>(task: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    task.unwrap_or_else(|e| Err(Error::failed(format!("a gatectl task failed: {e}"))))
 }
 
 /// The host firewall as `settings` and the forwarding marker configure it.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 pub struct Timings {
     began: Instant,
     last: Instant,
-    steps: Vec<(&'static str, Duration)>,
+    steps: Vec<(String, Duration)>,
 }
 
 impl Default for Timings {
@@ -25,8 +25,18 @@ impl Timings {
     /// Ends step `step` now.
     pub fn mark(&mut self, step: &'static str) {
         let now = Instant::now();
-        self.steps.push((step, now - self.last));
+        self.steps.push((step.to_string(), now - self.last));
         self.last = now;
+    }
+
+    /// Ends step `step`, made of `parts` that ran at the same time, each
+    /// with how long it took; the parts are shown under the step.
+    pub fn mark_parallel(&mut self, step: &'static str, parts: &[(&'static str, Duration)]) {
+        self.mark(step);
+        for (part, took) in parts {
+            self.steps
+                .push((format!("  of which, at the same time: {part}"), *took));
+        }
     }
 
     /// One line per step and the total, in milliseconds.
@@ -42,4 +52,11 @@ impl Timings {
         );
         out
     }
+}
+
+/// Runs `work` and returns its output with how long it took.
+pub async fn timed<T>(work: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let began = Instant::now();
+    let output = work.await;
+    (output, began.elapsed())
 }
