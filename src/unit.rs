@@ -196,15 +196,10 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
         ignore_failure: false,
     };
     let netns_path = plan.netns_path();
+    let [description, documentation] = described(plan, "");
     vec![
-        text(
-            "Description",
-            &format!("gatectl SSH egress gate for {}", plan.slug),
-        ),
-        prop(
-            "Documentation",
-            PropertyValue::Strings(vec!["man:gatectl(8)".into()]),
-        ),
+        description,
+        documentation,
         prop("ExecStart", PropertyValue::Exec(vec![exec])),
         text("Type", "notify"),
         text("NotifyAccess", "main"),
@@ -295,15 +290,10 @@ pub fn socket_properties(plan: &GatePlan) -> Vec<Property> {
             ("Stream".to_string(), address.to_string())
         })
         .collect();
+    let [description, documentation] = described(plan, ": listening sockets");
     vec![
-        text(
-            "Description",
-            &format!("gatectl SSH egress gate for {}: listening sockets", plan.slug),
-        ),
-        prop(
-            "Documentation",
-            PropertyValue::Strings(vec!["man:gatectl(8)".into()]),
-        ),
+        description,
+        documentation,
         prop("Listen", PropertyValue::Listen(listen)),
         text("NetworkNamespacePath", &path_str(&plan.netns_path())),
         text("CollectMode", "inactive-or-failed"),
@@ -311,6 +301,21 @@ pub fn socket_properties(plan: &GatePlan) -> Vec<Property> {
         prop(
             "IPAddressAllow",
             PropertyValue::Prefixes(vec![internal_prefix(plan)]),
+        ),
+    ]
+}
+
+/// `Description=` (the gate's, then `what`) and `Documentation=` of one of
+/// the gate's units.
+fn described(plan: &GatePlan, what: &str) -> [Property; 2] {
+    [
+        text(
+            "Description",
+            &format!("gatectl SSH egress gate for {}{what}", plan.slug),
+        ),
+        prop(
+            "Documentation",
+            PropertyValue::Strings(vec!["man:gatectl(8)".into()]),
         ),
     ]
 }
