@@ -9,7 +9,7 @@
 mod common;
 
 use common::gatectl::{gatectl, gatectl_ok, ip_forward, leftovers, setup, text};
-use common::{require_root, ssh_args};
+use common::{require_root, ssh_args, TestHost};
 
 #[test]
 fn ssh_through_a_gate_then_stop_leaves_nothing() {
@@ -170,6 +170,14 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
     assert_eq!(status.status.code(), Some(3), "{}", text(&status));
 }
 
+/// Runs `gatectl start SLUG --manifest MANIFEST`, asserts that it fails
+/// (exit 1), and returns what it printed on stderr.
+fn start_fails(host: &TestHost, slug: &str, manifest: &str) -> String {
+    let out = gatectl(host, &["start", slug, "--manifest", manifest]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     if !require_root() {
@@ -194,9 +202,7 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
         b"[[ssh]]\nHost = \"up\"\nHostname = \"nowhere.invalid\"\n",
         0o644,
     );
-    let nowhere = gatectl(&host, &["start", "nowhere", "--manifest", "/root/nowhere.toml"]);
-    assert_eq!(nowhere.status.code(), Some(1), "{}", text(&nowhere));
-    let err = String::from_utf8_lossy(&nowhere.stderr);
+    let err = start_fails(&host, "nowhere", "/root/nowhere.toml");
     assert!(
         err.contains("ssh entry 1 (up): cannot resolve upstream \"nowhere.invalid\""),
         "{err}"
@@ -209,13 +215,8 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
         b"agent_netns = \"no-such-ns\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
         0o644,
     );
-    let ghost = gatectl(&host, &["start", "ghost", "--manifest", "/root/ghost.toml"]);
-    assert_eq!(ghost.status.code(), Some(1), "{}", text(&ghost));
-    assert!(
-        String::from_utf8_lossy(&ghost.stderr).contains("no-such-ns"),
-        "{}",
-        text(&ghost)
-    );
+    let err = start_fails(&host, "ghost", "/root/ghost.toml");
+    assert!(err.contains("no-such-ns"), "{err}");
     assert_eq!(leftovers(&host, "ghost"), Vec::<String>::new());
 
     host.write_file(
@@ -226,9 +227,7 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
 
     // Address pools that overlap a host route are refused, naming the fix.
     host.run_ok(&["ip", "route", "add", "unreachable", "10.232.7.0/24"]);
-    let overlap = gatectl(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);
-    assert_eq!(overlap.status.code(), Some(1), "{}", text(&overlap));
-    let err = String::from_utf8_lossy(&overlap.stderr);
+    let err = start_fails(&host, "bob", "/root/bob.toml");
     assert!(
         err.contains("egress_pool 10.232.0.0/16 overlaps the host route 10.232.7.0/24"),
         "{err}"
@@ -243,9 +242,7 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
         b"forwarder_binary = \"/usr/local/bin/missing\"\n",
         0o644,
     );
-    let failed = gatectl(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);
-    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
-    let err = String::from_utf8_lossy(&failed.stderr);
+    let err = start_fails(&host, "bob", "/root/bob.toml");
     assert!(
         err.contains("the forwarder binary /usr/local/bin/missing cannot be read"),
         "{err}"
@@ -261,9 +258,7 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
         0o644,
     );
     host.run_ok(&["systemctl", "daemon-reload"]);
-    let failed = gatectl(&host, &["start", "bob", "--manifest", "/root/bob.toml"]);
-    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
-    let err = String::from_utf8_lossy(&failed.stderr);
+    let err = start_fails(&host, "bob", "/root/bob.toml");
     assert!(
         err.contains("start the gate's socket unit") && err.contains("everything it created was removed"),
         "{err}"
