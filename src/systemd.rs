@@ -1,11 +1,12 @@
 //! The D-Bus client for systemd: start and stop a gate's transient units,
 //! wait for their jobs, and read unit states.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
 use zbus::zvariant::{OwnedObjectPath, Value};
-use zbus::Connection;
 
 use crate::error::{Context, Error, Result};
 use crate::plan;
@@ -14,6 +15,9 @@ use crate::unit::Property;
 
 /// How long a start or stop job of a gate's units may take.
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long systemd may take to answer one D-Bus call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -141,43 +145,101 @@ fn is_error(e: &zbus::Error, name: &str) -> bool {
 
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 
-/// Waits until every job of `jobs` is removed and returns their results
-/// (`done`, `failed`, …) in the same order, or `None` after [`JOB_TIMEOUT`].
-async fn wait_for_jobs(
-    removed: &mut JobRemovedStream,
-    jobs: &[OwnedObjectPath],
-) -> Result<Option<Vec<String>>> {
-    let mut results: Vec<Option<String>> = vec![None; jobs.len()];
-    let wait = async {
-        while results.iter().any(Option::is_none) {
-            let Some(signal) = removed.next().await else {
-                return Err(Error::failed(
-                    "the D-Bus connection to systemd closed while waiting for a job",
-                ));
-            };
-            let args = signal
-                .args()
-                .context("cannot decode a systemd JobRemoved signal")?;
-            if let Some(i) = jobs.iter().position(|job| *job == args.job) {
-                results[i] = Some(args.result.clone());
+/// The results of systemd jobs, read from systemd's `JobRemoved` signals.
+///
+/// zbus queues at most 64 signals per stream, and with that queue full it
+/// reads nothing more from the bus, the reply to a pending call included.
+/// Every job that finishes on the host is signalled to every subscriber, so
+/// a stream left unpolled while a call waits for its reply deadlocks the
+/// call under a burst of other units' jobs. A watch therefore reads the
+/// signals during each call ([`JobWatch::during`]) as well as while waiting
+/// ([`JobWatch::wait`]).
+struct JobWatch {
+    removed: JobRemovedStream,
+    /// Jobs seen finishing while calls were in flight, with their results.
+    finished: HashMap<OwnedObjectPath, String>,
+}
+
+impl JobWatch {
+    /// Starts reading `JobRemoved` signals; create the watch before the
+    /// call that creates the jobs, so none of their signals is missed.
+    async fn new(manager: &ManagerProxy<'static>) -> Result<JobWatch> {
+        let removed = manager
+            .receive_job_removed()
+            .await
+            .context("cannot listen for systemd job signals")?;
+        Ok(JobWatch {
+            removed,
+            finished: HashMap::new(),
+        })
+    }
+
+    /// Runs `call` to its end, recording the jobs that finish meanwhile.
+    async fn during<T>(&mut self, call: impl Future<Output = T>) -> Result<T> {
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut call => return Ok(out),
+                signal = self.removed.next() => {
+                    let (job, result) = job_result(signal)?;
+                    self.finished.insert(job, result);
+                }
             }
         }
-        Ok(())
-    };
-    match tokio::time::timeout(JOB_TIMEOUT, wait).await {
-        Ok(Ok(())) => Ok(Some(results.into_iter().flatten().collect())),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Ok(None),
     }
+
+    /// Waits until every job of `jobs` has finished and returns their
+    /// results (`done`, `failed`, …) in the same order, or `None` after
+    /// [`JOB_TIMEOUT`]. The watch ends here: a stream kept after its last
+    /// poll would stall later calls the same way.
+    async fn wait(mut self, jobs: &[OwnedObjectPath]) -> Result<Option<Vec<String>>> {
+        let mut results: Vec<Option<String>> = jobs.iter().map(|job| self.finished.remove(job)).collect();
+        let removed = &mut self.removed;
+        let wait = async {
+            while results.iter().any(Option::is_none) {
+                let (job, result) = job_result(removed.next().await)?;
+                if let Some(i) = jobs.iter().position(|j| *j == job) {
+                    results[i] = Some(result);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(JOB_TIMEOUT, wait).await {
+            Ok(Ok(())) => Ok(Some(results.into_iter().flatten().collect())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// The job and result a `JobRemoved` signal carries; `None` (the end of the
+/// stream) means the connection closed.
+fn job_result(signal: Option<JobRemoved>) -> Result<(OwnedObjectPath, String)> {
+    let signal = signal
+        .ok_or_else(|| Error::failed("the D-Bus connection to systemd closed while waiting for a job"))?;
+    let args = signal
+        .args()
+        .context("cannot decode a systemd JobRemoved signal")?;
+    Ok((args.job, args.result))
 }
 
 impl Systemd {
     /// Connects to the system bus. One connection serves every call.
     pub async fn connect() -> Result<Systemd> {
-        let connection = Connection::system().await.context(
-            "cannot connect to systemd over the system D-Bus; is systemd running as PID 1 and dbus up?",
-        )?;
-        let manager = ManagerProxy::new(&connection)
+        let unreachable =
+            "cannot connect to systemd over the system D-Bus; is systemd running as PID 1 and dbus up?";
+        let connection = zbus::connection::Builder::system()
+            .context(unreachable)?
+            .method_timeout(CALL_TIMEOUT)
+            .build()
+            .await
+            .context(unreachable)?;
+        // No property cache: its PropertiesChanged stream is one more
+        // queue that could fill; gatectl asks for what it needs.
+        let manager = ManagerProxy::builder(&connection)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
             .await
             .context("cannot reach systemd's manager over D-Bus")?;
         manager
@@ -209,24 +271,17 @@ impl Systemd {
         for name in std::iter::once(unit).chain(aux.iter().map(|(name, _)| *name)) {
             let _ = self.manager.reset_failed_unit(name).await;
         }
-        let mut removed = self
-            .manager
-            .receive_job_removed()
-            .await
-            .context("cannot listen for systemd job signals")?;
-        let job = self
-            .manager
-            .start_transient_unit(unit, "fail", &main, &aux_refs)
-            .await
-            .with_context(|| format!("systemd refused to start {unit}"))?;
-        let results = wait_for_jobs(&mut removed, std::slice::from_ref(&job))
+        let mut watch = JobWatch::new(&self.manager).await?;
+        let job = watch
+            .during(self.manager.start_transient_unit(unit, "fail", &main, &aux_refs))
             .await?
-            .ok_or_else(|| {
-                Error::failed(format!(
-                    "{unit} did not start within {}s; see `journalctl -u {unit}`",
-                    JOB_TIMEOUT.as_secs()
-                ))
-            })?;
+            .with_context(|| format!("systemd refused to start {unit}"))?;
+        let results = watch.wait(std::slice::from_ref(&job)).await?.ok_or_else(|| {
+            Error::failed(format!(
+                "{unit} did not start within {}s; see `journalctl -u {unit}`",
+                JOB_TIMEOUT.as_secs()
+            ))
+        })?;
         let result = &results[0];
         if result == "done" {
             Ok(())
@@ -241,21 +296,17 @@ impl Systemd {
     /// exist is success. Then clears failed states so the names are free
     /// again.
     pub async fn stop(&self, units: &[&str]) -> Result<()> {
-        let mut removed = self
-            .manager
-            .receive_job_removed()
-            .await
-            .context("cannot listen for systemd job signals")?;
+        let mut watch = JobWatch::new(&self.manager).await?;
         let mut jobs = Vec::new();
         for unit in units {
-            match self.manager.stop_unit(unit, "replace").await {
+            match watch.during(self.manager.stop_unit(unit, "replace")).await? {
                 Ok(job) => jobs.push((*unit, job)),
                 Err(e) if is_error(&e, NO_SUCH_UNIT) => {}
                 Err(e) => return Err(e).with_context(|| format!("cannot stop {unit}")),
             }
         }
         let paths: Vec<OwnedObjectPath> = jobs.iter().map(|(_, job)| job.clone()).collect();
-        if wait_for_jobs(&mut removed, &paths).await?.is_none() {
+        if watch.wait(&paths).await?.is_none() {
             let names: Vec<&str> = jobs.iter().map(|(unit, _)| *unit).collect();
             return Err(Error::failed(format!(
                 "{} did not stop within {}s",

@@ -206,7 +206,7 @@ fn two_gates_are_isolated_from_each_other() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     gatectl_ok(&host, &["stop", "alice"]);
-    let held_out = held.wait_with_output().unwrap();
+    let held_out = common::finish(held, "a connection held through bob");
     let held_text = String::from_utf8_lossy(&held_out.stdout);
     assert!(
         held_text.contains("bob-upstream") && held_text.contains("done"),

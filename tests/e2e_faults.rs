@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::gatectl::{
     bash_in, connect, gatectl, gatectl_ok, ip_forward, leftovers, serve, setup, ssh_via_gate, text,
 };
-use common::{require_root, TestHost};
+use common::{finish, require_root, TestHost};
 
 const ALICE: &[u8] =
     b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n";
@@ -188,7 +188,7 @@ fn upstream_down_and_connection_flood() {
         text(&excess)
     );
     for h in held {
-        let out = h.wait_with_output().unwrap();
+        let out = finish(h, "a held ssh session");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("SSH-2.0"),
             "a held session got its banner"
@@ -218,10 +218,8 @@ fn races_and_interrupted_starts() {
 
     // Two starts of the same slug at once: one gate; the other caller is told.
     let a = spawn_gatectl(&host, &["start", "alice"]);
-    let b = spawn_gatectl(&host, &["start", "alice"])
-        .wait_with_output()
-        .unwrap();
-    let a = a.wait_with_output().unwrap();
+    let b = finish(spawn_gatectl(&host, &["start", "alice"]), "the second start");
+    let a = finish(a, "the first start");
     let ok = [a.status.success(), b.status.success()];
     assert_eq!(
         ok.iter().filter(|s| **s).count(),
@@ -242,8 +240,8 @@ fn races_and_interrupted_starts() {
     for _ in 0..3 {
         let stop = spawn_gatectl(&host, &["stop", "alice"]);
         let start = spawn_gatectl(&host, &["start", "alice"]);
-        stop.wait_with_output().unwrap();
-        start.wait_with_output().unwrap();
+        finish(stop, "a stop racing a start");
+        finish(start, "a start racing a stop");
         if gatectl(&host, &["status", "alice"]).status.success() {
             ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
         } else {
@@ -334,7 +332,7 @@ fn fifty_gates_start_in_parallel() {
         .map(|i| spawn_gatectl(&host, &["start", &format!("g{i}")]))
         .collect();
     for c in children {
-        let out = c.wait_with_output().unwrap();
+        let out = finish(c, "a parallel gatectl");
         assert!(out.status.success(), "{}", text(&out));
     }
     let list = gatectl_ok(&host, &["list", "--json"]);
@@ -355,9 +353,65 @@ fn fifty_gates_start_in_parallel() {
         .map(|i| spawn_gatectl(&host, &["stop", &format!("g{i}")]))
         .collect();
     for c in children {
-        let out = c.wait_with_output().unwrap();
+        let out = finish(c, "a parallel gatectl");
         assert!(out.status.success(), "{}", text(&out));
     }
     assert_eq!(leftovers(&host, "g0"), Vec::<String>::new());
+    assert_eq!(host.run_ok(&["ip", "netns", "list"]).matches("gate-").count(), 0);
+}
+
+#[test]
+fn gates_start_and_stop_while_systemd_runs_a_storm_of_other_jobs() {
+    if !require_root() {
+        return;
+    }
+    const GATES: usize = 30;
+    let (host, _sshd) = setup("e2e-job-storm");
+    // Every job systemd finishes is signalled to every subscriber, gatectl
+    // included; a client that stops reading them stalls its own D-Bus calls.
+    host.write_file(
+        "/etc/systemd/system/storm@.target",
+        b"[Unit]\nDescription=storm %i\n",
+        0o644,
+    );
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    let storms: Vec<_> = (0..4)
+        .map(|_| {
+            host.command(&[
+                "sh",
+                "-c",
+                "units=$(seq -f storm@%g.target 1 200)
+                 while [ ! -e /run/storm-done ]; do
+                   systemctl start --no-block $units; systemctl stop --no-block $units
+                 done",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for i in 0..GATES {
+        host.write_file(
+            &format!("/etc/gatectl/bottles/s{i}.toml"),
+            b"[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
+            0o644,
+        );
+    }
+    for round in 0..5 {
+        for verb in ["start", "stop"] {
+            let children: Vec<_> = (0..GATES)
+                .map(|i| spawn_gatectl(&host, &[verb, &format!("s{i}")]))
+                .collect();
+            for c in children {
+                let out = finish(c, &format!("{verb} in round {round}"));
+                assert!(out.status.success(), "{}", text(&out));
+            }
+        }
+    }
+    host.run_ok(&["touch", "/run/storm-done"]);
+    for storm in storms {
+        finish(storm, "the job storm");
+    }
     assert_eq!(host.run_ok(&["ip", "netns", "list"]).matches("gate-").count(), 0);
 }

@@ -40,8 +40,69 @@ pub const FIXTURE_ROOT: &str = "/root/gatectl-fixture";
 /// says otherwise.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a command run inside a throwaway host may take before the test
+/// calls it hung. Not a speed check: it turns a hang (a deadlock, a lost
+/// wake-up) into one failing test that names the command, instead of a test
+/// run that never ends.
+pub const HANG_LIMIT: Duration = Duration::from_secs(180);
+
 /// `PATH` of every command run inside a throwaway host.
 const INNER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Waits for `child` and collects what it wrote to its piped stdout and
+/// stderr, like `Child::wait_with_output`. A child still running after
+/// [`HANG_LIMIT`] is killed and the test fails, naming `what`.
+pub fn finish(child: Child, what: &str) -> Output {
+    finish_within(child, what, HANG_LIMIT)
+}
+
+/// [`finish`] with a limit of its own, for a child that runs long by design.
+pub fn finish_within(mut child: Child, what: &str, limit: Duration) -> Output {
+    let stdout = child.stdout.take().map(read_to_end_in_background);
+    let stderr = child.stderr.take().map(read_to_end_in_background);
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} hung: still running after {} s, so the test killed it",
+                limit.as_secs()
+            );
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    let collect = |reader: Option<thread::JoinHandle<Vec<u8>>>| {
+        reader
+            .map(|r| r.join().expect("read a child's output"))
+            .unwrap_or_default()
+    };
+    Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_to_end_in_background(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+/// An argument vector as one line, for messages.
+fn describe<S: AsRef<OsStr>>(argv: &[S]) -> String {
+    let words: Vec<_> = argv.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    format!("{words:?}")
+}
 
 /// Whether this process may run privileged tests.
 ///
@@ -296,9 +357,13 @@ impl TestHost {
 
     /// Runs `argv` inside the host and returns its output, whatever its exit status.
     pub fn exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> Output {
-        self.command(argv)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run nsenter (util-linux): {e}"))
+        let child = self
+            .command(argv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run nsenter (util-linux): {e}"));
+        finish(child, &describe(argv))
     }
 
     /// Runs `argv` inside the host with `input` on its stdin; returns its output, whatever
@@ -524,7 +589,7 @@ impl TestHost {
         // A command that exits early closes the pipe: its exit status tells why.
         let copied = io::copy(reader, &mut stdin);
         drop(stdin);
-        let out = child.wait_with_output().expect("wait for nsenter");
+        let out = finish(child, &describe(argv));
         if let Err(e) = copied {
             if out.status.success() {
                 panic!("streaming into the throwaway host failed: {e}");
@@ -535,9 +600,9 @@ impl TestHost {
 
     fn expect_success<S: AsRef<OsStr>>(&self, argv: &[S], out: &Output) {
         if !out.status.success() {
-            let argv: Vec<_> = argv.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+            let argv = describe(argv);
             panic!(
-                "command failed inside throwaway host {}: {argv:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+                "command failed inside throwaway host {}: {argv}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
                 self.name,
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
