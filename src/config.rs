@@ -63,12 +63,17 @@ fn default_forwarder_binary() -> PathBuf {
 }
 
 impl Settings {
-    /// Loads the settings from `GATECTL_CONFIG` or [`DEFAULT_CONFIG_PATH`];
-    /// a missing file means all defaults.
-    pub fn load() -> Result<Settings> {
-        let path = std::env::var_os("GATECTL_CONFIG")
+    /// The settings file: `GATECTL_CONFIG` or [`DEFAULT_CONFIG_PATH`].
+    pub fn path() -> PathBuf {
+        std::env::var_os("GATECTL_CONFIG")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+    }
+
+    /// Loads the settings from [`Settings::path`]; a missing file means all
+    /// defaults.
+    pub fn load() -> Result<Settings> {
+        let path = Settings::path();
         match std::fs::read_to_string(&path) {
             Ok(text) => Settings::parse(&text)
                 .map_err(|e| Error::invalid(format!("host settings {}: {e}", path.display()))),

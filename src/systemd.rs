@@ -59,6 +59,9 @@ trait Manager {
         )>,
     >;
 
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
 }
@@ -322,6 +325,14 @@ impl Systemd {
             }
         }
         Ok(())
+    }
+
+    /// systemd's version, e.g. `252.30-1~deb12u2`.
+    pub async fn version(&self) -> Result<String> {
+        self.manager
+            .version()
+            .await
+            .context("cannot read systemd's version over D-Bus")
     }
 
     /// Loaded units matching the glob `pattern`, with their states.

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::gatectl::{gatectl, gatectl_ok, text, GATECTL, LIST_GATE_UNITS};
+use common::gatectl::{gatectl, gatectl_ok, host_state, text, GATECTL};
 use common::{require_root, TestHost};
 
 /// Where rows put their input files inside the host.
@@ -331,25 +331,9 @@ struct Snapshot {
 }
 
 fn snapshot(host: &TestHost) -> Snapshot {
-    let mut state = String::new();
-    let probes: [&[&str]; 6] = [
-        &["ip", "netns", "list"],
-        &["ip", "-o", "link", "show"],
-        &["ip", "-n", "agent", "-o", "link", "show"],
-        &["nft", "list", "ruleset"],
-        &LIST_GATE_UNITS,
-        &["find", "/run/gatectl", "-printf", "%p %y %s\n"],
-    ];
-    for argv in probes {
-        let o = host.exec(argv);
-        state += &format!(
-            "$ {}\n{}{}",
-            argv.join(" "),
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+    Snapshot {
+        state: host_state(host),
     }
-    Snapshot { state }
 }
 
 /// What changed between two snapshots, if anything.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::error::{Error, Result};
 use crate::slug::Slug;
 
+pub mod check;
 pub mod forward;
 pub mod generate;
 pub mod list;
@@ -51,6 +52,8 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Re-apply the firewall rules of every running gate (after an nftables reload).
     Reconcile(reconcile::ReconcileArgs),
+    /// Check that this host can run gates, and the state of what gatectl changes on it.
+    Check(check::CheckArgs),
     /// Print the ssh_config Host blocks an agent uses to reach its upstreams.
     SshConfig(ssh_config::SshConfigArgs),
     /// Run the forwarder (the gate unit's entrypoint).
@@ -114,6 +117,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::SshConfig(args) => ssh_config::run(args),
         Command::Reconcile(args) => reconcile::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Check(args) => check::run(args),
         Command::Forward(args) => forward::run(args).map(|()| Outcome::Ok),
         Command::Generate(args) => generate::run(args),
     }

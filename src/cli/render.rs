@@ -1,13 +1,28 @@
-//! Text and JSON output of `status`, `list` and `plan`.
+//! Text and JSON output of `status`, `list`, `plan` and `check`.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::check::{Finding, Verdict};
 use crate::error::{Error, Result};
 use crate::gate::{GateState, GateStatus};
 use crate::plan::GatePlan;
 use crate::unit::Property;
+
+/// The report of `check`: verdict, subject and detail, one line each.
+pub fn check_table(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        let verdict = match f.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        let _ = writeln!(out, "{verdict:<5} {:<14} {}", f.subject, f.detail);
+    }
+    out
+}
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn json(value: &impl Serialize) -> Result<()> {

@@ -143,6 +143,32 @@ pub const LIST_GATE_UNITS: [&str; 6] = [
     "gate-*",
 ];
 
+/// Everything gatectl may change on a host, as text to compare: network
+/// namespaces, links (of the host and the agent netns), the nftables
+/// ruleset, IPv4 forwarding, the gate units and gatectl's runtime state.
+pub fn host_state(host: &TestHost) -> String {
+    let mut state = String::new();
+    let probes: [&[&str]; 7] = [
+        &["ip", "netns", "list"],
+        &["ip", "-o", "link", "show"],
+        &["ip", "-n", "agent", "-o", "link", "show"],
+        &["nft", "list", "ruleset"],
+        &["sysctl", "net.ipv4.ip_forward"],
+        &LIST_GATE_UNITS,
+        &["find", "/run/gatectl", "-printf", "%p %y %s\n"],
+    ];
+    for argv in probes {
+        let o = host.exec(argv);
+        state += &format!(
+            "$ {}\n{}{}",
+            argv.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    state
+}
+
 /// `net.ipv4.ip_forward` in `netns` (or the host's root namespace).
 pub fn ip_forward(host: &TestHost, netns: Option<&str>) -> String {
     let mut argv = Vec::new();

@@ -1,0 +1,320 @@
+//! `gatectl check`: whether this host can run gates, and the state of what
+//! gatectl changes on it: settings, the forwarder binary, systemd over
+//! D-Bus, the running gates, the nftables table, IPv4 forwarding and the
+//! address pools. It only reads; it changes nothing.
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::gate::{GateState, GateStatus, Host, FORWARDING_MARKER};
+use crate::net::firewall::TABLE;
+use crate::net::link::Netlink;
+use crate::net::sysctl;
+use crate::plan::{HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX};
+use crate::systemd::Systemd;
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// As it should be.
+    Ok,
+    /// Works, but deserves a look (a broken gate, a leftover).
+    Warn,
+    /// Gates cannot start or work until it is fixed; the detail says how.
+    Fail,
+}
+
+/// One line of the report: what was checked and what was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was checked: `settings`, `systemd`, `ip_forward`, …
+    pub subject: String,
+    /// What was found, and the fix when it is not ok.
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(verdict: Verdict, subject: &str, detail: impl Into<String>) -> Finding {
+        Finding {
+            verdict,
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Runs every check, in the order a fix should follow.
+pub async fn check_host() -> Vec<Finding> {
+    let host = match Host::load() {
+        Ok(host) => host,
+        Err(e) => return vec![Finding::new(Verdict::Fail, "settings", e.to_string())],
+    };
+    let settings = &host.settings;
+    let mut findings = vec![settings_finding(settings)];
+    findings.push(match settings.check_forwarder_binary() {
+        Ok(()) => Finding::new(
+            Verdict::Ok,
+            "forwarder",
+            format!("{} is executable", settings.forwarder_binary.display()),
+        ),
+        Err(e) => Finding::new(Verdict::Fail, "forwarder", e.to_string()),
+    });
+    let gates = match gates_from_systemd(&host).await {
+        Ok((version, gates)) => {
+            findings.push(Finding::new(
+                Verdict::Ok,
+                "systemd",
+                format!("systemd {version}, reachable over D-Bus"),
+            ));
+            findings.extend(gate_findings(&gates));
+            Some(gates)
+        }
+        Err(e) => {
+            findings.push(Finding::new(Verdict::Fail, "systemd", e.to_string()));
+            None
+        }
+    };
+    let running: Vec<&GateStatus> = gates
+        .iter()
+        .flatten()
+        .filter(|g| g.state == GateState::Running)
+        .collect();
+    let running_egress: Vec<String> = running
+        .iter()
+        .filter_map(|g| g.plan.as_ref().map(|p| p.host_egress.name.clone()))
+        .collect();
+    let firewall = host.firewall();
+    findings.push(
+        match firewall
+            .table_present()
+            .and_then(|present| Ok((present, firewall.gate_interfaces()?)))
+        {
+            Ok((present, interfaces)) => firewall_finding(present, &interfaces, &running_egress),
+            Err(e) => Finding::new(Verdict::Fail, "nftables", e.to_string()),
+        },
+    );
+    let set_by_gatectl = settings.state_dir.join(FORWARDING_MARKER).exists();
+    findings.push(match sysctl::ipv4_forwarding() {
+        Ok(on) => forwarding_finding(on, set_by_gatectl, running.len()),
+        Err(e) => Finding::new(Verdict::Fail, "ip_forward", e.to_string()),
+    });
+    findings.extend(pool_findings(settings).await);
+    findings
+}
+
+fn settings_finding(settings: &Settings) -> Finding {
+    let path = Settings::path();
+    let source = if path.exists() {
+        format!("{} is valid", path.display())
+    } else {
+        format!("{} is absent, so the defaults apply", path.display())
+    };
+    Finding::new(
+        Verdict::Ok,
+        "settings",
+        format!(
+            "{source}: internal_pool {}, egress_pool {}, room for {} gates",
+            settings.internal_pool,
+            settings.egress_pool,
+            settings.capacity()
+        ),
+    )
+}
+
+/// systemd's version and every gate's status.
+async fn gates_from_systemd(host: &Host) -> crate::Result<(String, Vec<GateStatus>)> {
+    let systemd = Systemd::connect().await?;
+    let version = systemd.version().await?;
+    Ok((version, host.list(&systemd).await?))
+}
+
+/// How many gates run, and one warning per gate that is not whole.
+fn gate_findings(gates: &[GateStatus]) -> Vec<Finding> {
+    let running = gates.iter().filter(|g| g.state == GateState::Running).count();
+    let mut findings = vec![Finding::new(Verdict::Ok, "gates", format!("{running} running"))];
+    for gate in gates.iter().filter(|g| g.state == GateState::Broken) {
+        findings.push(Finding::new(
+            Verdict::Warn,
+            "gates",
+            format!(
+                "gate {} is broken: {}; run `gatectl status {}`, then `gatectl stop {}` or `gatectl prune`",
+                gate.slug,
+                gate.problems.join("; "),
+                gate.slug,
+                gate.slug
+            ),
+        ));
+    }
+    findings
+}
+
+/// The table `inet gatectl` against the running gates: each gate's egress
+/// link needs its allowlist there, or its traffic is dropped.
+pub fn firewall_finding(table_present: bool, interfaces: &[String], running_egress: &[String]) -> Finding {
+    let missing: Vec<&str> = running_egress
+        .iter()
+        .filter(|name| !interfaces.contains(name))
+        .map(String::as_str)
+        .collect();
+    if !table_present && running_egress.is_empty() {
+        return Finding::new(
+            Verdict::Ok,
+            "nftables",
+            format!("table inet {TABLE} is absent; the first start creates it"),
+        );
+    }
+    if !table_present {
+        return Finding::new(
+            Verdict::Fail,
+            "nftables",
+            format!(
+                "table inet {TABLE} is missing, so {} running gate(s) cannot reach their upstreams; \
+                 run `gatectl reconcile`",
+                running_egress.len()
+            ),
+        );
+    }
+    if !missing.is_empty() {
+        return Finding::new(
+            Verdict::Fail,
+            "nftables",
+            format!(
+                "table inet {TABLE} has no allowlist for gate link(s) {}, whose traffic is dropped; \
+                 run `gatectl reconcile`",
+                missing.join(", ")
+            ),
+        );
+    }
+    let stale: Vec<&str> = interfaces
+        .iter()
+        .filter(|name| !running_egress.contains(name))
+        .map(String::as_str)
+        .collect();
+    if !stale.is_empty() {
+        return Finding::new(
+            Verdict::Warn,
+            "nftables",
+            format!(
+                "table inet {TABLE} holds allowlists of link(s) {} that no running gate has; \
+                 `gatectl prune` removes those of gates that are gone",
+                stale.join(", ")
+            ),
+        );
+    }
+    if running_egress.is_empty() {
+        return Finding::new(
+            Verdict::Ok,
+            "nftables",
+            format!("table inet {TABLE} is present and holds no allowlist; `gatectl prune` removes it"),
+        );
+    }
+    Finding::new(
+        Verdict::Ok,
+        "nftables",
+        format!(
+            "table inet {TABLE} holds the allowlists of all {} running gate(s)",
+            running_egress.len()
+        ),
+    )
+}
+
+/// IPv4 forwarding against the running gates, and whether gatectl turned it
+/// on (and so confines it to gate traffic).
+pub fn forwarding_finding(on: bool, set_by_gatectl: bool, running: usize) -> Finding {
+    let (verdict, detail) = match (on, set_by_gatectl) {
+        (true, true) if running == 0 => (
+            Verdict::Ok,
+            "on, turned on by gatectl, and no gate runs: `gatectl prune` turns it off again".to_string(),
+        ),
+        (true, true) => (
+            Verdict::Ok,
+            "on, turned on by gatectl: its forward chain drops forwarded traffic that is \
+             neither a gate's nor a reply to one"
+                .to_string(),
+        ),
+        (true, false) => (
+            Verdict::Ok,
+            "on, as the host had it: gatectl confines only gate traffic, not the host's \
+             other forwarding"
+                .to_string(),
+        ),
+        (false, _) if running > 0 => (
+            Verdict::Fail,
+            format!(
+                "off, so {running} running gate(s) cannot reach their upstreams; run \
+                 `sysctl -w net.ipv4.ip_forward=1`, or stop and start the gates"
+            ),
+        ),
+        (false, _) => (
+            Verdict::Ok,
+            "off; the first start turns it on and confines it to gate traffic".to_string(),
+        ),
+    };
+    Finding::new(verdict, "ip_forward", detail)
+}
+
+/// Each address pool against the host's routes (other than the gates' own).
+async fn pool_findings(settings: &Settings) -> Vec<Finding> {
+    let root = match Netlink::current() {
+        Ok(root) => root,
+        Err(e) => return vec![Finding::new(Verdict::Fail, "pools", e.to_string())],
+    };
+    let mut findings = Vec::new();
+    for (setting, pool, own) in [
+        ("internal_pool", settings.internal_pool, HOST_INTERNAL_PREFIX),
+        ("egress_pool", settings.egress_pool, HOST_EGRESS_PREFIX),
+    ] {
+        findings.push(match root.check_pool_free(setting, pool, &[own]).await {
+            Ok(()) => Finding::new(Verdict::Ok, setting, format!("{pool}: no host route overlaps it")),
+            Err(e) => Finding::new(Verdict::Fail, setting, e.to_string()),
+        });
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn firewall_needs_the_allowlist_of_every_running_gate() {
+        let ok = firewall_finding(false, &[], &[]);
+        assert_eq!(ok.verdict, Verdict::Ok, "{ok:?}");
+        let gone = firewall_finding(false, &[], &names(&["gte0"]));
+        assert_eq!(gone.verdict, Verdict::Fail);
+        assert!(gone.detail.contains("gatectl reconcile"), "{gone:?}");
+        let partial = firewall_finding(true, &names(&["gte0"]), &names(&["gte0", "gte1"]));
+        assert_eq!(partial.verdict, Verdict::Fail);
+        assert!(
+            partial.detail.contains("gte1") && !partial.detail.contains("gte0"),
+            "{partial:?}"
+        );
+        let whole = firewall_finding(true, &names(&["gte0", "gte1"]), &names(&["gte0", "gte1"]));
+        assert_eq!(whole.verdict, Verdict::Ok, "{whole:?}");
+        let stale = firewall_finding(true, &names(&["gte0", "gte9"]), &names(&["gte0"]));
+        assert_eq!(stale.verdict, Verdict::Warn);
+        assert!(
+            stale.detail.contains("gte9") && stale.detail.contains("gatectl prune"),
+            "{stale:?}"
+        );
+    }
+
+    #[test]
+    fn forwarding_off_fails_only_with_gates_running() {
+        assert_eq!(forwarding_finding(false, false, 0).verdict, Verdict::Ok);
+        let off = forwarding_finding(false, true, 2);
+        assert_eq!(off.verdict, Verdict::Fail);
+        assert!(off.detail.contains("sysctl -w net.ipv4.ip_forward=1"), "{off:?}");
+        let ours = forwarding_finding(true, true, 1);
+        assert!(ours.detail.contains("turned on by gatectl"), "{ours:?}");
+        let hosts = forwarding_finding(true, false, 1);
+        assert!(hosts.detail.contains("as the host had it"), "{hosts:?}");
+    }
+}
