@@ -77,28 +77,36 @@ pub async fn check_host() -> Vec<Finding> {
             None
         }
     };
-    let running: Vec<&GateStatus> = gates
+    // The gates whose rules `reconcile` would apply: the socket unit is
+    // active and the record names the egress link. A broken gate can be one.
+    let active_egress: Vec<String> = gates
         .iter()
         .flatten()
-        .filter(|g| g.state == GateState::Running)
-        .collect();
-    let running_egress: Vec<String> = running
-        .iter()
+        .filter(|g| g.unit.is_active())
         .filter_map(|g| g.plan.as_ref().map(|p| p.host_egress.name.clone()))
         .collect();
     let firewall = host.firewall();
-    findings.push(
-        match firewall
-            .table_present()
-            .and_then(|present| Ok((present, firewall.gate_interfaces()?)))
-        {
-            Ok((present, interfaces)) => firewall_finding(present, &interfaces, &running_egress),
-            Err(e) => Finding::new(Verdict::Fail, "nftables", e.to_string()),
-        },
-    );
-    let set_by_gatectl = settings.state_dir.join(FORWARDING_MARKER).exists();
+    let listing = firewall
+        .table_present()
+        .and_then(|present| Ok((present, firewall.gate_interfaces()?)));
+    let table_present = match listing {
+        Ok((present, interfaces)) => {
+            findings.push(firewall_finding(present, &interfaces, &active_egress));
+            present
+        }
+        Err(e) => {
+            findings.push(Finding::new(Verdict::Fail, "nftables", e.to_string()));
+            // Unknown: the failure above is the finding; do not report it twice.
+            true
+        }
+    };
+    let forwarding = Forwarding {
+        set_by_gatectl: settings.state_dir.join(FORWARDING_MARKER).exists(),
+        table_present,
+        active_gates: active_egress.len(),
+    };
     findings.push(match sysctl::ipv4_forwarding() {
-        Ok(on) => forwarding_finding(on, set_by_gatectl, running.len()),
+        Ok(on) => forwarding.finding(on),
         Err(e) => Finding::new(Verdict::Fail, "ip_forward", e.to_string()),
     });
     findings.extend(pool_findings(settings).await);
@@ -151,8 +159,9 @@ fn gate_findings(gates: &[GateStatus]) -> Vec<Finding> {
     findings
 }
 
-/// The table `inet gatectl` against the running gates: each gate's egress
-/// link needs its allowlist there, or its traffic is dropped.
+/// The table `inet gatectl` against the egress links of the gates whose
+/// socket unit is active: each needs its allowlist there, or its traffic is
+/// dropped.
 pub fn firewall_finding(table_present: bool, interfaces: &[String], running_egress: &[String]) -> Finding {
     let missing: Vec<&str> = running_egress
         .iter()
@@ -171,7 +180,7 @@ pub fn firewall_finding(table_present: bool, interfaces: &[String], running_egre
             Verdict::Fail,
             "nftables",
             format!(
-                "table inet {TABLE} is missing, so {} running gate(s) cannot reach their upstreams; \
+                "table inet {TABLE} is missing, so {} gate(s) cannot reach their upstreams; \
                  run `gatectl reconcile`",
                 running_egress.len()
             ),
@@ -198,8 +207,8 @@ pub fn firewall_finding(table_present: bool, interfaces: &[String], running_egre
             Verdict::Warn,
             "nftables",
             format!(
-                "table inet {TABLE} holds allowlists of link(s) {} that no running gate has; \
-                 `gatectl prune` removes those of gates that are gone",
+                "table inet {TABLE} holds allowlists of link(s) {} that no active gate has; \
+                 `gatectl list` shows the gates, `gatectl prune` removes what gone ones left",
                 stale.join(", ")
             ),
         );
@@ -215,45 +224,75 @@ pub fn firewall_finding(table_present: bool, interfaces: &[String], running_egre
         Verdict::Ok,
         "nftables",
         format!(
-            "table inet {TABLE} holds the allowlists of all {} running gate(s)",
+            "table inet {TABLE} holds the allowlists of all {} active gate(s)",
             running_egress.len()
         ),
     )
 }
 
-/// IPv4 forwarding against the running gates, and whether gatectl turned it
-/// on (and so confines it to gate traffic).
-pub fn forwarding_finding(on: bool, set_by_gatectl: bool, running: usize) -> Finding {
-    let (verdict, detail) = match (on, set_by_gatectl) {
-        (true, true) if running == 0 => (
-            Verdict::Ok,
-            "on, turned on by gatectl, and no gate runs: `gatectl prune` turns it off again".to_string(),
-        ),
-        (true, true) => (
-            Verdict::Ok,
-            "on, turned on by gatectl: its forward chain drops forwarded traffic that is \
-             neither a gate's nor a reply to one"
-                .to_string(),
-        ),
-        (true, false) => (
-            Verdict::Ok,
-            "on, as the host had it: gatectl confines only gate traffic, not the host's \
-             other forwarding"
-                .to_string(),
-        ),
-        (false, _) if running > 0 => (
-            Verdict::Fail,
-            format!(
-                "off, so {running} running gate(s) cannot reach their upstreams; run \
-                 `sysctl -w net.ipv4.ip_forward=1`, or stop and start the gates"
-            ),
-        ),
-        (false, _) => (
-            Verdict::Ok,
-            "off; the first start turns it on and confines it to gate traffic".to_string(),
-        ),
-    };
-    Finding::new(verdict, "ip_forward", detail)
+/// What IPv4 forwarding is checked against.
+pub struct Forwarding {
+    /// gatectl turned forwarding on (its marker exists), so its forward
+    /// chain must confine forwarding to gate traffic.
+    pub set_by_gatectl: bool,
+    /// Whether the table `inet gatectl`, which holds that chain, exists.
+    pub table_present: bool,
+    /// How many gates have an active socket unit.
+    pub active_gates: usize,
+}
+
+impl Forwarding {
+    /// The finding for forwarding being `on` or off.
+    pub fn finding(&self, on: bool) -> Finding {
+        let active = self.active_gates;
+        let (verdict, detail) = if !on && active > 0 {
+            (
+                Verdict::Fail,
+                format!(
+                    "off, so {active} gate(s) cannot reach their upstreams; run \
+                     `sysctl -w net.ipv4.ip_forward=1`, or stop and start the gates"
+                ),
+            )
+        } else if !on {
+            (
+                Verdict::Ok,
+                "off; the first start turns it on and confines it to gate traffic".to_string(),
+            )
+        } else if !self.set_by_gatectl {
+            (
+                Verdict::Ok,
+                "on, as the host had it: gatectl confines only gate traffic, not the host's \
+                 other forwarding"
+                    .to_string(),
+            )
+        } else if !self.table_present {
+            (
+                Verdict::Fail,
+                format!(
+                    "on, turned on by gatectl, but table inet {TABLE} is missing, so the host \
+                     forwards any traffic; run `gatectl reconcile`{}",
+                    if active == 0 {
+                        ", or `gatectl prune` to turn forwarding off"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        } else if active == 0 {
+            (
+                Verdict::Ok,
+                "on, turned on by gatectl, and no gate runs: `gatectl prune` turns it off again".to_string(),
+            )
+        } else {
+            (
+                Verdict::Ok,
+                "on, turned on by gatectl: its forward chain drops forwarded traffic that is \
+                 neither a gate's nor a reply to one"
+                    .to_string(),
+            )
+        };
+        Finding::new(verdict, "ip_forward", detail)
+    }
 }
 
 /// Each address pool against the host's routes (other than the gates' own).
@@ -307,14 +346,24 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_off_fails_only_with_gates_running() {
-        assert_eq!(forwarding_finding(false, false, 0).verdict, Verdict::Ok);
-        let off = forwarding_finding(false, true, 2);
+    fn forwarding_is_checked_against_the_gates_and_gatectls_table() {
+        let state = |set_by_gatectl, table_present, active_gates| Forwarding {
+            set_by_gatectl,
+            table_present,
+            active_gates,
+        };
+        assert_eq!(state(false, false, 0).finding(false).verdict, Verdict::Ok);
+        let off = state(true, true, 2).finding(false);
         assert_eq!(off.verdict, Verdict::Fail);
         assert!(off.detail.contains("sysctl -w net.ipv4.ip_forward=1"), "{off:?}");
-        let ours = forwarding_finding(true, true, 1);
+        let ours = state(true, true, 1).finding(true);
+        assert_eq!(ours.verdict, Verdict::Ok);
         assert!(ours.detail.contains("turned on by gatectl"), "{ours:?}");
-        let hosts = forwarding_finding(true, false, 1);
+        let unconfined = state(true, false, 1).finding(true);
+        assert_eq!(unconfined.verdict, Verdict::Fail);
+        assert!(unconfined.detail.contains("gatectl reconcile"), "{unconfined:?}");
+        let hosts = state(false, false, 1).finding(true);
+        assert_eq!(hosts.verdict, Verdict::Ok);
         assert!(hosts.detail.contains("as the host had it"), "{hosts:?}");
     }
 }

@@ -136,6 +136,12 @@ impl IntoContextError for rtnetlink::Error {
 
 impl IntoContextError for zbus::Error {
     fn into_error(self, context: String) -> Error {
+        if matches!(&self, zbus::Error::InputOutput(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+            return Error::Failed(format!(
+                "{context}: systemd did not answer in time; it may be overloaded or stuck: \
+                 look at `systemctl status` and `journalctl -b -p warning`, then retry"
+            ));
+        }
         Error::Dbus {
             context,
             source: Box::new(self),
@@ -171,5 +177,30 @@ impl Error {
     /// Builds an [`Error::Failed`] from anything printable.
     pub fn failed(message: impl Into<String>) -> Self {
         Error::Failed(message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dbus_call_that_timed_out_says_so_and_what_to_do() {
+        let timed_out = zbus::Error::InputOutput(std::sync::Arc::new(std::io::ErrorKind::TimedOut.into()));
+        let message = Err::<(), _>(timed_out)
+            .context("cannot start gate-alice.socket")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("cannot start gate-alice.socket: systemd did not answer in time")
+                && message.contains("then retry"),
+            "{message}"
+        );
+        let refused = zbus::Error::Failure("no".into());
+        let message = Err::<(), _>(refused)
+            .context("cannot start x")
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains("did not answer"), "{message}");
     }
 }

@@ -546,8 +546,7 @@ impl Host {
         let mut problems: Vec<String> = record_problem.into_iter().collect();
         if let Some(r) = &record {
             if !r.complete {
-                let busy = matches!(lock::try_lock_slug(&self.settings.state_dir, slug), Ok(None));
-                problems.push(if busy {
+                problems.push(if lock::slug_busy(&self.settings.state_dir, slug) {
                     "a gatectl start or stop of this gate is running now".into()
                 } else {
                     format!("an earlier start was interrupted; run `gatectl stop {slug}` or start it again")

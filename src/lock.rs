@@ -48,6 +48,18 @@ pub fn try_lock_slug(state_dir: &Path, slug: &Slug) -> Result<Option<LockGuard>>
     take(&slug_lock_path(state_dir, slug), FlockArg::LockExclusiveNonblock)
 }
 
+/// Whether a gatectl holds the lock of `slug` right now (starting or
+/// stopping that gate). Only looks: creates no lock file, holds nothing.
+pub fn slug_busy(state_dir: &Path, slug: &Slug) -> bool {
+    let Ok(file) = File::open(slug_lock_path(state_dir, slug)) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(file, FlockArg::LockExclusiveNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
+}
+
 fn slug_lock_path(state_dir: &Path, slug: &Slug) -> std::path::PathBuf {
     state_dir.join("locks").join(format!("{slug}.lock"))
 }

@@ -278,7 +278,7 @@ impl Systemd {
         let job = watch
             .during(self.manager.start_transient_unit(unit, "fail", &main, &aux_refs))
             .await?
-            .with_context(|| format!("systemd refused to start {unit}"))?;
+            .with_context(|| format!("cannot start {unit}"))?;
         let results = watch.wait(std::slice::from_ref(&job)).await?.ok_or_else(|| {
             Error::failed(format!(
                 "{unit} did not start within {}s; see `journalctl -u {unit}`",
@@ -312,9 +312,10 @@ impl Systemd {
         if watch.wait(&paths).await?.is_none() {
             let names: Vec<&str> = jobs.iter().map(|(unit, _)| *unit).collect();
             return Err(Error::failed(format!(
-                "{} did not stop within {}s",
+                "{} did not stop within {}s; see `journalctl -u {}`",
                 names.join(" and "),
-                JOB_TIMEOUT.as_secs()
+                JOB_TIMEOUT.as_secs(),
+                names.join(" -u ")
             )));
         }
         for unit in units {

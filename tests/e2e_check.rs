@@ -9,6 +9,16 @@ mod common;
 use common::gatectl::{gatectl, gatectl_ok, host_state, setup, text};
 use common::require_root;
 
+/// The detail of the report's line about `subject` (the columns are the
+/// verdict in 5, the subject in 14, then the detail).
+fn detail<'a>(report: &'a str, subject: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.get(6..20).map(str::trim_end) == Some(subject))
+        .map(|l| &l[21..])
+        .unwrap_or_else(|| panic!("no {subject} line: {report}"))
+}
+
 /// The lines of a `check` report whose verdict is not `ok`.
 fn not_ok(report: &str) -> Vec<&str> {
     report.lines().filter(|l| !l.starts_with("ok ")).collect()
@@ -52,15 +62,19 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
         0o644,
     );
     gatectl_ok(&host, &["start", "alice"]);
+    let before = host_state(&host);
     let report = gatectl_ok(&host, &["check"]);
     assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
+    assert_eq!(detail(&report, "gates"), "1 running", "{report}");
     assert!(
-        report.contains("1 running") && report.contains("turned on by gatectl"),
+        detail(&report, "ip_forward").starts_with("on, turned on by gatectl"),
         "{report}"
     );
+    assert_eq!(host_state(&host), before, "check changed the host");
 
-    // The firewall table is flushed away and a foreign route takes part of
-    // the egress pool: both fail, each with its fix, and check exits 1.
+    // The firewall table is deleted (so the gate's traffic is dropped and
+    // forwarding is no longer confined) and a foreign route takes part of
+    // the egress pool: each fails with its fix, and check exits 1.
     host.run_ok(&["nft", "delete", "table", "inet", "gatectl"]);
     host.run_ok(&["ip", "route", "add", "10.232.7.0/24", "dev", "lo"]);
     let before = host_state(&host);
@@ -68,17 +82,23 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = String::from_utf8_lossy(&out.stdout);
     let failed = not_ok(&report);
-    assert_eq!(failed.len(), 2, "{report}");
+    assert_eq!(failed.len(), 3, "{report}");
     assert!(
         failed[0].starts_with("FAIL  nftables") && failed[0].contains("run `gatectl reconcile`"),
         "{report}"
     );
     assert!(
-        failed[1].starts_with("FAIL  egress_pool") && failed[1].contains("10.232.7.0/24"),
+        failed[1].starts_with("FAIL  ip_forward")
+            && failed[1].contains("forwards any traffic")
+            && failed[1].contains("run `gatectl reconcile`"),
         "{report}"
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("2 check(s) failed"),
+        failed[2].starts_with("FAIL  egress_pool") && failed[2].contains("10.232.7.0/24"),
+        "{report}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("3 check(s) failed"),
         "{}",
         text(&out)
     );

@@ -375,6 +375,7 @@ fn gates_start_and_stop_while_systemd_runs_a_storm_of_other_jobs() {
         0o644,
     );
     host.run_ok(&["systemctl", "daemon-reload"]);
+    host.run_ok(&["systemctl", "start", "storm@0.target"]);
     let storms: Vec<_> = (0..4)
         .map(|_| {
             host.command(&[
@@ -382,7 +383,8 @@ fn gates_start_and_stop_while_systemd_runs_a_storm_of_other_jobs() {
                 "-c",
                 "units=$(seq -f storm@%g.target 1 200)
                  while [ ! -e /run/storm-done ]; do
-                   systemctl start --no-block $units; systemctl stop --no-block $units
+                   systemctl start --no-block $units && systemctl stop --no-block $units &&
+                     echo round >> /run/storm-rounds
                  done",
             ])
             .stdout(std::process::Stdio::null())
@@ -413,5 +415,10 @@ fn gates_start_and_stop_while_systemd_runs_a_storm_of_other_jobs() {
     for storm in storms {
         finish(storm, "the job storm");
     }
+    let rounds = host.read_file("/run/storm-rounds").lines().count();
+    assert!(
+        rounds >= 4,
+        "the storm ran {rounds} rounds of 200 starts and stops"
+    );
     assert_eq!(host.run_ok(&["ip", "netns", "list"]).matches("gate-").count(), 0);
 }

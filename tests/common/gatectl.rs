@@ -144,13 +144,14 @@ pub const LIST_GATE_UNITS: [&str; 6] = [
 ];
 
 /// Everything gatectl may change on a host, as text to compare: network
-/// namespaces, links (of the host and the agent netns), the nftables
+/// namespaces, links (of the host and the agent netns), routes, the nftables
 /// ruleset, IPv4 forwarding, the gate units and gatectl's runtime state.
 pub fn host_state(host: &TestHost) -> String {
     let mut state = String::new();
-    let probes: [&[&str]; 7] = [
+    let probes: [&[&str]; 8] = [
         &["ip", "netns", "list"],
         &["ip", "-o", "link", "show"],
+        &["ip", "-4", "route", "show", "table", "all"],
         &["ip", "-n", "agent", "-o", "link", "show"],
         &["nft", "list", "ruleset"],
         &["sysctl", "net.ipv4.ip_forward"],
