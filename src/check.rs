@@ -347,23 +347,36 @@ mod tests {
 
     #[test]
     fn forwarding_is_checked_against_the_gates_and_gatectls_table() {
-        let state = |set_by_gatectl, table_present, active_gates| Forwarding {
-            set_by_gatectl,
-            table_present,
-            active_gates,
-        };
-        assert_eq!(state(false, false, 0).finding(false).verdict, Verdict::Ok);
-        let off = state(true, true, 2).finding(false);
-        assert_eq!(off.verdict, Verdict::Fail);
-        assert!(off.detail.contains("sysctl -w net.ipv4.ip_forward=1"), "{off:?}");
-        let ours = state(true, true, 1).finding(true);
-        assert_eq!(ours.verdict, Verdict::Ok);
-        assert!(ours.detail.contains("turned on by gatectl"), "{ours:?}");
-        let unconfined = state(true, false, 1).finding(true);
-        assert_eq!(unconfined.verdict, Verdict::Fail);
-        assert!(unconfined.detail.contains("gatectl reconcile"), "{unconfined:?}");
-        let hosts = state(false, false, 1).finding(true);
-        assert_eq!(hosts.verdict, Verdict::Ok);
-        assert!(hosts.detail.contains("as the host had it"), "{hosts:?}");
+        // (gatectl set it, table present, active gates, forwarding on)
+        let cases = [
+            (
+                (false, false, 0, false),
+                Verdict::Ok,
+                "the first start turns it on",
+            ),
+            (
+                (true, true, 2, false),
+                Verdict::Fail,
+                "sysctl -w net.ipv4.ip_forward=1",
+            ),
+            (
+                (true, true, 1, true),
+                Verdict::Ok,
+                "turned on by gatectl: its forward chain",
+            ),
+            ((true, false, 1, true), Verdict::Fail, "run `gatectl reconcile`"),
+            ((true, true, 0, true), Verdict::Ok, "`gatectl prune` turns it off"),
+            ((false, false, 1, true), Verdict::Ok, "as the host had it"),
+        ];
+        for ((set_by_gatectl, table_present, active_gates, on), verdict, phrase) in cases {
+            let forwarding = Forwarding {
+                set_by_gatectl,
+                table_present,
+                active_gates,
+            };
+            let finding = forwarding.finding(on);
+            assert_eq!(finding.verdict, verdict, "{finding:?}");
+            assert!(finding.detail.contains(phrase), "{finding:?}");
+        }
     }
 }
