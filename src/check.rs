@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::gate::{GateState, GateStatus, Host, FORWARDING_MARKER};
-use crate::net::firewall::TABLE;
+use crate::net::firewall::{Survey, TABLE};
 use crate::net::link::Netlink;
 use crate::net::sysctl;
 use crate::plan::{HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX};
@@ -86,13 +86,10 @@ pub async fn check_host() -> Vec<Finding> {
         .filter_map(|g| g.plan.as_ref().map(|p| p.host_egress.name.clone()))
         .collect();
     let firewall = host.firewall();
-    let listing = firewall
-        .table_present()
-        .and_then(|present| Ok((present, firewall.gate_interfaces()?)));
-    let table_present = match listing {
-        Ok((present, interfaces)) => {
-            findings.push(firewall_finding(present, &interfaces, &active_egress));
-            present
+    let rules_intact = match firewall.survey() {
+        Ok(survey) => {
+            findings.push(firewall_finding(&survey, &active_egress));
+            survey.present && survey.short_chains.is_empty()
         }
         Err(e) => {
             findings.push(Finding::new(Verdict::Fail, "nftables", e.to_string()));
@@ -102,7 +99,7 @@ pub async fn check_host() -> Vec<Finding> {
     };
     let forwarding = Forwarding {
         set_by_gatectl: settings.state_dir.join(FORWARDING_MARKER).exists(),
-        table_present,
+        rules_intact,
         active_gates: active_egress.len(),
     };
     findings.push(match sysctl::ipv4_forwarding() {
@@ -162,20 +159,21 @@ fn gate_findings(gates: &[GateStatus]) -> Vec<Finding> {
 /// The table `inet gatectl` against the egress links of the gates whose
 /// socket unit is active: each needs its allowlist there, or its traffic is
 /// dropped.
-pub fn firewall_finding(table_present: bool, interfaces: &[String], running_egress: &[String]) -> Finding {
+pub fn firewall_finding(survey: &Survey, running_egress: &[String]) -> Finding {
+    let interfaces = &survey.interfaces;
     let missing: Vec<&str> = running_egress
         .iter()
         .filter(|name| !interfaces.contains(name))
         .map(String::as_str)
         .collect();
-    if !table_present && running_egress.is_empty() {
+    if !survey.present && running_egress.is_empty() {
         return Finding::new(
             Verdict::Ok,
             "nftables",
             format!("table inet {TABLE} is absent; the first start creates it"),
         );
     }
-    if !table_present {
+    if !survey.present {
         return Finding::new(
             Verdict::Fail,
             "nftables",
@@ -183,6 +181,16 @@ pub fn firewall_finding(table_present: bool, interfaces: &[String], running_egre
                 "table inet {TABLE} is missing, so {} gate(s) cannot reach their upstreams; \
                  run `gatectl reconcile`",
                 running_egress.len()
+            ),
+        );
+    }
+    if !survey.short_chains.is_empty() {
+        return Finding::new(
+            Verdict::Fail,
+            "nftables",
+            format!(
+                "table inet {TABLE} lacks gatectl's rules in chain(s) {}; run `gatectl reconcile`",
+                survey.short_chains.join(", ")
             ),
         );
     }
@@ -235,8 +243,9 @@ pub struct Forwarding {
     /// gatectl turned forwarding on (its marker exists), so its forward
     /// chain must confine forwarding to gate traffic.
     pub set_by_gatectl: bool,
-    /// Whether the table `inet gatectl`, which holds that chain, exists.
-    pub table_present: bool,
+    /// Whether the table `inet gatectl` exists with all of gatectl's
+    /// rules in its base chains, that one included.
+    pub rules_intact: bool,
     /// How many gates have an active socket unit.
     pub active_gates: usize,
 }
@@ -265,12 +274,12 @@ impl Forwarding {
                  other forwarding"
                     .to_string(),
             )
-        } else if !self.table_present {
+        } else if !self.rules_intact {
             (
                 Verdict::Fail,
                 format!(
-                    "on, turned on by gatectl, but table inet {TABLE} is missing, so the host \
-                     forwards any traffic; run `gatectl reconcile`{}",
+                    "on, turned on by gatectl, but gatectl's rules in table inet {TABLE} are \
+                     missing, so the host forwards any traffic; run `gatectl reconcile`{}",
                     if active == 0 {
                         ", or `gatectl prune` to turn forwarding off"
                     } else {
@@ -323,31 +332,75 @@ mod tests {
     }
 
     #[test]
-    fn firewall_needs_the_allowlist_of_every_running_gate() {
-        let ok = firewall_finding(false, &[], &[]);
-        assert_eq!(ok.verdict, Verdict::Ok, "{ok:?}");
-        let gone = firewall_finding(false, &[], &names(&["gte0"]));
-        assert_eq!(gone.verdict, Verdict::Fail);
-        assert!(gone.detail.contains("gatectl reconcile"), "{gone:?}");
-        let partial = firewall_finding(true, &names(&["gte0"]), &names(&["gte0", "gte1"]));
-        assert_eq!(partial.verdict, Verdict::Fail);
-        assert!(
-            partial.detail.contains("gte1") && !partial.detail.contains("gte0"),
-            "{partial:?}"
-        );
-        let whole = firewall_finding(true, &names(&["gte0", "gte1"]), &names(&["gte0", "gte1"]));
-        assert_eq!(whole.verdict, Verdict::Ok, "{whole:?}");
-        let stale = firewall_finding(true, &names(&["gte0", "gte9"]), &names(&["gte0"]));
-        assert_eq!(stale.verdict, Verdict::Warn);
-        assert!(
-            stale.detail.contains("gte9") && stale.detail.contains("gatectl prune"),
-            "{stale:?}"
-        );
+    fn firewall_needs_gatectls_rules_and_the_allowlist_of_every_active_gate() {
+        let table = |present, interfaces: &[&str], short: &[&str]| Survey {
+            present,
+            interfaces: names(interfaces),
+            short_chains: names(short),
+        };
+        // (what the table holds, the active gates' links, verdict, phrase, a phrase not there)
+        let cases = [
+            (
+                table(false, &[], &[]),
+                vec![],
+                Verdict::Ok,
+                "the first start creates it",
+                None,
+            ),
+            (
+                table(false, &[], &[]),
+                vec!["gte0"],
+                Verdict::Fail,
+                "gatectl reconcile",
+                None,
+            ),
+            (
+                table(true, &["gte0"], &["forward (0 of 5 rules)"]),
+                vec!["gte0"],
+                Verdict::Fail,
+                "chain(s) forward (0 of 5 rules); run `gatectl reconcile`",
+                None,
+            ),
+            (
+                table(true, &["gte0"], &[]),
+                vec!["gte0", "gte1"],
+                Verdict::Fail,
+                "gte1",
+                Some("gte0"),
+            ),
+            (
+                table(true, &["gte0", "gte1"], &[]),
+                vec!["gte0", "gte1"],
+                Verdict::Ok,
+                "all 2 active",
+                None,
+            ),
+            (
+                table(true, &["gte0", "gte9"], &[]),
+                vec!["gte0"],
+                Verdict::Warn,
+                "gte9",
+                Some("gte0"),
+            ),
+            (
+                table(true, &[], &[]),
+                vec![],
+                Verdict::Ok,
+                "`gatectl prune` removes it",
+                None,
+            ),
+        ];
+        for (survey, active, verdict, phrase, absent) in cases {
+            let finding = firewall_finding(&survey, &names(&active));
+            assert_eq!(finding.verdict, verdict, "{survey:?}: {finding:?}");
+            assert!(finding.detail.contains(phrase), "{finding:?}");
+            assert!(absent.is_none_or(|a| !finding.detail.contains(a)), "{finding:?}");
+        }
     }
 
     #[test]
     fn forwarding_is_checked_against_the_gates_and_gatectls_table() {
-        // (gatectl set it, table present, active gates, forwarding on)
+        // (gatectl set it, its rules intact, active gates, forwarding on)
         let cases = [
             (
                 (false, false, 0, false),
@@ -368,10 +421,10 @@ mod tests {
             ((true, true, 0, true), Verdict::Ok, "`gatectl prune` turns it off"),
             ((false, false, 1, true), Verdict::Ok, "as the host had it"),
         ];
-        for ((set_by_gatectl, table_present, active_gates, on), verdict, phrase) in cases {
+        for ((set_by_gatectl, rules_intact, active_gates, on), verdict, phrase) in cases {
             let forwarding = Forwarding {
                 set_by_gatectl,
-                table_present,
+                rules_intact,
                 active_gates,
             };
             let finding = forwarding.finding(on);

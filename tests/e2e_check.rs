@@ -110,6 +110,26 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
     let report = gatectl_ok(&host, &["check"]);
     assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
 
+    // The forward chain is flushed: the gate's allowlist and the drop of
+    // other forwarding are gone, though the table and its sets remain.
+    host.run_ok(&["nft", "flush", "chain", "inet", "gatectl", "forward"]);
+    let out = gatectl(&host, &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        detail(&report, "nftables"),
+        "table inet gatectl lacks gatectl's rules in chain(s) forward (0 of 5 rules); \
+         run `gatectl reconcile`",
+        "{report}"
+    );
+    assert!(
+        detail(&report, "ip_forward").contains("forwards any traffic"),
+        "{report}"
+    );
+    gatectl_ok(&host, &["reconcile"]);
+    let report = gatectl_ok(&host, &["check"]);
+    assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
+
     // JSON: one object per check, with its verdict.
     let json = gatectl_ok(&host, &["check", "--json"]);
     assert_eq!(json.matches("\"verdict\": \"ok\"").count(), 8, "{json}");

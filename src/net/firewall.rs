@@ -29,7 +29,7 @@
 //! process (`super::nftlib`), exactly as `nft -j` would send them, with no
 //! `nft` child process; each operation uses one libnftables context.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::Ipv4Net;
@@ -152,12 +152,29 @@ impl Firewall {
     /// The distinct interface names that have elements in the allowlist sets,
     /// sorted. Empty when the table does not exist.
     pub fn gate_interfaces(&self) -> Result<Vec<String>> {
+        Ok(self.survey()?.interfaces)
+    }
+
+    /// What the table holds, in one listing: whether it exists, the
+    /// interfaces with allowlist elements, and each base chain that has
+    /// fewer rules than [`Firewall::ensure_base`] puts there (someone
+    /// flushed or deleted them).
+    pub fn survey(&self) -> Result<Survey> {
         let mut nft = open(&list_table_context())?;
         let Some(listing) = list_table(&mut nft)? else {
-            return Ok(Vec::new());
+            return Ok(Survey::default());
         };
         let names: BTreeSet<String> = set_elements(&listing).into_iter().map(|e| e.ifname).collect();
-        Ok(names.into_iter().collect())
+        let expected =
+            serde_json::to_value(self.base_batch().to_nftables()).map_err(|e| Error::Firewall {
+                context: list_table_context(),
+                message: format!("could not encode the nft batch: {e}"),
+            })?;
+        Ok(Survey {
+            present: true,
+            interfaces: names.into_iter().collect(),
+            short_chains: short_chains(&expected, &listing),
+        })
     }
 
     /// The commands of [`Firewall::ensure_base`].
@@ -383,13 +400,8 @@ struct SetElement {
 
 /// The elements of gatectl's allowlist sets in a `nft -j list table` output.
 fn set_elements(listing: &Value) -> Vec<SetElement> {
-    let objects = listing
-        .get("nftables")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
     let mut out = Vec::new();
-    for set in objects.iter().filter_map(|o| o.get("set")) {
+    for set in objects(listing).iter().filter_map(|o| o.get("set")) {
         let ours = set.get("family").and_then(Value::as_str) == Some("inet")
             && set.get("table").and_then(Value::as_str) == Some(TABLE);
         let Some(name) = set.get("name").and_then(Value::as_str) else {
@@ -417,6 +429,55 @@ fn set_elements(listing: &Value) -> Vec<SetElement> {
         }
     }
     out
+}
+
+/// What [`Firewall::survey`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    /// Whether the table `inet gatectl` exists.
+    pub present: bool,
+    /// The distinct interface names with allowlist elements, sorted.
+    pub interfaces: Vec<String>,
+    /// Base chains short of gatectl's rules, as `forward (2 of 5 rules)`.
+    pub short_chains: Vec<String>,
+}
+
+/// The objects of an nft JSON document (`{"nftables": [...]}`).
+fn objects(document: &Value) -> &[Value] {
+    document
+        .get("nftables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// The base chains with fewer rules in `listing` (`list table`) than the
+/// batch `expected` adds to them.
+fn short_chains(expected: &Value, listing: &Value) -> Vec<String> {
+    let chain_of = |rule: &Value| rule.get("chain").and_then(Value::as_str).map(str::to_string);
+    let mut wanted: BTreeMap<String, usize> = BTreeMap::new();
+    for chain in objects(expected)
+        .iter()
+        .filter_map(|o| o.get("add")?.get("rule"))
+        .filter_map(chain_of)
+    {
+        *wanted.entry(chain).or_default() += 1;
+    }
+    let mut found: BTreeMap<String, usize> = BTreeMap::new();
+    for chain in objects(listing)
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .filter_map(chain_of)
+    {
+        *found.entry(chain).or_default() += 1;
+    }
+    wanted
+        .into_iter()
+        .filter_map(|(chain, want)| {
+            let have = found.get(&chain).copied().unwrap_or(0);
+            (have < want).then(|| format!("{chain} ({have} of {want} rules)"))
+        })
+        .collect()
 }
 
 /// The batch deleting `egress_if`'s elements, or `None` when it has none.
@@ -506,12 +567,7 @@ fn table_exists(nft: &mut nftlib::Context) -> Result<bool> {
         .run("list tables inet")
         .map_err(|stderr| firewall_error(refusal(&stderr)))?;
     let listing = parse_json(&out).map_err(firewall_error)?;
-    let objects = listing
-        .get("nftables")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    Ok(objects.iter().filter_map(|o| o.get("table")).any(|t| {
+    Ok(objects(&listing).iter().filter_map(|o| o.get("table")).any(|t| {
         t.get("family").and_then(Value::as_str) == Some("inet")
             && t.get("name").and_then(Value::as_str) == Some(TABLE)
     }))
@@ -623,6 +679,37 @@ mod tests {
             }),
             _ => {}
         }
+    }
+
+    #[test]
+    fn short_chains_are_those_with_fewer_rules_than_the_base_batch_adds() {
+        let expected = serde_json::to_value(firewall(true).base_batch().to_nftables()).unwrap();
+        let rule = |chain: &str| json!({"rule": {"family": "inet", "table": "gatectl", "chain": chain}});
+        let mut listed = vec![json!({"table": {"family": "inet", "name": "gatectl"}})];
+        listed.extend((0..5).map(|_| rule("forward")));
+        listed.push(rule("input"));
+        listed.push(rule("postrouting"));
+        assert_eq!(
+            short_chains(&expected, &json!({ "nftables": listed })),
+            Vec::<String>::new()
+        );
+
+        // `nft flush chain inet gatectl forward`, and input deleted.
+        let listed = vec![rule("postrouting")];
+        assert_eq!(
+            short_chains(&expected, &json!({ "nftables": listed })),
+            ["forward (0 of 5 rules)", "input (0 of 1 rules)"]
+        );
+        // Without the marker, forward holds one rule less.
+        let expected = serde_json::to_value(firewall(false).base_batch().to_nftables()).unwrap();
+        let listed: Vec<Value> = (0..4)
+            .map(|_| rule("forward"))
+            .chain([rule("input"), rule("postrouting")])
+            .collect();
+        assert_eq!(
+            short_chains(&expected, &json!({ "nftables": listed })),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
