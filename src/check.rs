@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::gate::{GateState, GateStatus, Host, FORWARDING_MARKER};
+use crate::gate::{GateState, GateStatus, Host};
 use crate::net::firewall::{Survey, TABLE};
 use crate::net::link::Netlink;
 use crate::net::sysctl;
@@ -44,13 +44,18 @@ impl Finding {
             detail: detail.into(),
         }
     }
+
+    /// A failed check of `subject`: the error says what and the fix.
+    fn failed(subject: &str, error: &crate::Error) -> Finding {
+        Finding::new(Verdict::Fail, subject, error.to_string())
+    }
 }
 
 /// Runs every check, in the order a fix should follow.
 pub async fn check_host() -> Vec<Finding> {
     let host = match Host::load() {
         Ok(host) => host,
-        Err(e) => return vec![Finding::new(Verdict::Fail, "settings", e.to_string())],
+        Err(e) => return vec![Finding::failed("settings", &e)],
     };
     let settings = &host.settings;
     let mut findings = vec![settings_finding(settings)];
@@ -60,7 +65,7 @@ pub async fn check_host() -> Vec<Finding> {
             "forwarder",
             format!("{} is executable", settings.forwarder_binary.display()),
         ),
-        Err(e) => Finding::new(Verdict::Fail, "forwarder", e.to_string()),
+        Err(e) => Finding::failed("forwarder", &e),
     });
     let gates = match gates_from_systemd(&host).await {
         Ok((version, gates)) => {
@@ -73,7 +78,7 @@ pub async fn check_host() -> Vec<Finding> {
             Some(gates)
         }
         Err(e) => {
-            findings.push(Finding::new(Verdict::Fail, "systemd", e.to_string()));
+            findings.push(Finding::failed("systemd", &e));
             None
         }
     };
@@ -92,19 +97,19 @@ pub async fn check_host() -> Vec<Finding> {
             survey.present && survey.short_chains.is_empty()
         }
         Err(e) => {
-            findings.push(Finding::new(Verdict::Fail, "nftables", e.to_string()));
+            findings.push(Finding::failed("nftables", &e));
             // Unknown: the failure above is the finding; do not report it twice.
             true
         }
     };
     let forwarding = Forwarding {
-        set_by_gatectl: settings.state_dir.join(FORWARDING_MARKER).exists(),
+        set_by_gatectl: firewall.block_other_forwarding,
         rules_intact,
         active_gates: active_egress.len(),
     };
     findings.push(match sysctl::ipv4_forwarding() {
         Ok(on) => forwarding.finding(on),
-        Err(e) => Finding::new(Verdict::Fail, "ip_forward", e.to_string()),
+        Err(e) => Finding::failed("ip_forward", &e),
     });
     findings.extend(pool_findings(settings).await);
     findings
@@ -308,7 +313,7 @@ impl Forwarding {
 async fn pool_findings(settings: &Settings) -> Vec<Finding> {
     let root = match Netlink::current() {
         Ok(root) => root,
-        Err(e) => return vec![Finding::new(Verdict::Fail, "pools", e.to_string())],
+        Err(e) => return vec![Finding::failed("pools", &e)],
     };
     let mut findings = Vec::new();
     for (setting, pool, own) in [
@@ -317,7 +322,7 @@ async fn pool_findings(settings: &Settings) -> Vec<Finding> {
     ] {
         findings.push(match root.check_pool_free(setting, pool, &[own]).await {
             Ok(()) => Finding::new(Verdict::Ok, setting, format!("{pool}: no host route overlaps it")),
-            Err(e) => Finding::new(Verdict::Fail, setting, e.to_string()),
+            Err(e) => Finding::failed(setting, &e),
         });
     }
     findings

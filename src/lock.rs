@@ -30,6 +30,12 @@ fn take(path: &Path, arg: FlockArg) -> Result<Option<LockGuard>> {
         .write(true)
         .open(path)
         .with_context(|| format!("cannot open lock {}; gatectl must run as root", path.display()))?;
+    take_open(file, path, arg)
+}
+
+/// Takes the lock of the open lock file `file` (at `path`); with a
+/// non-blocking `arg`, `None` if it is held.
+fn take_open(file: File, path: &Path, arg: FlockArg) -> Result<Option<LockGuard>> {
     match Flock::lock(file, arg) {
         Ok(flock) => Ok(Some(LockGuard { _flock: flock })),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -51,13 +57,9 @@ pub fn try_lock_slug(state_dir: &Path, slug: &Slug) -> Result<Option<LockGuard>>
 /// Whether a gatectl holds the lock of `slug` right now (starting or
 /// stopping that gate). Only looks: creates no lock file, holds nothing.
 pub fn slug_busy(state_dir: &Path, slug: &Slug) -> bool {
-    let Ok(file) = File::open(slug_lock_path(state_dir, slug)) else {
-        return false;
-    };
-    matches!(
-        Flock::lock(file, FlockArg::LockExclusiveNonblock),
-        Err((_, nix::errno::Errno::EWOULDBLOCK))
-    )
+    let path = slug_lock_path(state_dir, slug);
+    File::open(&path)
+        .is_ok_and(|file| matches!(take_open(file, &path, FlockArg::LockExclusiveNonblock), Ok(None)))
 }
 
 fn slug_lock_path(state_dir: &Path, slug: &Slug) -> std::path::PathBuf {
