@@ -6,12 +6,15 @@
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::gate::start::overlap;
 use crate::gate::{GateState, GateStatus, Host};
-use crate::net::firewall::{Survey, TABLE};
+use crate::net::firewall::gate::{GateTable, TableState};
+use crate::net::firewall::{Firewall, Survey, TABLE};
 use crate::net::link::Netlink;
-use crate::net::sysctl;
-use crate::plan::{HOST_EGRESS_PREFIX, HOST_INTERNAL_PREFIX};
+use crate::net::netns;
+use crate::plan::{GatePlan, AGENT_LINK_GROUP, HOST_EGRESS_GROUP};
 use crate::systemd::Systemd;
+use crate::unit;
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,30 +71,41 @@ pub async fn check_host() -> Vec<Finding> {
         Err(e) => Finding::failed("forwarder", &e),
     });
     let gates = match gates_from_systemd(&host).await {
-        Ok((version, gates)) => {
+        Ok((systemd, version, gates)) => {
             findings.push(Finding::new(
                 Verdict::Ok,
                 "systemd",
                 format!("systemd {version}, reachable over D-Bus"),
             ));
             findings.extend(gate_findings(&gates));
-            Some(gates)
+            findings.extend(sandbox_findings(&systemd, &gates).await);
+            gates
         }
         Err(e) => {
             findings.push(Finding::failed("systemd", &e));
-            None
+            Vec::new()
         }
     };
     // The gates whose rules `reconcile` would apply: the socket unit is
     // active and the record names the egress link. A broken gate can be one.
-    let active_egress: Vec<String> = gates
+    let active: Vec<&GatePlan> = gates
         .iter()
-        .flatten()
         .filter(|g| g.unit.is_active())
-        .filter_map(|g| g.plan.as_ref().map(|p| p.host_egress.name.clone()))
+        .filter_map(|g| g.plan.as_ref())
         .collect();
-    let firewall = host.firewall();
-    let rules_intact = match firewall.survey() {
+    let active_egress: Vec<String> = active.iter().map(|p| p.host_egress.name.clone()).collect();
+    let forwarding = match host.host_wide.forwarding().await {
+        Ok(forwarding) => forwarding,
+        Err(e) => {
+            findings.push(Finding::failed("ip_forward", &e));
+            return findings;
+        }
+    };
+    let firewall = Firewall {
+        egress_pool: settings.egress_pool,
+        block_other_forwarding: forwarding.set_by_gatectl(),
+    };
+    let table_intact = match firewall.survey() {
         Ok(survey) => {
             findings.push(firewall_finding(&survey, &active_egress));
             survey.present && survey.short_chains.is_empty()
@@ -102,17 +116,95 @@ pub async fn check_host() -> Vec<Finding> {
             true
         }
     };
-    let forwarding = Forwarding {
-        set_by_gatectl: firewall.block_other_forwarding,
-        rules_intact,
-        active_gates: active_egress.len(),
-    };
-    findings.push(match sysctl::ipv4_forwarding() {
-        Ok(on) => forwarding.finding(on),
-        Err(e) => Finding::failed("ip_forward", &e),
-    });
+    findings.push(
+        ForwardingCheck {
+            set_by_gatectl: forwarding.set_by_gatectl(),
+            table_intact,
+            rules_complete: forwarding.rules.complete,
+            active_gates: active.len(),
+        }
+        .finding(forwarding.on),
+    );
+    findings.extend(gate_table_findings(&active));
     findings.extend(pool_findings(settings).await);
     findings
+}
+
+/// Each active gate's forwarder sandbox as systemd holds it now, against
+/// what gatectl set (a `daemon-reload` can lose settings of a transient
+/// unit; gatectl's drop-in restores them).
+async fn sandbox_findings(systemd: &Systemd, gates: &[GateStatus]) -> Vec<Finding> {
+    let mut weakened = Vec::new();
+    let mut checked = 0;
+    for gate in gates.iter().filter(|g| g.unit.is_active()) {
+        let unit = &gate.forwarder.name;
+        match systemd.service_properties(unit).await {
+            Ok(properties) => {
+                checked += 1;
+                let drift = unit::sandbox_drift(&properties);
+                if !drift.is_empty() {
+                    weakened.push(format!("{unit}: {}", drift.join(", ")));
+                }
+            }
+            Err(e) => return vec![Finding::failed("sandbox", &e)],
+        }
+    }
+    if weakened.is_empty() {
+        return vec![Finding::new(
+            Verdict::Ok,
+            "sandbox",
+            format!("the forwarder sandbox of all {checked} active gate(s) is as gatectl set it"),
+        )];
+    }
+    vec![Finding::new(
+        Verdict::Fail,
+        "sandbox",
+        format!(
+            "weakened: {}; restore {}/{} (reinstall the package, or `gatectl start` writes {}/{}), \
+             run `systemctl daemon-reload`, then restart the forwarder with `systemctl restart gate-<slug>.service`",
+            weakened.join("; "),
+            unit::PACKAGED_DROPIN_DIR,
+            unit::DROPIN,
+            unit::RUNTIME_DROPIN_DIR,
+            unit::DROPIN,
+        ),
+    )]
+}
+
+/// Each active gate's own table inside its netns, which a host `flush
+/// ruleset` does not reach but root can change.
+fn gate_table_findings(active: &[&GatePlan]) -> Vec<Finding> {
+    let mut missing = Vec::new();
+    for plan in active {
+        let state = netns::open(&plan.netns_path()).and_then(|ns| {
+            let table = GateTable::of(plan);
+            netns::run_in(&ns, move || table.survey())
+        });
+        match state {
+            Ok(TableState::Intact) => {}
+            Ok(TableState::Missing) => missing.push(format!("{} (missing)", plan.netns)),
+            Ok(TableState::Differs) => missing.push(format!("{} (changed)", plan.netns)),
+            Err(e) => return vec![Finding::failed("gate tables", &e)],
+        }
+    }
+    if missing.is_empty() {
+        return vec![Finding::new(
+            Verdict::Ok,
+            "gate tables",
+            format!(
+                "all {} active gate netns hold their own allowlist table inet {TABLE}",
+                active.len()
+            ),
+        )];
+    }
+    vec![Finding::new(
+        Verdict::Fail,
+        "gate tables",
+        format!(
+            "the allowlist table inet {TABLE} of {} is not as gatectl set it; run `gatectl reconcile`",
+            missing.join(", ")
+        ),
+    )]
 }
 
 fn settings_finding(settings: &Settings) -> Finding {
@@ -134,11 +226,12 @@ fn settings_finding(settings: &Settings) -> Finding {
     )
 }
 
-/// systemd's version and every gate's status.
-async fn gates_from_systemd(host: &Host) -> crate::Result<(String, Vec<GateStatus>)> {
+/// The connection to systemd, its version and every gate's status.
+async fn gates_from_systemd(host: &Host) -> crate::Result<(Systemd, String, Vec<GateStatus>)> {
     let systemd = Systemd::connect().await?;
     let version = systemd.version().await?;
-    Ok((version, host.list(&systemd).await?))
+    let gates = host.list(&systemd).await?;
+    Ok((systemd, version, gates))
 }
 
 /// How many gates run, and one warning per gate that is not whole.
@@ -244,28 +337,32 @@ pub fn firewall_finding(survey: &Survey, running_egress: &[String]) -> Finding {
 }
 
 /// What IPv4 forwarding is checked against.
-pub struct Forwarding {
-    /// gatectl turned forwarding on (its marker exists), so its forward
-    /// chain must confine forwarding to gate traffic.
+pub struct ForwardingCheck {
+    /// gatectl turned forwarding on (its marker or its routing rules
+    /// exist), so it must confine forwarding to gate traffic.
     pub set_by_gatectl: bool,
     /// Whether the table `inet gatectl` exists with all of gatectl's
-    /// rules in its base chains, that one included.
-    pub rules_intact: bool,
+    /// rules in its base chains, the final forward drop included.
+    pub table_intact: bool,
+    /// Whether gatectl's routing rules are all there.
+    pub rules_complete: bool,
     /// How many gates have an active socket unit.
     pub active_gates: usize,
 }
 
-impl Forwarding {
+impl ForwardingCheck {
     /// The finding for forwarding being `on` or off.
     pub fn finding(&self, on: bool) -> Finding {
         let active = self.active_gates;
+        let or_prune = if active == 0 {
+            ", or `gatectl prune` to turn forwarding off"
+        } else {
+            ""
+        };
         let (verdict, detail) = if !on && active > 0 {
             (
                 Verdict::Fail,
-                format!(
-                    "off, so {active} gate(s) cannot reach their upstreams; run \
-                     `sysctl -w net.ipv4.ip_forward=1`, or stop and start the gates"
-                ),
+                format!("off, so {active} gate(s) cannot reach their upstreams; run `gatectl reconcile`"),
             )
         } else if !on {
             (
@@ -279,17 +376,28 @@ impl Forwarding {
                  other forwarding"
                     .to_string(),
             )
-        } else if !self.rules_intact {
+        } else if !self.table_intact && !self.rules_complete {
             (
                 Verdict::Fail,
                 format!(
-                    "on, turned on by gatectl, but gatectl's rules in table inet {TABLE} are \
-                     missing, so the host forwards any traffic; run `gatectl reconcile`{}",
-                    if active == 0 {
-                        ", or `gatectl prune` to turn forwarding off"
-                    } else {
-                        ""
-                    }
+                    "on, turned on by gatectl, but neither its routing rules nor its rules in table \
+                     inet {TABLE} are in place, so the host forwards any traffic; run `gatectl reconcile`{or_prune}"
+                ),
+            )
+        } else if !self.rules_complete {
+            (
+                Verdict::Fail,
+                format!(
+                    "on, turned on by gatectl; its routing rules (ip rule, proto 231) are missing, so \
+                     only table inet {TABLE} confines forwarding to gate traffic; run `gatectl reconcile`{or_prune}"
+                ),
+            )
+        } else if !self.table_intact {
+            (
+                Verdict::Warn,
+                format!(
+                    "on, turned on by gatectl; its routing rules confine forwarding to gate traffic, \
+                     but the final drop of table inet {TABLE} is missing; run `gatectl reconcile`{or_prune}"
                 ),
             )
         } else if active == 0 {
@@ -300,8 +408,8 @@ impl Forwarding {
         } else {
             (
                 Verdict::Ok,
-                "on, turned on by gatectl: its forward chain drops forwarded traffic that is \
-                 neither a gate's nor a reply to one"
+                "on, turned on by gatectl, confined to gate traffic by its routing rules and by its \
+                 forward chain"
                     .to_string(),
             )
         };
@@ -317,11 +425,12 @@ async fn pool_findings(settings: &Settings) -> Vec<Finding> {
     };
     let mut findings = Vec::new();
     for (setting, pool, own) in [
-        ("internal_pool", settings.internal_pool, HOST_INTERNAL_PREFIX),
-        ("egress_pool", settings.egress_pool, HOST_EGRESS_PREFIX),
+        ("internal_pool", settings.internal_pool, AGENT_LINK_GROUP),
+        ("egress_pool", settings.egress_pool, HOST_EGRESS_GROUP),
     ] {
-        findings.push(match root.check_pool_free(setting, pool, &[own]).await {
-            Ok(()) => Finding::new(Verdict::Ok, setting, format!("{pool}: no host route overlaps it")),
+        findings.push(match root.route_overlapping(pool, &[own]).await {
+            Ok(None) => Finding::new(Verdict::Ok, setting, format!("{pool}: no host route overlaps it")),
+            Ok(Some(route)) => Finding::failed(setting, &overlap(setting, pool, route)),
             Err(e) => Finding::failed(setting, &e),
         });
     }
@@ -404,35 +513,60 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_is_checked_against_the_gates_and_gatectls_table() {
-        // (gatectl set it, its rules intact, active gates, forwarding on)
+    fn forwarding_is_checked_against_the_gates_and_both_confining_layers() {
+        // (gatectl set it, its table intact, its routing rules complete,
+        // active gates, forwarding on)
         let cases = [
             (
-                (false, false, 0, false),
+                (false, false, false, 0, false),
                 Verdict::Ok,
                 "the first start turns it on",
             ),
             (
-                (true, true, 2, false),
+                (true, true, true, 2, false),
                 Verdict::Fail,
-                "sysctl -w net.ipv4.ip_forward=1",
+                "off, so 2 gate(s) cannot reach their upstreams; run `gatectl reconcile`",
             ),
             (
-                (true, true, 1, true),
+                (true, true, true, 1, true),
                 Verdict::Ok,
-                "turned on by gatectl: its forward chain",
+                "confined to gate traffic by its routing rules and by its forward chain",
             ),
-            ((true, false, 1, true), Verdict::Fail, "run `gatectl reconcile`"),
-            ((true, true, 0, true), Verdict::Ok, "`gatectl prune` turns it off"),
-            ((false, false, 1, true), Verdict::Ok, "as the host had it"),
+            (
+                (true, false, false, 1, true),
+                Verdict::Fail,
+                "so the host forwards any traffic; run `gatectl reconcile`",
+            ),
+            (
+                (true, false, false, 0, true),
+                Verdict::Fail,
+                "or `gatectl prune` to turn forwarding off",
+            ),
+            (
+                (true, true, false, 1, true),
+                Verdict::Fail,
+                "routing rules (ip rule, proto 231) are missing",
+            ),
+            (
+                (true, false, true, 1, true),
+                Verdict::Warn,
+                "the final drop of table inet gatectl is missing",
+            ),
+            (
+                (true, true, true, 0, true),
+                Verdict::Ok,
+                "`gatectl prune` turns it off",
+            ),
+            ((false, false, false, 1, true), Verdict::Ok, "as the host had it"),
         ];
-        for ((set_by_gatectl, rules_intact, active_gates, on), verdict, phrase) in cases {
-            let forwarding = Forwarding {
+        for ((set_by_gatectl, table_intact, rules_complete, active_gates, on), verdict, phrase) in cases {
+            let check = ForwardingCheck {
                 set_by_gatectl,
-                rules_intact,
+                table_intact,
+                rules_complete,
                 active_gates,
             };
-            let finding = forwarding.finding(on);
+            let finding = check.finding(on);
             assert_eq!(finding.verdict, verdict, "{finding:?}");
             assert!(finding.detail.contains(phrase), "{finding:?}");
         }

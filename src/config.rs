@@ -36,6 +36,9 @@ pub struct Settings {
     pub max_connections: u32,
     /// Timeout of each connect attempt to an upstream, in seconds.
     pub connect_timeout_secs: u32,
+    /// Whether an upstream may be a link-local address (169.254.0.0/16,
+    /// fe80::/10), where cloud metadata services live. Off by default.
+    pub allow_link_local: bool,
 }
 
 impl Default for Settings {
@@ -49,6 +52,7 @@ impl Default for Settings {
             forwarder_binary: default_forwarder_binary(),
             max_connections: 256,
             connect_timeout_secs: 10,
+            allow_link_local: false,
         }
     }
 }

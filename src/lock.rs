@@ -1,5 +1,10 @@
-//! Advisory locks (flock) under the state directory: one per slug, and one
-//! global lock held while a gate index is allocated.
+//! Advisory locks (flock) under the state directory: one per slug, one held
+//! while a gate index is allocated, and the host lock held by whatever reads
+//! or changes host-wide state (see `crate::host`).
+//!
+//! Order: a process holding the host lock takes no other lock, so the order
+//! is always slug, then allocation, then host, and two gatectl commands
+//! never wait for each other in a circle.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -64,6 +69,13 @@ pub fn slug_busy(state_dir: &Path, slug: &Slug) -> bool {
 
 fn slug_lock_path(state_dir: &Path, slug: &Slug) -> std::path::PathBuf {
     state_dir.join("locks").join(format!("{slug}.lock"))
+}
+
+/// Serialises every read-decide-change of host-wide state: IPv4
+/// forwarding, gatectl's forwarding rules and marker, and the base chains
+/// of the host table. Taken last, held briefly.
+pub fn lock_host(state_dir: &Path) -> Result<LockGuard> {
+    lock(&state_dir.join("locks").join("host.lock"))
 }
 
 /// Serialises the allocation of gate indexes across all slugs.

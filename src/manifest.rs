@@ -315,34 +315,61 @@ pub fn default_path(bottles_dir: &Path, slug: &str) -> Result<PathBuf> {
 
 /// Reads and validates the manifest at `path`.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let format = Format::of(path)?;
     let text = read_bounded(path)?;
+    let format = Format::of(path)?;
     parse(&text, format).map_err(|e| Error::invalid(format!("manifest {}: {e}", path.display())))
 }
 
-/// Reads a regular file of at most [`MAX_MANIFEST_BYTES`], as UTF-8.
+/// Reads a regular file of at most [`MAX_MANIFEST_BYTES`], as UTF-8. A
+/// symbolic link is resolved first; the type of the file it leads to is
+/// checked before that file is opened (opening a FIFO releases a waiting
+/// writer, opening a device can have side effects), the open follows no
+/// further link and does not block, and the opened file is checked again
+/// (it may have been swapped in between).
 fn read_bounded(path: &Path) -> Result<String> {
-    // O_NONBLOCK: opening a FIFO must not wait for a writer; the file type
-    // check below refuses it. It changes nothing for a regular file.
+    let missing = || {
+        Error::invalid(format!(
+            "manifest {} does not exist; check the path",
+            path.display()
+        ))
+    };
+    let io = |what: &str, e: std::io::Error| Error::Io {
+        context: format!(
+            "cannot {what} manifest {}; check the path and its permissions",
+            path.display()
+        ),
+        source: e,
+    };
+    let real = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => missing(),
+        _ => io("resolve", e),
+    })?;
+    let not_regular = |meta: &std::fs::Metadata| {
+        let t = meta.file_type();
+        let what = if t.is_dir() {
+            "a directory"
+        } else if t.is_file() {
+            return Ok(());
+        } else {
+            "a FIFO, socket or device"
+        };
+        Err(Error::invalid(format!(
+            "manifest {} is {what}, not a regular file; point --manifest at a .toml or .json file",
+            path.display()
+        )))
+    };
+    not_regular(&std::fs::symlink_metadata(&real).map_err(|e| io("stat", e))?)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+        .open(&real)
         .with_context(|| {
             format!(
                 "cannot open manifest {}; check the path and its permissions",
                 path.display()
             )
         })?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat manifest {}", path.display()))?;
-    if !meta.is_file() {
-        return Err(Error::invalid(format!(
-            "manifest {} is not a regular file; point --manifest at a .toml or .json file",
-            path.display()
-        )));
-    }
+    not_regular(&file.metadata().map_err(|e| io("stat", e))?)?;
     let mut bytes = Vec::new();
     file.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -748,20 +775,55 @@ mod tests {
     #[test]
     fn reading_refuses_non_regular_and_oversized_files() {
         let err = load(Path::new("/dev/zero.toml")).unwrap_err().to_string();
-        assert!(err.contains("cannot open manifest"), "{err}");
+        assert_eq!(err, "manifest /dev/zero.toml does not exist; check the path");
         let dir = std::env::temp_dir().join(format!("gatectl-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let link = dir.join("zero.toml");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
         let err = load(&link).unwrap_err().to_string();
-        assert!(err.contains("not a regular file"), "{err}");
-        // A FIFO is refused at once, not waited on for a writer.
+        assert_eq!(
+            err,
+            format!(
+                "manifest {} is a FIFO, socket or device, not a regular file; point --manifest at a .toml or .json file",
+                link.display()
+            )
+        );
+        let sub = dir.join("sub.toml");
+        std::fs::create_dir_all(&sub).unwrap();
+        let err = load(&sub).unwrap_err().to_string();
+        assert!(
+            err.ends_with("is a directory, not a regular file; point --manifest at a .toml or .json file"),
+            "{err}"
+        );
+        // A FIFO is refused without being opened: a writer waiting for a
+        // reader stays waiting.
         let fifo = dir.join("fifo.toml");
         let _ = std::fs::remove_file(&fifo);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (opened, writer) = {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let fifo = fifo.clone();
+            let writer = std::thread::spawn(move || {
+                let file = std::fs::OpenOptions::new().write(true).open(&fifo);
+                tx.send(()).unwrap();
+                drop(file);
+            });
+            (rx, writer)
+        };
         let err = load(&fifo).unwrap_err().to_string();
-        assert!(err.contains("not a regular file"), "{err}");
+        assert!(
+            err.contains("is a FIFO, socket or device, not a regular file"),
+            "{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            opened.try_recv().is_err(),
+            "reading the manifest released the FIFO's writer"
+        );
+        // Release it ourselves.
+        drop(std::fs::File::open(&fifo).unwrap());
+        writer.join().unwrap();
         let big = dir.join("big.toml");
         std::fs::write(&big, vec![b'#'; (MAX_MANIFEST_BYTES + 10) as usize]).unwrap();
         let err = load(&big).unwrap_err().to_string();

@@ -2,7 +2,7 @@
 //! and resolved upstream addresses to every name, address and port a gate
 //! uses. No I/O here.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
+use crate::policy;
 use crate::slug::Slug;
 
 /// Directory of iproute2's named network namespaces.
@@ -31,8 +32,21 @@ pub const GATE_EGRESS_LINK: &str = "ext0";
 pub const GATE_LINK_GROUP: u32 = 231;
 /// Name of the agent's end when it lives in the agent's netns.
 pub const AGENT_LINK: &str = "gate0";
+/// The device group of gatectl's host-side egress links (`gte<k>`): the
+/// host firewall matches gate traffic by this group, never by a name
+/// pattern that a foreign interface could share. Set when the link is
+/// created, in the same netlink message.
+pub const HOST_EGRESS_GROUP: u32 = 232;
+/// The device group of gatectl's other outer link ends: `gti<k>` in the
+/// host namespace and `gate0` in an agent netns. With the alias
+/// `gatectl:<slug>`, it proves a link is gatectl's before it is deleted.
+pub const AGENT_LINK_GROUP: u32 = 233;
 /// Prefix length of every gate link address.
 pub const LINK_PREFIX_LEN: u8 = 31;
+/// Most ssh entries one gate serves. Each is a listening socket that
+/// systemd creates when the socket unit starts (2 s for 1,024 here; more
+/// than 30 s for 10,000) and a descriptor the forwarder holds.
+pub const MAX_ENTRIES: usize = 1024;
 
 /// One forwarder rule: listen on `listen_port`, forward to the upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +74,8 @@ pub struct LinkEnd {
     pub address: Ipv4Addr,
 }
 
-/// Everything one gate consists of.
+/// Everything one gate consists of: its [`GateSpec`] placed at a gate
+/// index, which picks its /31s and host link names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatePlan {
     /// The agent's slug.
@@ -85,28 +100,42 @@ pub struct GatePlan {
     pub upstreams: Vec<Upstream>,
 }
 
-impl GatePlan {
-    /// Builds the plan. `resolve` maps each manifest `Hostname` to its
-    /// addresses; `agent_netns` (from the command line) overrides the
-    /// manifest's.
+/// A gate before it has an index: the slug, the agent's netns and the
+/// upstream table, validated and resolved. Everything here is known before
+/// gatectl touches the host; [`GateSpec::place`] adds the addresses and
+/// link names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateSpec {
+    /// The agent's slug.
+    pub slug: Slug,
+    /// The agent's netns path, when the agent end goes into one.
+    pub agent_netns: Option<PathBuf>,
+    /// The forwarder's rules, in manifest order.
+    pub upstreams: Vec<Upstream>,
+}
+
+impl GateSpec {
+    /// Builds the spec. `resolve` maps each manifest `Hostname` to its
+    /// addresses, each of which must pass [`policy::refusal`];
+    /// `agent_netns` (from the command line) overrides the manifest's.
     pub fn build(
         slug: &Slug,
         manifest: &Manifest,
         settings: &Settings,
-        index: u32,
         agent_netns: Option<&str>,
         mut resolve: impl FnMut(&str) -> Result<Vec<IpAddr>>,
-    ) -> Result<GatePlan> {
-        if index >= settings.capacity() {
-            return Err(Error::invalid(format!(
-                "gate index {index} does not fit the address pools ({} gates); enlarge internal_pool and egress_pool",
-                settings.capacity()
-            )));
-        }
+    ) -> Result<GateSpec> {
         if manifest.ssh.is_empty() {
             return Err(Error::invalid(
                 "no ssh entries: add at least one [[ssh]] table with Host and Hostname",
             ));
+        }
+        if manifest.ssh.len() > MAX_ENTRIES {
+            return Err(Error::invalid(format!(
+                "{} ssh entries: a gate serves at most {MAX_ENTRIES} (each is a listening socket \
+                 systemd sets up at start); give the hosts to more than one agent",
+                manifest.ssh.len()
+            )));
         }
         // u64: neither the entry count nor the sum can overflow.
         let last_port = u64::from(settings.base_port) + manifest.ssh.len() as u64 - 1;
@@ -123,15 +152,24 @@ impl GatePlan {
             .map(|ns| netns_path(&ns));
         let mut upstreams = Vec::with_capacity(manifest.ssh.len());
         for (i, entry) in manifest.ssh.iter().enumerate() {
-            let addresses = resolve(&entry.hostname)
-                .map_err(|e| Error::invalid(format!("ssh entry {} ({}): {e}", i + 1, entry.alias)))?;
+            let entry_name = format!("ssh entry {} ({})", i + 1, entry.alias);
+            let addresses =
+                resolve(&entry.hostname).map_err(|e| Error::invalid(format!("{entry_name}: {e}")))?;
             if addresses.is_empty() {
                 return Err(Error::invalid(format!(
-                    "ssh entry {} ({}): {} resolved to no address; fix the name or the host's resolver",
-                    i + 1,
-                    entry.alias,
+                    "{entry_name}: {} resolved to no address; fix the name or the host's resolver",
                     entry.hostname
                 )));
+            }
+            for address in &addresses {
+                if let Some(reason) = policy::refusal(*address, settings) {
+                    let upstream = if entry.hostname.parse::<IpAddr>().is_ok() {
+                        format!("upstream {address}")
+                    } else {
+                        format!("upstream {} resolves to {address}, which", entry.hostname)
+                    };
+                    return Err(Error::invalid(format!("{entry_name}: {upstream} {reason}")));
+                }
             }
             upstreams.push(Upstream {
                 listen_port: settings.base_port + i as u16,
@@ -142,47 +180,47 @@ impl GatePlan {
                 addresses,
             });
         }
-        let unplaced = |name: &str| LinkEnd {
-            name: name.to_string(),
-            address: Ipv4Addr::UNSPECIFIED,
-        };
-        let plan = GatePlan {
+        Ok(GateSpec {
             slug: slug.clone(),
-            index,
-            netns: netns_name(slug),
-            unit: unit_name(slug),
             agent_netns,
-            agent_link: unplaced(AGENT_LINK),
-            gate_internal: unplaced(GATE_INTERNAL_LINK),
-            gate_egress: unplaced(GATE_EGRESS_LINK),
-            host_egress: unplaced(HOST_EGRESS_PREFIX),
             upstreams,
-        };
-        Ok(plan.at_index(settings, index))
+        })
     }
 
-    /// The same gate placed at gate index `index`: its /31s and host link
-    /// names follow the index. `index` must be below `settings.capacity()`.
-    pub fn at_index(mut self, settings: &Settings, index: u32) -> GatePlan {
+    /// The gate placed at gate index `index`: its /31s and host link names
+    /// follow the index. Refuses an index the pools do not hold.
+    pub fn place(&self, settings: &Settings, index: u32) -> Result<GatePlan> {
+        if index >= settings.capacity() {
+            return Err(Error::invalid(format!(
+                "gate index {index} does not fit the address pools ({} gates); enlarge internal_pool and egress_pool",
+                settings.capacity()
+            )));
+        }
         let (agent_addr, gate_int_addr) = pair(settings.internal_pool, index);
         let (host_egr_addr, gate_egr_addr) = pair(settings.egress_pool, index);
-        self.index = index;
-        self.agent_link = LinkEnd {
-            name: match self.agent_netns {
-                Some(_) => AGENT_LINK.to_string(),
-                None => host_internal_link(index),
-            },
-            address: agent_addr,
-        };
-        self.gate_internal.address = gate_int_addr;
-        self.gate_egress.address = gate_egr_addr;
-        self.host_egress = LinkEnd {
-            name: host_egress_link(index),
-            address: host_egr_addr,
-        };
-        self
+        let end = |name: String, address| LinkEnd { name, address };
+        Ok(GatePlan {
+            slug: self.slug.clone(),
+            index,
+            netns: netns_name(&self.slug),
+            unit: unit_name(&self.slug),
+            agent_netns: self.agent_netns.clone(),
+            agent_link: end(
+                match self.agent_netns {
+                    Some(_) => AGENT_LINK.to_string(),
+                    None => host_internal_link(index),
+                },
+                agent_addr,
+            ),
+            gate_internal: end(GATE_INTERNAL_LINK.to_string(), gate_int_addr),
+            gate_egress: end(GATE_EGRESS_LINK.to_string(), gate_egr_addr),
+            host_egress: end(host_egress_link(index), host_egr_addr),
+            upstreams: self.upstreams.clone(),
+        })
     }
+}
 
+impl GatePlan {
     /// The socket unit holding the gate's listening sockets
     /// (`gate-<slug>.socket`); systemd starts [`GatePlan::unit`] from it.
     pub fn socket_unit(&self) -> String {
@@ -202,6 +240,18 @@ impl GatePlan {
     /// Whether the agent end stays in the host's root namespace.
     pub fn agent_in_root_ns(&self) -> bool {
         self.agent_netns.is_none()
+    }
+
+    /// The listen ports, in manifest order.
+    pub fn listen_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.upstreams.iter().map(|u| u.listen_port)
+    }
+
+    /// Every resolved upstream `address:port` pair, in manifest order.
+    pub fn upstream_pairs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.addresses.iter().map(move |a| SocketAddr::new(*a, u.port)))
     }
 }
 
@@ -288,17 +338,22 @@ mod tests {
     const TWO: &str = "[[ssh]]\nHost = \"github\"\nHostname = \"github.com\"\nUser = \"git\"\n\
                        [[ssh]]\nHost = \"box\"\nHostname = \"198.51.100.4\"\nPort = 2222\n";
 
-    fn plan(text: &str, index: u32) -> GatePlan {
-        let slug = Slug::parse("alice").unwrap();
-        GatePlan::build(
-            &slug,
+    fn spec(slug: &str, text: &str, settings: &Settings, netns: Option<&str>) -> Result<GateSpec> {
+        GateSpec::build(
+            &Slug::parse(slug).unwrap(),
             &manifest(text),
-            &Settings::default(),
-            index,
-            None,
+            settings,
+            netns,
             fake_resolve,
         )
-        .unwrap()
+    }
+
+    fn plan(text: &str, index: u32) -> GatePlan {
+        let settings = Settings::default();
+        spec("alice", text, &settings, None)
+            .unwrap()
+            .place(&settings, index)
+            .unwrap()
     }
 
     #[test]
@@ -355,41 +410,95 @@ mod tests {
 
     #[test]
     fn agent_netns_puts_the_agent_end_in_it() {
-        let slug = Slug::parse("bob").unwrap();
-        let m = manifest(&format!("agent_netns = \"agent-bob\"\n{TWO}"));
-        let p = GatePlan::build(&slug, &m, &Settings::default(), 0, None, fake_resolve).unwrap();
+        let settings = Settings::default();
+        let text = format!("agent_netns = \"agent-bob\"\n{TWO}");
+        let p = spec("bob", &text, &settings, None)
+            .unwrap()
+            .place(&settings, 0)
+            .unwrap();
         assert_eq!(p.agent_netns, Some(PathBuf::from("/run/netns/agent-bob")));
         assert_eq!(p.agent_link.name, "gate0");
-        let p = GatePlan::build(
-            &slug,
-            &m,
-            &Settings::default(),
-            0,
-            Some("/proc/1/ns/net"),
-            fake_resolve,
-        )
-        .unwrap();
-        assert_eq!(p.agent_netns, Some(PathBuf::from("/proc/1/ns/net")));
+        let cli = spec("bob", &text, &settings, Some("/run/netns/other")).unwrap();
+        assert_eq!(cli.agent_netns, Some(PathBuf::from("/run/netns/other")));
     }
 
     #[test]
-    fn refuses_listen_ports_past_65535_and_full_pools() {
-        let slug = Slug::parse("a").unwrap();
+    fn placing_keeps_the_spec_and_only_adds_addresses_and_link_names() {
+        let settings = Settings::default();
+        let spec = spec("alice", TWO, &settings, None).unwrap();
+        let (a, b) = (
+            spec.place(&settings, 0).unwrap(),
+            spec.place(&settings, 7).unwrap(),
+        );
+        assert_eq!(a.upstreams, spec.upstreams);
+        assert_eq!(a.upstreams, b.upstreams);
+        assert_eq!(
+            (a.host_egress.name.as_str(), b.host_egress.name.as_str()),
+            ("gte0", "gte7")
+        );
+        assert_eq!(b.gate_internal.address, Ipv4Addr::new(10, 231, 0, 15));
+        assert_eq!(
+            a.upstream_pairs().map(|p| p.to_string()).collect::<Vec<_>>(),
+            ["192.0.2.7:22", "198.51.100.4:2222"]
+        );
+        assert_eq!(a.listen_ports().collect::<Vec<_>>(), [30000, 30001]);
+    }
+
+    #[test]
+    fn refuses_listen_ports_past_65535_too_many_entries_and_full_pools() {
         let settings = Settings {
             base_port: 65535,
             ..Settings::default()
         };
-        let err = GatePlan::build(&slug, &manifest(TWO), &settings, 0, None, fake_resolve).unwrap_err();
-        assert!(err.to_string().contains("would need port 65536"), "{err}");
-        let err = GatePlan::build(
-            &slug,
-            &manifest(TWO),
-            &Settings::default(),
-            32768,
+        let err = spec("a", TWO, &settings, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 ssh entries from base port 65535 would need port 65536; declare fewer entries or lower base_port"
+        );
+        let many: String = (0..=MAX_ENTRIES)
+            .map(|i| format!("[[ssh]]\nHost = \"h{i}\"\nHostname = \"192.0.2.1\"\n"))
+            .collect();
+        let err = spec("a", &many, &Settings::default(), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("1025 ssh entries: a gate serves at most 1024"),
+            "{err}"
+        );
+        let settings = Settings::default();
+        let err = spec("a", TWO, &settings, None)
+            .unwrap()
+            .place(&settings, 32768)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "gate index 32768 does not fit the address pools (32768 gates); enlarge internal_pool and egress_pool"
+        );
+    }
+
+    #[test]
+    fn refuses_upstreams_the_policy_refuses_naming_entry_and_address() {
+        let settings = Settings::default();
+        let literal = "[[ssh]]\nHost = \"ok\"\nHostname = \"192.0.2.1\"\n[[ssh]]\nHost = \"meta\"\nHostname = \"169.254.169.254\"\n";
+        let err = spec("a", literal, &settings, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("ssh entry 2 (meta): upstream 169.254.169.254 is link-local"),
+            "{err}"
+        );
+        // A name is checked for every address it resolves to.
+        let named = "[[ssh]]\nHost = \"loop\"\nHostname = \"sneaky.example\"\n";
+        let err = GateSpec::build(
+            &Slug::parse("a").unwrap(),
+            &manifest(named),
+            &settings,
             None,
-            fake_resolve,
+            |_| Ok(vec!["192.0.2.1".parse().unwrap(), "10.232.0.9".parse().unwrap()]),
         )
-        .unwrap_err();
-        assert!(err.to_string().contains("enlarge internal_pool"), "{err}");
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "ssh entry 1 (loop): upstream sneaky.example resolves to 10.232.0.9, which is inside \
+             gatectl's egress_pool 10.232.0.0/16: it would lead into another gate; declare the real host's address"
+        );
     }
 }

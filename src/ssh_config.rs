@@ -30,6 +30,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::manifest::{parse, Format};
+    use crate::plan::GateSpec;
     use crate::slug::Slug;
 
     #[test]
@@ -41,9 +42,12 @@ mod tests {
         )
         .unwrap();
         let slug = Slug::parse("alice").unwrap();
-        let plan = GatePlan::build(&slug, &m, &Settings::default(), 0, None, |_| {
+        let settings = Settings::default();
+        let plan = GateSpec::build(&slug, &m, &settings, None, |_| {
             Ok(vec!["192.0.2.9".parse().unwrap()])
         })
+        .unwrap()
+        .place(&settings, 0)
         .unwrap();
         let text = render(&plan);
         let expected = "\nHost github\n    HostName 10.231.0.1\n    Port 30000\n    HostKeyAlias github.com\n    User git\n\

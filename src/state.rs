@@ -6,6 +6,7 @@
 //! with systemd and the kernel.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -163,16 +164,29 @@ impl Records {
             .collect()
     }
 
-    /// Writes `record` atomically (temporary file + rename).
+    /// Writes `record` atomically (temporary file + rename). Records name
+    /// every agent's upstreams: the directory is 0700 and each record 0600,
+    /// readable by root only.
     pub fn save(&self, record: &GateRecord) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        // A directory an older gatectl created keeps its mode otherwise.
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", self.dir.display()))?;
         let path = self.path(&record.plan.slug);
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(record)
             .map_err(|e| Error::failed(format!("cannot encode record: {e}")))?;
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         file.write_all(&body)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
@@ -239,7 +253,7 @@ pub fn probe_order(hint: u32, capacity: u32) -> impl Iterator<Item = u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::GatePlan;
+    use crate::plan::GateSpec;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("gatectl-state-{name}-{}", std::process::id()));
@@ -293,11 +307,16 @@ mod tests {
         )
         .unwrap();
         let settings = crate::config::Settings::default();
-        let plan = GatePlan::build(&slug("b"), &manifest, &settings, 5, None, |h| {
+        let plan = GateSpec::build(&slug("b"), &manifest, &settings, None, |h| {
             Ok(vec![h.parse().unwrap()])
         })
+        .unwrap()
+        .place(&settings, 5)
         .unwrap();
         records.save(&GateRecord { plan, complete: true }).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join("gates")), 0o700);
+        assert_eq!(mode(&dir.join("gates/b.json")), 0o600);
         records.remove(&slug("b")).unwrap();
         assert!(!records.any_index_claimed() && records.load(&slug("b")).unwrap().is_none());
         // With no claim left, numbering starts over.

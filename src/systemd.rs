@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
-use zbus::zvariant::{OwnedObjectPath, Value};
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 use crate::error::{Context, Error, Result};
 use crate::plan;
@@ -39,6 +39,8 @@ trait Manager {
 
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
 
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
@@ -66,14 +68,74 @@ trait Manager {
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
 }
 
+/// A unit's `ActiveState`, as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActiveState {
+    /// Started (a socket listening, a service running).
+    Active,
+    /// Reloading its configuration.
+    Reloading,
+    /// Stopped, or never started.
+    Inactive,
+    /// Stopped after a failure.
+    Failed,
+    /// On its way up.
+    Activating,
+    /// On its way down.
+    Deactivating,
+    /// A state this gatectl does not know.
+    Other(String),
+}
+
+impl ActiveState {
+    /// Parses systemd's word for the state.
+    pub fn parse(word: &str) -> ActiveState {
+        match word {
+            "active" => ActiveState::Active,
+            "reloading" => ActiveState::Reloading,
+            "inactive" => ActiveState::Inactive,
+            "failed" => ActiveState::Failed,
+            "activating" => ActiveState::Activating,
+            "deactivating" => ActiveState::Deactivating,
+            other => ActiveState::Other(other.to_string()),
+        }
+    }
+
+    /// systemd's word for the state.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ActiveState::Active => "active",
+            ActiveState::Reloading => "reloading",
+            ActiveState::Inactive => "inactive",
+            ActiveState::Failed => "failed",
+            ActiveState::Activating => "activating",
+            ActiveState::Deactivating => "deactivating",
+            ActiveState::Other(word) => word,
+        }
+    }
+}
+
+impl std::fmt::Display for ActiveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ActiveState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// A unit as systemd reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UnitState {
     /// The unit name.
     pub name: String,
-    /// `ActiveState`: active, activating, failed, inactive, …
-    pub active: String,
-    /// `SubState`: running, start, dead, …
+    /// `ActiveState`.
+    pub active: ActiveState,
+    /// `SubState`, which depends on the unit type (`listening`, `running`,
+    /// `dead`, `auto-restart`, …): shown, never decided on.
     pub sub: String,
 }
 
@@ -82,7 +144,7 @@ impl UnitState {
     pub fn not_loaded(name: String) -> UnitState {
         UnitState {
             name,
-            active: "inactive".into(),
+            active: ActiveState::Inactive,
             sub: "dead".into(),
         }
     }
@@ -90,18 +152,21 @@ impl UnitState {
     /// Whether the unit is active or on its way there (a start must not
     /// replace it).
     pub fn is_up(&self) -> bool {
-        matches!(self.active.as_str(), "active" | "activating" | "reloading")
+        matches!(
+            self.active,
+            ActiveState::Active | ActiveState::Activating | ActiveState::Reloading
+        )
     }
 
     /// Whether the unit is active: a socket unit listening (or running its
     /// service), a service running.
     pub fn is_active(&self) -> bool {
-        self.active == "active"
+        self.active == ActiveState::Active
     }
 
     /// Whether the unit has failed.
     pub fn has_failed(&self) -> bool {
-        self.active == "failed"
+        self.active == ActiveState::Failed
     }
 }
 
@@ -347,10 +412,36 @@ impl Systemd {
             .into_iter()
             .map(|u| UnitState {
                 name: u.0,
-                active: u.3,
+                active: ActiveState::parse(&u.3),
                 sub: u.4,
             })
             .collect())
+    }
+
+    /// Every property of service unit `unit` (the `Service` interface,
+    /// which includes its execution and cgroup settings), as systemd holds
+    /// them now.
+    pub async fn service_properties(&self, unit: &str) -> Result<HashMap<String, OwnedValue>> {
+        let path = self
+            .manager
+            .get_unit(unit)
+            .await
+            .with_context(|| format!("cannot find {unit} in systemd"))?;
+        let properties = zbus::fdo::PropertiesProxy::builder(self.manager.inner().connection())
+            .destination("org.freedesktop.systemd1")
+            .context("cannot address systemd over D-Bus")?
+            .path(path)
+            .context("cannot address a unit over D-Bus")?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .with_context(|| format!("cannot reach {unit} over D-Bus"))?;
+        let service =
+            zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Service");
+        properties
+            .get_all(service)
+            .await
+            .with_context(|| format!("cannot read the properties of {unit}"))
     }
 
     /// The units of the gate of `slug`, in one call.

@@ -3,16 +3,27 @@
 //! socket unit `gate-<slug>.socket` holds the listening sockets; the
 //! forwarder `gate-<slug>.service`, its auxiliary unit, is started by
 //! systemd at the first connection and handed the sockets.
+//!
+//! The forwarder's sandbox ([`hardening`]) does not depend on the plan. It
+//! is set twice: in the transient unit, and in a drop-in for every
+//! `gate-*.service` ([`hardening_dropin`], shipped by the package and
+//! written by `start` when missing). systemd 252 writes some transient
+//! settings back wrongly (`RestrictNamespaces=yes` becomes an empty
+//! assignment, i.e. `no`) and re-reads them at every `daemon-reload`; the
+//! drop-in is read after the transient file, so it wins.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use ipnet::IpNet;
 use serde::Serialize;
-use zbus::zvariant::Value;
+use zbus::zvariant::{OwnedValue, Value};
 
 use crate::config::Settings;
+use crate::error::{Context, Result};
 use crate::forward::ForwardRoute;
-use crate::plan::{GatePlan, LINK_PREFIX_LEN};
+use crate::plan::GatePlan;
 
 /// `AF_INET` as systemd's `IPAddressAllow=` wire format wants it.
 const AF_INET: i32 = libc::AF_INET;
@@ -28,15 +39,6 @@ pub struct ExecCommand {
     pub argv: Vec<String>,
     /// Whether a failing exit status is ignored (never, here).
     pub ignore_failure: bool,
-}
-
-/// An address prefix of `IPAddressAllow=`/`IPAddressDeny=`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct IpPrefix {
-    /// The address.
-    pub address: IpAddr,
-    /// Its prefix length.
-    pub prefix_len: u32,
 }
 
 /// A typed unit property value, in the D-Bus shape systemd expects.
@@ -66,10 +68,15 @@ pub enum PropertyValue {
         items: Vec<String>,
     },
     /// `a(iayu)`, for `IPAddressAllow=`/`IPAddressDeny=`.
-    Prefixes(Vec<IpPrefix>),
-    /// `a(ss)`, for a socket unit's `Listen`: (kind, address) pairs such as
-    /// (`Stream`, `10.231.0.1:30000`) for `ListenStream=10.231.0.1:30000`.
-    Listen(Vec<(String, String)>),
+    Prefixes(Vec<IpNet>),
+    /// `a(ss)`: pairs of strings, for a socket unit's `Listen` (kind,
+    /// address: (`Stream`, `10.231.0.1:30000`) for
+    /// `ListenStream=10.231.0.1:30000`) and `TemporaryFileSystem=` (path,
+    /// mount options).
+    Pairs(Vec<(String, String)>),
+    /// `a(ssbt)`, for `BindReadOnlyPaths=`: source, destination, whether a
+    /// missing source is ignored, mount flags.
+    Binds(Vec<(String, String, bool, u64)>),
 }
 
 impl PropertyValue {
@@ -85,7 +92,8 @@ impl PropertyValue {
             PropertyValue::Exec(_) => "a(sasb)",
             PropertyValue::List { .. } => "(bas)",
             PropertyValue::Prefixes(_) => "a(iayu)",
-            PropertyValue::Listen(_) => "a(ss)",
+            PropertyValue::Pairs(_) => "a(ss)",
+            PropertyValue::Binds(_) => "a(ssbt)",
         }
     }
 
@@ -107,13 +115,14 @@ impl PropertyValue {
             PropertyValue::Prefixes(prefixes) => Value::from(
                 prefixes
                     .iter()
-                    .map(|p| match p.address {
-                        IpAddr::V4(a) => (AF_INET, a.octets().to_vec(), p.prefix_len),
-                        IpAddr::V6(a) => (AF_INET6, a.octets().to_vec(), p.prefix_len),
+                    .map(|p| match p.addr() {
+                        IpAddr::V4(a) => (AF_INET, a.octets().to_vec(), u32::from(p.prefix_len())),
+                        IpAddr::V6(a) => (AF_INET6, a.octets().to_vec(), u32::from(p.prefix_len())),
                     })
                     .collect::<Vec<_>>(),
             ),
-            PropertyValue::Listen(sockets) => Value::from(sockets.clone()),
+            PropertyValue::Pairs(pairs) => Value::from(pairs.clone()),
+            PropertyValue::Binds(binds) => Value::from(binds.clone()),
         }
     }
 }
@@ -167,13 +176,10 @@ pub fn forwarder_argv(plan: &GatePlan, settings: &Settings) -> Vec<String> {
 
 /// Addresses the forwarder's sockets may talk to: the internal /31 and every
 /// resolved upstream address.
-pub fn allowed_prefixes(plan: &GatePlan) -> Vec<IpPrefix> {
+pub fn allowed_prefixes(plan: &GatePlan) -> Vec<IpNet> {
     let mut allowed = vec![internal_prefix(plan)];
     for address in plan.upstreams.iter().flat_map(|u| &u.addresses) {
-        let prefix = IpPrefix {
-            address: *address,
-            prefix_len: if address.is_ipv4() { 32 } else { 128 },
-        };
+        let prefix = IpNet::from(address.to_canonical());
         if !allowed.contains(&prefix) {
             allowed.push(prefix);
         }
@@ -187,7 +193,8 @@ fn memory_max(settings: &Settings) -> u64 {
 }
 
 /// The full property list of the forwarder's transient unit, started from
-/// the socket unit with the listening sockets as `LISTEN_FDS`.
+/// the socket unit with the listening sockets as `LISTEN_FDS`: what the
+/// plan decides, then the [`hardening`].
 pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
     let argv = forwarder_argv(plan, settings);
     let exec = ExecCommand {
@@ -197,7 +204,7 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
     };
     let netns_path = plan.netns_path();
     let [description, documentation] = described(plan, "");
-    vec![
+    let mut properties = vec![
         description,
         documentation,
         prop("ExecStart", PropertyValue::Exec(vec![exec])),
@@ -208,71 +215,231 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
         prop("TimeoutStopUSec", PropertyValue::U64(5_000_000)),
         text("CollectMode", "inactive-or-failed"),
         text("NetworkNamespacePath", &path_str(&netns_path)),
+        prop("IPAddressAllow", PropertyValue::Prefixes(allowed_prefixes(plan))),
+        // The listening sockets it is handed, then two sockets and up to two
+        // splice pipes (two descriptors each) per connection.
+        prop(
+            "LimitNOFILE",
+            PropertyValue::U64(plan.upstreams.len() as u64 + u64::from(settings.max_connections) * 6 + 64),
+        ),
+        prop("MemoryMax", PropertyValue::U64(memory_max(settings))),
+    ];
+    properties.extend(hardening().into_iter().map(|h| h.property));
+    properties
+}
+
+/// One setting of the forwarder's sandbox: the property `StartTransientUnit`
+/// takes, and the same setting as a unit file line, for the drop-in.
+pub struct Hardening {
+    /// The D-Bus property.
+    pub property: Property,
+    /// `Name=value`, as `systemd.exec(5)` writes it.
+    pub line: String,
+}
+
+/// The forwarder's sandbox: everything of its unit that does not depend on
+/// the plan. Read-only OS, no home, private /tmp, /dev and IPC, a dynamic
+/// user without capabilities, the kernel and clock protected, a system call
+/// filter, and of the host's `/run` only the journal and notify sockets:
+/// no system D-Bus, no systemd or resolver socket to talk to.
+pub fn hardening() -> Vec<Hardening> {
+    let on = |name: &'static str| Hardening {
+        property: yes(name),
+        line: format!("{name}=yes"),
+    };
+    let set = |name: &'static str, value: PropertyValue, line: &str| Hardening {
+        property: prop(name, value),
+        line: format!("{name}={line}"),
+    };
+    let word = |name: &'static str, value: &str| set(name, PropertyValue::Str(value.into()), value);
+    // MS_REC: a bind in a unit file is recursive unless it says `norbind`,
+    // so the transient unit and the drop-in state the same mount.
+    let sockets = HOST_SOCKETS
+        .iter()
+        .map(|path| (path.to_string(), path.to_string(), false, libc::MS_REC))
+        .collect();
+    vec![
         // With NetworkNamespacePath= set, systemd joins that netns instead of
         // creating one; PrivateNetwork= states that the forwarder sees no
         // host interface (and systemd-analyze security scores it so).
-        yes("PrivateNetwork"),
-        yes("DynamicUser"),
-        prop("CapabilityBoundingSet", PropertyValue::U64(0)),
-        prop("AmbientCapabilities", PropertyValue::U64(0)),
-        yes("NoNewPrivileges"),
-        text("ProtectSystem", "strict"),
-        text("ProtectHome", "yes"),
-        yes("PrivateTmp"),
-        yes("PrivateDevices"),
-        yes("PrivateIPC"),
-        yes("PrivateUsers"),
-        yes("ProtectKernelTunables"),
-        yes("ProtectKernelModules"),
-        yes("ProtectKernelLogs"),
-        yes("ProtectControlGroups"),
-        yes("ProtectClock"),
-        yes("ProtectHostname"),
-        text("ProtectProc", "invisible"),
-        text("ProcSubset", "pid"),
-        prop("RestrictNamespaces", PropertyValue::U64(0)),
-        yes("RestrictRealtime"),
-        yes("RestrictSUIDSGID"),
-        yes("LockPersonality"),
-        yes("MemoryDenyWriteExecute"),
-        prop("UMask", PropertyValue::U32(0o077)),
-        prop(
+        on("PrivateNetwork"),
+        on("DynamicUser"),
+        set("CapabilityBoundingSet", PropertyValue::U64(0), ""),
+        set("AmbientCapabilities", PropertyValue::U64(0), ""),
+        on("NoNewPrivileges"),
+        word("ProtectSystem", "strict"),
+        word("ProtectHome", "yes"),
+        on("PrivateTmp"),
+        on("PrivateDevices"),
+        on("PrivateIPC"),
+        on("PrivateUsers"),
+        on("ProtectKernelTunables"),
+        on("ProtectKernelModules"),
+        on("ProtectKernelLogs"),
+        on("ProtectControlGroups"),
+        on("ProtectClock"),
+        on("ProtectHostname"),
+        word("ProtectProc", "invisible"),
+        word("ProcSubset", "pid"),
+        // No namespace type may be created (the flags of allowed types: none).
+        set("RestrictNamespaces", PropertyValue::U64(0), "yes"),
+        on("RestrictRealtime"),
+        on("RestrictSUIDSGID"),
+        on("LockPersonality"),
+        on("MemoryDenyWriteExecute"),
+        set("UMask", PropertyValue::U32(0o077), "0077"),
+        set(
             "RestrictAddressFamilies",
             PropertyValue::List {
                 allow: true,
                 items: vec!["AF_INET".into(), "AF_INET6".into(), "AF_UNIX".into()],
             },
+            "AF_INET AF_INET6 AF_UNIX",
         ),
-        prop(
+        set(
             "SystemCallFilter",
             PropertyValue::List {
                 allow: true,
                 items: vec!["@system-service".into()],
             },
+            "@system-service",
         ),
         // A second assignment narrows the allow list (as in a unit file).
-        prop(
+        set(
             "SystemCallFilter",
             PropertyValue::List {
                 allow: false,
                 items: vec!["@privileged".into(), "@resources".into()],
             },
+            "~@privileged @resources",
         ),
-        prop("SystemCallErrorNumber", PropertyValue::I32(libc::EPERM)),
-        prop(
+        set("SystemCallErrorNumber", PropertyValue::I32(libc::EPERM), "EPERM"),
+        set(
             "SystemCallArchitectures",
             PropertyValue::Strings(vec!["native".into()]),
+            "native",
+        ),
+        set(
+            "TemporaryFileSystem",
+            PropertyValue::Pairs(vec![("/run".into(), String::new())]),
+            "/run",
+        ),
+        set(
+            "BindReadOnlyPaths",
+            PropertyValue::Binds(sockets),
+            &HOST_SOCKETS.join(" "),
         ),
         deny_all(),
-        prop("IPAddressAllow", PropertyValue::Prefixes(allowed_prefixes(plan))),
-        // Two sockets and up to two splice pipes (two fds each) per connection.
-        prop(
-            "LimitNOFILE",
-            PropertyValue::U64(u64::from(settings.max_connections) * 6 + 64),
-        ),
-        prop("TasksMax", PropertyValue::U64(16)),
-        prop("MemoryMax", PropertyValue::U64(memory_max(settings))),
+        set("TasksMax", PropertyValue::U64(16), "16"),
     ]
+}
+
+/// The [`hardening`] settings that `properties` (systemd's live view of the
+/// forwarder unit) no longer has as gatectl set them, as `Name=value`
+/// (what systemd holds) for a message. `SystemCallFilter=` is read back as
+/// the expanded list of system calls, so it is checked for being an allow
+/// list without the privileged calls instead.
+pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
+    let mut drift = Vec::new();
+    for h in hardening() {
+        let name = h.property.name;
+        let actual = properties.get(name).map(|v| Value::from(v.clone()));
+        let holds = match &actual {
+            None => false,
+            Some(actual) if name == "SystemCallFilter" => {
+                let text = canonical(actual);
+                // An allow list, without a call of @privileged or @resources.
+                text.starts_with("(true,")
+                    && text.contains("\"read\"")
+                    && !text.contains("\"reboot\"")
+                    && !text.contains("\"setrlimit\"")
+            }
+            Some(actual) => canonical(&h.property.value.to_value()) == canonical(actual),
+        };
+        if !holds && !drift.iter().any(|d: &String| d.starts_with(&format!("{name}="))) {
+            let shown = actual
+                .as_ref()
+                .map(canonical)
+                .unwrap_or_else(|| "(absent)".into());
+            drift.push(format!("{name}={shown} (gatectl sets {})", h.line));
+        }
+    }
+    drift
+}
+
+/// A D-Bus value as text, with the items of every array sorted, so values
+/// that differ only in order compare equal.
+fn canonical(value: &Value<'_>) -> String {
+    match value {
+        Value::Value(inner) => canonical(inner),
+        Value::Array(array) => {
+            let mut items: Vec<String> = array.iter().map(canonical).collect();
+            items.sort();
+            format!("[{}]", items.join(","))
+        }
+        Value::Structure(structure) => {
+            let fields: Vec<String> = structure.fields().iter().map(canonical).collect();
+            format!("({})", fields.join(","))
+        }
+        Value::Str(text) => format!("{:?}", text.as_str()),
+        other => other.to_string(),
+    }
+}
+
+/// The host sockets the forwarder may see under its empty `/run`: the
+/// journal (its audit records and stdout) and the notify socket
+/// (`READY=1`, `STATUS=`).
+pub const HOST_SOCKETS: [&str; 3] = [
+    "/run/systemd/journal/socket",
+    "/run/systemd/journal/stdout",
+    "/run/systemd/notify",
+];
+
+/// The name of the drop-in that carries the [`hardening`] for every
+/// `gate-*.service`.
+pub const DROPIN: &str = "gate-.service.d/gatectl-hardening.conf";
+
+/// The drop-in the package ships under `/usr/lib/systemd/system`.
+pub const PACKAGED_DROPIN_DIR: &str = "/usr/lib/systemd/system";
+
+/// Where `start` writes the drop-in when the packaged one is missing or
+/// differs (e.g. gatectl installed by hand).
+pub const RUNTIME_DROPIN_DIR: &str = "/run/systemd/system";
+
+/// The text of the drop-in [`DROPIN`].
+pub fn hardening_dropin() -> String {
+    let mut text = String::from(
+        "# The sandbox of every gatectl forwarder (gate-<slug>.service), written by\n\
+         # gatectl; `gatectl start` sets the same in the transient unit. This\n\
+         # copy is read again at every daemon-reload, so a setting systemd wrote\n\
+         # back wrongly into /run/systemd/transient cannot weaken the sandbox.\n\
+         # gate-*.service units are gatectl's: see gatectl(8).\n[Service]\n",
+    );
+    for h in hardening() {
+        text.push_str(&h.line);
+        text.push('\n');
+    }
+    text
+}
+
+/// Makes sure systemd finds the hardening drop-in at its next reload:
+/// when the packaged copy is missing or differs, writes one under
+/// [`RUNTIME_DROPIN_DIR`] (a runtime copy overrides the packaged one).
+/// Returns whether it wrote a file.
+pub fn ensure_hardening_dropin() -> Result<bool> {
+    let wanted = hardening_dropin();
+    let packaged = Path::new(PACKAGED_DROPIN_DIR).join(DROPIN);
+    let runtime = Path::new(RUNTIME_DROPIN_DIR).join(DROPIN);
+    let holds = |path: &Path| std::fs::read_to_string(path).is_ok_and(|text| text == wanted);
+    if holds(&runtime) || (holds(&packaged) && !runtime.exists()) {
+        return Ok(false);
+    }
+    let dir = runtime.parent().expect("the drop-in has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = runtime.with_extension("conf.tmp");
+    std::fs::write(&tmp, wanted).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &runtime).with_context(|| format!("cannot write {}", runtime.display()))?;
+    Ok(true)
 }
 
 /// The properties of the gate's socket unit: systemd creates one listening
@@ -294,10 +461,10 @@ pub fn socket_properties(plan: &GatePlan) -> Vec<Property> {
     vec![
         description,
         documentation,
-        prop("Listen", PropertyValue::Listen(listen)),
+        prop("Listen", PropertyValue::Pairs(listen)),
         text("NetworkNamespacePath", &path_str(&plan.netns_path())),
         text("CollectMode", "inactive-or-failed"),
-        deny_all(),
+        deny_all().property,
         prop(
             "IPAddressAllow",
             PropertyValue::Prefixes(vec![internal_prefix(plan)]),
@@ -320,27 +487,22 @@ fn described(plan: &GatePlan, what: &str) -> [Property; 2] {
     ]
 }
 
-/// `IPAddressDeny=any`, before an `IPAddressAllow=` that opens exceptions.
-fn deny_all() -> Property {
-    let any = |address: IpAddr| IpPrefix {
-        address,
-        prefix_len: 0,
-    };
-    prop(
-        "IPAddressDeny",
-        PropertyValue::Prefixes(vec![
-            any(IpAddr::V4([0, 0, 0, 0].into())),
-            any(IpAddr::V6([0u16; 8].into())),
-        ]),
-    )
+/// `IPAddressDeny=any` (0.0.0.0/0 and ::/0), before an `IPAddressAllow=`
+/// that opens exceptions.
+fn deny_all() -> Hardening {
+    let any: Vec<IpNet> = vec![
+        "0.0.0.0/0".parse().expect("valid"),
+        "::/0".parse().expect("valid"),
+    ];
+    Hardening {
+        property: prop("IPAddressDeny", PropertyValue::Prefixes(any)),
+        line: "IPAddressDeny=any".into(),
+    }
 }
 
 /// The internal /31: the agent's address and the gate's.
-fn internal_prefix(plan: &GatePlan) -> IpPrefix {
-    IpPrefix {
-        address: IpAddr::V4(plan.internal_net().network()),
-        prefix_len: LINK_PREFIX_LEN.into(),
-    }
+fn internal_prefix(plan: &GatePlan) -> IpNet {
+    IpNet::V4(plan.internal_net())
 }
 
 fn path_str(path: &Path) -> String {
@@ -351,6 +513,7 @@ fn path_str(path: &Path) -> String {
 mod tests {
     use super::*;
     use crate::manifest::{parse, Format};
+    use crate::plan::GateSpec;
     use crate::slug::Slug;
 
     fn plan() -> GatePlan {
@@ -360,13 +523,16 @@ mod tests {
         )
         .unwrap();
         let slug = Slug::parse("alice").unwrap();
-        GatePlan::build(&slug, &m, &Settings::default(), 2, None, |h| {
+        let settings = Settings::default();
+        GateSpec::build(&slug, &m, &settings, None, |h| {
             Ok(if h == "github.com" {
                 vec!["192.0.2.10".parse().unwrap(), "2001:db8::10".parse().unwrap()]
             } else {
                 vec![h.parse().unwrap()]
             })
         })
+        .unwrap()
+        .place(&settings, 2)
         .unwrap()
     }
 
@@ -463,7 +629,7 @@ mod tests {
         let find = |name: &str| &props.iter().find(|p| p.name == name).unwrap().value;
         assert_eq!(
             find("Listen"),
-            &PropertyValue::Listen(vec![
+            &PropertyValue::Pairs(vec![
                 ("Stream".into(), "10.231.0.5:30000".into()),
                 ("Stream".into(), "10.231.0.5:30001".into()),
             ])
@@ -477,10 +643,7 @@ mod tests {
         // internal /31 may talk to them.
         assert_eq!(
             find("IPAddressAllow"),
-            &PropertyValue::Prefixes(vec![IpPrefix {
-                address: "10.231.0.4".parse().unwrap(),
-                prefix_len: 31
-            }])
+            &PropertyValue::Prefixes(vec!["10.231.0.4/31".parse().unwrap()])
         );
         for p in &props {
             assert_eq!(
@@ -494,10 +657,7 @@ mod tests {
 
     #[test]
     fn ip_allowlist_is_the_internal_net_and_the_upstreams() {
-        let allowed: Vec<String> = allowed_prefixes(&plan())
-            .iter()
-            .map(|p| format!("{}/{}", p.address, p.prefix_len))
-            .collect();
+        let allowed: Vec<String> = allowed_prefixes(&plan()).iter().map(IpNet::to_string).collect();
         assert_eq!(
             allowed,
             [
@@ -507,5 +667,79 @@ mod tests {
                 "2001:db8::5/128"
             ]
         );
+    }
+
+    #[test]
+    fn the_deny_covers_every_address_of_both_families_on_both_units() {
+        let plan = plan();
+        let deny = PropertyValue::Prefixes(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+        for (unit, props) in [
+            ("forwarder", properties(&plan, &Settings::default())),
+            ("socket", socket_properties(&plan)),
+        ] {
+            let found: Vec<&PropertyValue> = props
+                .iter()
+                .filter(|p| p.name == "IPAddressDeny")
+                .map(|p| &p.value)
+                .collect();
+            assert_eq!(found, [&deny], "{unit}");
+            // The wire form systemd reads: (AF_INET, 0.0.0.0, 0), (AF_INET6, ::, 0).
+            assert_eq!(
+                found[0].to_value(),
+                Value::from(vec![
+                    (AF_INET, vec![0u8; 4], 0u32),
+                    (AF_INET6, vec![0u8; 16], 0u32)
+                ])
+            );
+        }
+    }
+
+    #[test]
+    fn the_dropin_states_every_hardening_setting_the_transient_unit_gets() {
+        let text = hardening_dropin();
+        let props = properties(&plan(), &Settings::default());
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines[0], "[Service]");
+        let hardening = hardening();
+        assert_eq!(lines.len(), hardening.len() + 1);
+        for (h, line) in hardening.iter().zip(&lines[1..]) {
+            assert_eq!(h.line, *line);
+            assert!(
+                props.contains(&h.property),
+                "{} is not in the transient unit",
+                h.property.name
+            );
+        }
+        for line in [
+            "RestrictNamespaces=yes",
+            "DynamicUser=yes",
+            "CapabilityBoundingSet=",
+            "IPAddressDeny=any",
+            "TemporaryFileSystem=/run",
+            "BindReadOnlyPaths=/run/systemd/journal/socket /run/systemd/journal/stdout /run/systemd/notify",
+            "SystemCallFilter=~@privileged @resources",
+        ] {
+            assert!(lines.contains(&line), "{line} missing from\n{text}");
+        }
+        // Nothing in it depends on one gate.
+        for plan_specific in [
+            "ExecStart",
+            "NetworkNamespacePath",
+            "IPAddressAllow",
+            "LimitNOFILE",
+        ] {
+            assert!(!text.contains(plan_specific), "{plan_specific} in the drop-in");
+        }
+    }
+
+    #[test]
+    fn the_descriptor_limit_counts_the_listening_sockets() {
+        let plan = plan();
+        let settings = Settings::default();
+        let limit = properties(&plan, &settings)
+            .into_iter()
+            .find(|p| p.name == "LimitNOFILE")
+            .unwrap();
+        assert_eq!(limit.value, PropertyValue::U64(2 + 256 * 6 + 64));
     }
 }

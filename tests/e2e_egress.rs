@@ -62,11 +62,60 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
         connect(&host, gate, "10.99.4.1", 7070).is_err(),
         "another network"
     );
-    let dropped = host.run_ok(&["nft", "list", "chain", "inet", "gatectl", "forward"]);
-    assert!(dropped.contains("iifname \"gte*\" counter packets"), "{dropped}");
+    // The gate netns's own table dropped them, before the host saw them.
+    let gate_drops = host.run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        "gate-alice",
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        "gatectl",
+        "output",
+    ]);
     assert!(
-        !dropped.contains("iifname \"gte*\" counter packets 0 "),
+        !gate_drops.contains("counter packets 0 "),
+        "drops are counted in the gate netns: {gate_drops}"
+    );
+    // Each layer alone: without the gate netns's table (root there may
+    // delete it), the host's allowlist still stops them.
+    host.run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        "gate-alice",
+        "nft",
+        "delete",
+        "table",
+        "inet",
+        "gatectl",
+    ]);
+    assert!(
+        connect(&host, gate, "10.99.2.1", 8080).is_err(),
+        "the decoy port, host layer only"
+    );
+    assert!(
+        connect(&host, gate, "10.232.0.0", 9999).is_err(),
+        "host services, host layer only"
+    );
+    assert!(
+        connect(&host, gate, "10.99.4.1", 7070).is_err(),
+        "another network, host layer only"
+    );
+    let dropped = host.run_ok(&["nft", "list", "chain", "inet", "gatectl", "forward"]);
+    assert!(dropped.contains("iifgroup 232 counter packets"), "{dropped}");
+    assert!(
+        !dropped.contains("iifgroup 232 counter packets 0 "),
         "drops are counted: {dropped}"
+    );
+    let reconciled = gatectl_ok(&host, &["reconcile"]);
+    assert!(reconciled.contains("1 running gate(s): alice"), "{reconciled}");
+    assert_eq!(
+        connect(&host, gate, "10.99.2.1", 22),
+        Ok(()),
+        "the declared upstream after reconcile"
     );
 
     // gatectl turned forwarding on, but the host still forwards nothing but

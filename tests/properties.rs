@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use gatectl::config::Settings;
 use gatectl::forward::ForwardRoute;
 use gatectl::manifest::{parse, Format, Manifest};
-use gatectl::plan::GatePlan;
+use gatectl::plan::GateSpec;
 use gatectl::slug::Slug;
 use gatectl::{ssh_config, unit};
 use proptest::prelude::*;
@@ -383,7 +383,7 @@ fn check_rejection(m: &Model, err: &str) -> Result<(), TestCaseError> {
     };
     let n: usize = rest.split([' ', ':']).next().unwrap().parse().unwrap();
     let e = &m.entries[n - 1];
-    let blamed = |f: &Option<Field>| f.as_ref().map_or(true, |f| !f.good);
+    let blamed = |f: &Option<Field>| f.as_ref().is_none_or(|f| !f.good);
     if rest.contains("(Host)") {
         let earlier: HashSet<String> = m.entries[..n - 1]
             .iter()
@@ -411,7 +411,7 @@ fn check_rejection(m: &Model, err: &str) -> Result<(), TestCaseError> {
 fn all_good(m: &Model) -> bool {
     let mut seen = HashSet::new();
     !m.entries.is_empty()
-        && m.agent_netns.as_ref().map_or(true, |f| f.good)
+        && m.agent_netns.as_ref().is_none_or(|f| f.good)
         && m.entries.iter().all(|e| {
             let host_ok = match &e.host {
                 Some(Field {
@@ -422,8 +422,8 @@ fn all_good(m: &Model) -> bool {
             };
             host_ok
                 && e.hostname.as_ref().is_some_and(|f| f.good)
-                && e.port.as_ref().map_or(true, |f| f.good)
-                && e.user.as_ref().map_or(true, |f| f.good)
+                && e.port.as_ref().is_none_or(|f| f.good)
+                && e.user.as_ref().is_none_or(|f| f.good)
                 && e.extra.is_none()
         })
 }
@@ -463,7 +463,8 @@ fn check_plan(
     index: u32,
     cli_ns: Option<&str>,
 ) -> Result<(), TestCaseError> {
-    let built = GatePlan::build(slug, m, settings, index, cli_ns, fake_resolve);
+    let built =
+        GateSpec::build(slug, m, settings, cli_ns, fake_resolve).and_then(|spec| spec.place(settings, index));
     let last = u32::from(settings.base_port) + m.ssh.len() as u32 - 1;
     let plan = match built {
         Err(e) => {
@@ -610,7 +611,9 @@ fn the_default_port_range_holds_35536_entries() {
             })
             .collect();
         let m = parse(&format!(r#"{{"ssh":[{}]}}"#, entries.join(",")), Format::Json).unwrap();
-        let built = GatePlan::build(&slug, &m, &Settings::default(), 0, None, fake_resolve);
+        let settings = Settings::default();
+        let built = GateSpec::build(&slug, &m, &settings, None, fake_resolve)
+            .and_then(|spec| spec.place(&settings, 0));
         match built {
             Ok(plan) => {
                 assert!(fits, "{n} entries accepted");

@@ -16,6 +16,7 @@ use clap_complete::Shell;
 
 use crate::cli::{Cli, Outcome};
 use crate::error::{Context, Result};
+use crate::unit;
 
 /// Section of the manual gatectl's pages go in: system administration.
 pub const MAN_SECTION: &str = "8";
@@ -39,8 +40,8 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
 }
 
 /// Writes the man pages (`gatectl.8` and one `gatectl-<sub>.8` per visible
-/// subcommand) and the bash, zsh and fish completions under `out_dir`;
-/// returns the paths written.
+/// subcommand), the bash, zsh and fish completions and the forwarder's
+/// hardening drop-in under `out_dir`; returns the paths written.
 pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
     let man_dir = out_dir.join("man");
     let completion_dir = out_dir.join("completions");
@@ -62,6 +63,15 @@ pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
             .with_context(|| format!("cannot write the {shell} completion"))?;
         written.push(path);
     }
+
+    // The forwarder's sandbox as a drop-in for every gate-*.service
+    // (installed under /usr/lib/systemd/system/gate-.service.d/).
+    let dropin = out_dir.join("systemd").join(unit::DROPIN);
+    let dropin_dir = dropin.parent().expect("the drop-in has a directory");
+    fs::create_dir_all(dropin_dir).with_context(|| format!("cannot create {}", dropin_dir.display()))?;
+    fs::write(&dropin, unit::hardening_dropin())
+        .with_context(|| format!("cannot write {}", dropin.display()))?;
+    written.push(dropin);
     Ok(written)
 }
 

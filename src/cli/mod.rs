@@ -123,9 +123,23 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     }
 }
 
+/// Lets a closed stdout end the command quietly, as for any Unix filter
+/// (`gatectl status | head -1`), instead of a panic in `println!`: SIGPIPE
+/// goes back to its default action. The forwarder keeps it ignored, since
+/// it writes to sockets whose peers may close at any time.
+fn quiet_on_closed_stdout() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler code; this runs before any thread
+    // is started.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// The whole program: parse, run, report. Usage errors exit 2 (clap).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Forward(_)) {
+        quiet_on_closed_stdout();
+    }
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::NotRunning) => ExitCode::from(EXIT_NOT_RUNNING),

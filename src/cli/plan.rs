@@ -33,8 +33,8 @@ pub fn run(args: PlanArgs) -> Result<Outcome> {
     let host = Host::load()?;
     let gate = &args.gate;
     let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
-    let index = host.next_index()?;
-    let plan = host.plan(&gate.slug, &manifest, gate.agent_netns.as_deref(), index)?;
+    let spec = host.spec(&gate.slug, &manifest, gate.agent_netns.as_deref())?;
+    let plan = spec.place(&host.settings, host.next_index()?)?;
     let socket_properties = unit::socket_properties(&plan);
     let unit_properties = unit::properties(&plan, &host.settings);
     if args.json {

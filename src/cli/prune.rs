@@ -5,6 +5,7 @@ use clap::Args;
 use super::{block_on, render, Outcome};
 use crate::error::Result;
 use crate::gate::Host;
+use crate::prune::Prune;
 
 /// Arguments of `prune`.
 #[derive(Args, Debug)]
@@ -20,13 +21,13 @@ pub struct PruneArgs {
 /// Runs `prune`.
 pub fn run(args: PruneArgs) -> Result<Outcome> {
     let host = Host::load()?;
-    let found = block_on(host.prune(args.dry_run))?;
+    let found = block_on(Prune { host: &host }.run(args.dry_run))?;
     if args.json {
         render::json(&found)?;
     } else {
         let verb = if args.dry_run { "would remove" } else { "removed" };
         for f in &found {
-            println!("{verb} {} {}", f.kind, f.name);
+            println!("{verb} {} {}", f.kind.as_str(), f.name);
         }
         if found.is_empty() {
             println!("nothing to prune");

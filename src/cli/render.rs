@@ -8,6 +8,7 @@ use crate::check::{Finding, Verdict};
 use crate::error::{Error, Result};
 use crate::gate::{GateState, GateStatus};
 use crate::plan::GatePlan;
+use crate::systemd::ActiveState;
 use crate::unit::Property;
 
 /// The report of `check`: verdict, subject and detail, one line each.
@@ -97,7 +98,7 @@ pub fn status_text(s: &GateStatus) -> String {
         "  unit:      {} ({}/{})",
         s.unit.name, s.unit.active, s.unit.sub
     );
-    let idle = if s.forwarder.active == "inactive" {
+    let idle = if s.forwarder.active == ActiveState::Inactive {
         ", starts at the first connection"
     } else {
         ""

@@ -24,7 +24,9 @@ pub fn run(args: StartArgs) -> Result<Outcome> {
     let gate = args.gate;
     let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
     let mut timings = Timings::default();
-    let plan = block_on(host.start(&gate.slug, &manifest, gate.agent_netns.as_deref(), &mut timings))?;
+    let spec = host.spec(&gate.slug, &manifest, gate.agent_netns.as_deref())?;
+    timings.mark("read the manifest, resolve and check the upstreams");
+    let plan = block_on(host.start(&spec, &mut timings))?;
     if args.timings {
         eprint!("{}", timings.report());
     }

@@ -23,7 +23,7 @@ pub fn open(path: &Path) -> Result<OwnedFd> {
     // FIFO would hang and opening a device can have side effects.
     if !is_nsfs(path) {
         return Err(Error::invalid(format!(
-            "{} is not a network namespace (a /run/netns entry or /proc/PID/ns/net); does it exist?",
+            "{} is not a network namespace (a /run/netns entry or /proc/PID/ns/net)",
             path.display()
         )));
     }

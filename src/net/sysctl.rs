@@ -31,11 +31,24 @@ pub fn restore_ipv4_forwarding_off() -> Result<()> {
     std::fs::write(IP_FORWARD, b"0\n").context("cannot turn IPv4 forwarding (net.ipv4.ip_forward) back off")
 }
 
-/// Turns IPv4 forwarding off in the current thread's network namespace
-/// (call it on a thread that joined a gate netns): a gate never routes
-/// between its links, so the agent cannot bypass the forwarder.
-pub fn disable_ipv4_forwarding() -> Result<()> {
-    std::fs::write(IP_FORWARD, b"0\n").context("cannot turn IPv4 forwarding off in the gate netns")
+/// Settles a new gate netns before any of its links exists (call it on a
+/// thread that joined it): IPv4 forwarding off, which a new netns copies
+/// from the host (a gate never routes between its links, so the agent
+/// cannot bypass the forwarder), and IPv6 disabled on every link to come,
+/// so no Router Advertisement from the agent's side gives the gate an
+/// address or a route.
+pub fn settle_gate_netns() -> Result<()> {
+    std::fs::write(IP_FORWARD, b"0\n").context("cannot turn IPv4 forwarding off in the gate netns")?;
+    for knob in ["all", "default"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
+        match std::fs::write(&path, b"1\n") {
+            Ok(()) => {}
+            // A kernel without IPv6 has nothing to disable.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot write {path} in the gate netns")),
+        }
+    }
+    Ok(())
 }
 
 fn read_flag(path: &Path) -> Result<bool> {

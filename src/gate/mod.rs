@@ -1,0 +1,222 @@
+//! The gate lifecycle. [`Host`] gathers facts and applies decisions; the
+//! decisions themselves are pure and live beside it: a gate's state
+//! ([`state`]), the steps of a start and what undoes each ([`steps`],
+//! [`start`]), and the teardown ([`stop`]).
+
+pub mod start;
+pub mod state;
+pub mod steps;
+pub mod stop;
+
+use std::path::Path;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::host::HostWide;
+use crate::lock;
+use crate::manifest::{self, Manifest};
+use crate::net::firewall::gate::GateTable;
+use crate::net::firewall::{Firewall, GateRules};
+use crate::net::netns;
+use crate::plan::{self, GatePlan, GateSpec};
+use crate::resolve;
+use crate::slug::Slug;
+use crate::state::Records;
+use crate::systemd::{GateUnits, Systemd};
+use crate::timings::Timings;
+
+pub use state::{GateFacts, GateState, GateStatus, RecordFact};
+
+/// The link alias that marks an outer link end as belonging to `slug`.
+pub fn link_alias(slug: &Slug) -> String {
+    format!("gatectl:{slug}")
+}
+
+/// The slug a link alias names, if it is one of [`link_alias`].
+pub fn slug_of_link_alias(alias: &str) -> Option<Slug> {
+    Slug::parse(alias.strip_prefix("gatectl:")?).ok()
+}
+
+/// The host: its settings, its record store and its host-wide state.
+pub struct Host {
+    /// Host settings.
+    pub settings: Settings,
+    /// Gate records.
+    pub records: Records,
+    /// Forwarding, gatectl's routing rules and the host table's base.
+    pub host_wide: HostWide,
+}
+
+impl Host {
+    /// Loads the host settings.
+    pub fn load() -> Result<Host> {
+        Ok(Host::with(Settings::load()?))
+    }
+
+    /// The host with `settings`.
+    pub fn with(settings: Settings) -> Host {
+        Host {
+            records: Records::new(&settings.state_dir),
+            host_wide: HostWide::new(&settings),
+            settings,
+        }
+    }
+
+    /// The manifest of `slug`: `manifest` if given, else the default path.
+    pub fn manifest(&self, slug: &Slug, manifest: Option<&Path>) -> Result<Manifest> {
+        let path = match manifest {
+            Some(p) => p.to_path_buf(),
+            None => manifest::default_path(&self.settings.bottles_dir, slug.as_str())?,
+        };
+        manifest::load(&path)
+    }
+
+    /// The gate `start` would bring up for `slug`, before placement:
+    /// validated, with upstream names resolved on the host. Changes
+    /// nothing.
+    pub fn spec(&self, slug: &Slug, manifest: &Manifest, agent_netns: Option<&str>) -> Result<GateSpec> {
+        if let Some(ns) = agent_netns {
+            manifest::validate_netns_ref(ns).map_err(|e| Error::invalid(format!("--agent-netns: {e}")))?;
+        }
+        GateSpec::build(slug, manifest, &self.settings, agent_netns, resolve::resolve)
+    }
+
+    /// The index the next gate would get: the first unclaimed one from
+    /// where the last allocation ended (`start` also skips an index whose
+    /// host link still exists).
+    pub fn next_index(&self) -> Result<u32> {
+        crate::state::probe_order(self.records.index_hint(), self.settings.capacity())
+            .find(|&index| !self.records.index_claimed(index))
+            .ok_or_else(|| self.slots_full())
+    }
+
+    /// The refusal when every gate index is taken.
+    fn slots_full(&self) -> Error {
+        Error::failed(format!(
+            "all {} gate slots are in use; stop a gate or enlarge the address pools",
+            self.settings.capacity()
+        ))
+    }
+
+    /// Starts the gate of `spec`. Validates everything before the first
+    /// side effect; on failure rolls back everything it created. Each
+    /// step's duration goes to `timings`.
+    pub async fn start(&self, spec: &GateSpec, timings: &mut Timings) -> Result<GatePlan> {
+        start::Start { host: self }.run(spec, timings).await
+    }
+
+    /// Stops the gate of `slug`: units, firewall rules, links, netns and
+    /// record, then the host's own changes if it was the last gate. A gate
+    /// that is already gone is success. Each step's duration goes to
+    /// `timings`.
+    pub async fn stop(&self, slug: &Slug, timings: &mut Timings) -> Result<()> {
+        let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
+        let systemd = Systemd::connect().await?;
+        timings.mark("lock the slug, connect to systemd");
+        self.teardown(&systemd).gate(slug, timings).await?;
+        self.host_wide.close_if_idle().await?;
+        timings.mark("close the host path if no gate is left");
+        Ok(())
+    }
+
+    /// The teardown of gates on this host.
+    pub(crate) fn teardown<'h>(&'h self, systemd: &'h Systemd) -> stop::Teardown<'h> {
+        stop::Teardown { host: self, systemd }
+    }
+
+    /// Re-applies what every running gate needs, from its record, e.g.
+    /// after `nft flush ruleset` or a reload of nftables.service: the
+    /// host's forwarding, routing rules and table base, each gate's
+    /// allowlist in the host table, and each gate netns's own table.
+    /// Returns the slugs whose rules were applied.
+    pub async fn reconcile(&self) -> Result<Vec<Slug>> {
+        let systemd = Systemd::connect().await?;
+        if !self.host_wide.reconcile().await? {
+            return Ok(Vec::new());
+        }
+        let firewall = self.host_firewall();
+        let mut applied = Vec::new();
+        for slug in self.records.slugs() {
+            let _slug_lock = lock::lock_slug(&self.settings.state_dir, &slug)?;
+            let Ok(Some(record)) = self.records.load(&slug) else {
+                continue;
+            };
+            let running = systemd
+                .gate_units(&slug)
+                .await?
+                .socket
+                .is_some_and(|u| u.is_active());
+            if record.complete && running {
+                firewall.add_elements(&gate_rules(&record.plan))?;
+                if netns::exists(&record.plan.netns) {
+                    let gate_ns = netns::open(&record.plan.netns_path())?;
+                    let table = GateTable::of(&record.plan);
+                    netns::run_in(&gate_ns, move || table.apply())?;
+                }
+                applied.push(slug);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The host table, for adding or removing one gate's allowlist (which
+    /// leaves the base chains alone, so their shape does not matter).
+    pub(crate) fn host_firewall(&self) -> Firewall {
+        Firewall {
+            egress_pool: self.settings.egress_pool,
+            block_other_forwarding: false,
+        }
+    }
+
+    /// The state of one gate, from systemd, the kernel and its record.
+    pub async fn status(&self, systemd: &Systemd, slug: &Slug) -> Result<GateStatus> {
+        let units = systemd.gate_units(slug).await?;
+        Ok(GateStatus::assemble(slug, self.facts(slug, units)))
+    }
+
+    /// The states of every gate that has a record, a unit or a netns.
+    pub async fn list(&self, systemd: &Systemd) -> Result<Vec<GateStatus>> {
+        let units = systemd.all_gate_units().await?;
+        let mut slugs: Vec<Slug> = self.records.slugs();
+        let from_units = units.iter().filter_map(|u| plan::slug_of_unit(&u.name));
+        let from_netns = netns::list(plan::GATE_PREFIX)
+            .into_iter()
+            .filter_map(|n| plan::slug_of_netns(&n));
+        slugs.extend(from_units.chain(from_netns));
+        slugs.sort();
+        slugs.dedup();
+        Ok(slugs
+            .into_iter()
+            .map(|slug| {
+                let facts = self.facts(&slug, GateUnits::of(&slug, &units));
+                GateStatus::assemble(&slug, facts)
+            })
+            .collect())
+    }
+
+    /// What the kernel and gatectl's state say of the gate of `slug`,
+    /// with its `units` as systemd reported them.
+    pub(crate) fn facts(&self, slug: &Slug, units: GateUnits) -> GateFacts {
+        let record = match self.records.load(slug) {
+            Ok(Some(record)) => RecordFact::Present(Box::new(record)),
+            Ok(None) => RecordFact::Absent,
+            Err(e) => RecordFact::Corrupt(e.to_string()),
+        };
+        let busy = record.incomplete() && lock::slug_busy(&self.settings.state_dir, slug);
+        GateFacts {
+            units,
+            record,
+            netns_present: netns::exists(&plan::netns_name(slug)),
+            busy,
+        }
+    }
+}
+
+/// The host firewall allowlist of a gate: its egress link may reach exactly
+/// the resolved upstream `address:port` pairs.
+pub fn gate_rules(plan: &GatePlan) -> GateRules {
+    GateRules {
+        egress_if: plan.host_egress.name.clone(),
+        allowed: plan.upstream_pairs().collect(),
+    }
+}

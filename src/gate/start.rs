@@ -1,0 +1,370 @@
+//! `start`: everything that only reads comes first (the spec, the agent
+//! netns, the pools); then the gate index is claimed and the record written;
+//! then the gate is brought up as a list of steps, each registering what
+//! undoes it, and a failure rolls back exactly what was created.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::steps::{Part, StepError, Steps, Undo};
+use super::{gate_rules, link_alias, slug_of_link_alias, Host};
+use crate::error::{Error, Result};
+use crate::lock;
+use crate::net::firewall::gate::GateTable;
+use crate::net::link::{Created, Netlink, VethEnd};
+use crate::net::{netns, sysctl};
+use crate::plan::{
+    self, GatePlan, GateSpec, AGENT_LINK, AGENT_LINK_GROUP, GATE_LINK_GROUP, HOST_EGRESS_GROUP,
+    LINK_PREFIX_LEN,
+};
+use crate::state::{self, GateRecord};
+use crate::systemd::Systemd;
+use crate::timings::Timings;
+use crate::unit;
+
+/// One `start` on a host.
+pub struct Start<'h> {
+    /// The host.
+    pub host: &'h Host,
+}
+
+impl Start<'_> {
+    /// Starts the gate of `spec`; see [`Host::start`].
+    pub async fn run(&self, spec: &GateSpec, timings: &mut Timings) -> Result<GatePlan> {
+        let host = self.host;
+        let slug = &spec.slug;
+        host.settings.check_forwarder_binary()?;
+        let agent_ns = match &spec.agent_netns {
+            Some(path) => Some(open_agent_netns(path, slug).await?),
+            None => None,
+        };
+        timings.mark("check the forwarder binary and the agent netns");
+        let _slug_lock = lock::lock_slug(&host.settings.state_dir, slug)?;
+        let systemd = Systemd::connect().await?;
+        timings.mark("lock the slug, connect to systemd");
+        // Holding the slug lock, an incomplete record is a start that died.
+        let record = host.records.load(slug);
+        let interrupted = matches!(&record, Ok(Some(r)) if !r.complete);
+        if let Some(unit) = systemd.gate_units(slug).await?.loaded().find(|u| u.is_up()) {
+            if !interrupted {
+                return Err(Error::failed(format!(
+                    "gate {slug} is already running ({} is {}); run `gatectl stop {slug}` first",
+                    unit.name, unit.active
+                )));
+            }
+        }
+        let root = Netlink::current()?;
+        // The first gate checks the whole pools against the host's routes (a
+        // dump, short while no gate is up); later ones check only the
+        // addresses they take, by lookups once their index is known, so the
+        // cost of a start does not grow with the number of gates.
+        let first = !host.records.any_index_claimed();
+        if first {
+            for (setting, pool, own) in pools(host) {
+                if let Some(route) = root.route_overlapping(pool, &[own]).await? {
+                    return Err(overlap(setting, pool, route));
+                }
+            }
+        }
+        timings.mark("check the address pools against host routes");
+        if !matches!(record, Ok(None)) || netns::exists(&plan::netns_name(slug)) {
+            // Left over from a start that died or a gate whose unit is gone.
+            host.teardown(&systemd)
+                .gate(slug, &mut Timings::default())
+                .await
+                .map_err(|e| {
+                    Error::failed(format!(
+                        "cannot clean up what an earlier start of {slug} left behind: {e}"
+                    ))
+                })?;
+        }
+        let plan = self.place(&root, spec, first).await?;
+        timings.mark("allocate the gate index, check its addresses' routes, write the record");
+
+        let mut steps = Steps::new(timings);
+        match self
+            .bring_up(&mut steps, &systemd, &root, &plan, agent_ns.as_ref())
+            .await
+        {
+            Ok(()) => {
+                host.records.save(&GateRecord {
+                    plan: plan.clone(),
+                    complete: true,
+                })?;
+                Ok(plan)
+            }
+            Err(StepError { step, error }) => {
+                let undos = steps.into_undos();
+                let rollback = host.teardown(&systemd).undo(&plan, &undos).await;
+                Err(Error::Start {
+                    step,
+                    source: Box::new(error),
+                    rollback,
+                })
+            }
+        }
+    }
+
+    /// Claims a gate index, places the spec there, checks the addresses it
+    /// takes (after the first gate) and writes the record, all under the
+    /// allocation lock.
+    async fn place(&self, root: &Netlink, spec: &GateSpec, first: bool) -> Result<GatePlan> {
+        let host = self.host;
+        let _alloc = lock::lock_allocation(&host.settings.state_dir)?;
+        let index = self.claim_free_index(root, &spec.slug).await?;
+        let placed = async {
+            let plan = spec.place(&host.settings, index)?;
+            if !first {
+                let internal = [plan.agent_link.address, plan.gate_internal.address];
+                let egress = [plan.host_egress.address, plan.gate_egress.address];
+                for ((setting, pool, own), addresses) in pools(host).into_iter().zip([internal, egress]) {
+                    // The agent's end in an agent netns uses no host route.
+                    if setting == "internal_pool" && !plan.agent_in_root_ns() {
+                        continue;
+                    }
+                    if let Some(route) = root.route_covering(pool, &addresses, &[own]).await? {
+                        return Err(overlap(setting, pool, route));
+                    }
+                }
+            }
+            host.records.set_index_hint(index + 1)?;
+            host.records.save(&GateRecord {
+                plan: plan.clone(),
+                complete: false,
+            })?;
+            Ok(plan)
+        };
+        match placed.await {
+            Ok(plan) => Ok(plan),
+            Err(e) => {
+                // A claim left behind is removed by `gatectl prune`.
+                let _ = host.records.release_index(index);
+                Err(e)
+            }
+        }
+    }
+
+    /// Claims a free gate index for `slug`, probing from where the last
+    /// allocation ended, so a start does not read every claim. An index
+    /// whose host link name exists is skipped, whoever owns the link: a
+    /// gate whose record was lost still holds it. Call it under the
+    /// allocation lock.
+    async fn claim_free_index(&self, root: &Netlink, slug: &crate::slug::Slug) -> Result<u32> {
+        let records = &self.host.records;
+        for index in state::probe_order(records.index_hint(), self.host.settings.capacity()) {
+            if !records.claim_index(slug, index)? {
+                continue;
+            }
+            let linked = async {
+                for name in [plan::host_egress_link(index), plan::host_internal_link(index)] {
+                    if root.find(&name).await?.is_some() {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            };
+            match linked.await {
+                Ok(false) => return Ok(index),
+                Ok(true) => records.release_index(index)?,
+                Err(e) => {
+                    // A claim left behind is removed by `gatectl prune`.
+                    let _ = records.release_index(index);
+                    return Err(e);
+                }
+            }
+        }
+        Err(self.host.slots_full())
+    }
+
+    /// The steps that bring the gate of `plan` up.
+    async fn bring_up(
+        &self,
+        steps: &mut Steps<'_>,
+        systemd: &Systemd,
+        root: &Netlink,
+        plan: &GatePlan,
+        agent_ns: Option<&OwnedFd>,
+    ) -> Result<(), StepError> {
+        let alias = link_alias(&plan.slug);
+        let gate_ns = steps
+            .run("create the gate netns", Some(Undo::Netns), async {
+                netns::create(&plan.netns)
+            })
+            .await?;
+        steps
+            .run(
+                "settle the gate netns: forwarding and IPv6 off, its own allowlist",
+                None,
+                async {
+                    let table = GateTable::of(plan);
+                    netns::run_in(&gate_ns, move || {
+                        sysctl::settle_gate_netns()?;
+                        table.apply()
+                    })
+                },
+            )
+            .await?;
+        steps
+            .run("create the veth pairs", Some(Undo::Links), async {
+                let egress = (
+                    &plan.host_egress.name,
+                    HOST_EGRESS_GROUP,
+                    None,
+                    &plan.gate_egress.name,
+                );
+                let internal = (
+                    &plan.agent_link.name,
+                    AGENT_LINK_GROUP,
+                    agent_ns,
+                    &plan.gate_internal.name,
+                );
+                for (outer, group, outer_ns, inner) in [egress, internal] {
+                    let created = root
+                        .create_veth(
+                            VethEnd {
+                                name: outer,
+                                group,
+                                netns: outer_ns,
+                            },
+                            VethEnd {
+                                name: inner,
+                                group: GATE_LINK_GROUP,
+                                netns: Some(&gate_ns),
+                            },
+                        )
+                        .await?;
+                    if created == Created::NameTaken {
+                        return Err(Error::failed(format!(
+                            "cannot create veth pair {outer} / {inner}: a link of that name already exists; \
+                             find its owner with `ip -d link show {outer}` (gatectl's links carry the alias \
+                             gatectl:<slug>) and stop that gate"
+                        )));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        steps
+            .run("configure the host and agent sides", None, async {
+                let address = |end: &plan::LinkEnd| Some((end.address, LINK_PREFIX_LEN));
+                root.configure(&plan.host_egress.name, address(&plan.host_egress), Some(&alias))
+                    .await?;
+                let agent = match agent_ns {
+                    Some(ns) => Netlink::in_netns(ns)?,
+                    None => root.clone(),
+                };
+                agent
+                    .configure(&plan.agent_link.name, address(&plan.agent_link), Some(&alias))
+                    .await
+            })
+            .await?;
+        steps
+            .run("configure the gate netns", None, async {
+                let gate = Netlink::in_netns(&gate_ns)?;
+                gate.configure("lo", None, None).await?;
+                for end in [&plan.gate_internal, &plan.gate_egress] {
+                    gate.configure(&end.name, Some((end.address, LINK_PREFIX_LEN)), None)
+                        .await?;
+                }
+                gate.add_default_route(plan.host_egress.address).await
+            })
+            .await?;
+        drop(gate_ns);
+        // The host's side and the units, at once: both mostly wait (the
+        // kernel for an RCU grace period after the firewall commit, systemd
+        // for the socket unit). A connection accepted before the host path
+        // is open cannot reach the upstream yet: the order fails closed.
+        let host_path = Part {
+            name: "host forwarding and firewall",
+            undo: Some(Undo::HostRules),
+            work: self.host.host_wide.open_for(gate_rules(plan)),
+        };
+        let units = Part {
+            name: "the socket unit (listening; the forwarder starts at the first connection)",
+            undo: Some(Undo::Units),
+            work: async {
+                unit::ensure_hardening_dropin()?;
+                let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
+                let service = unit::properties(plan, &self.host.settings);
+                let aux = [(plan.unit.as_str(), service.as_slice())];
+                systemd.start_transient(&socket_unit, &socket, &aux).await
+            },
+        };
+        steps
+            .run_both(
+                "set up host forwarding and firewall; start the socket unit",
+                host_path,
+                units,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The address pools with their settings' names and the device group of
+/// the host links that route them.
+fn pools(host: &Host) -> [(&'static str, ipnet::Ipv4Net, u32); 2] {
+    [
+        ("internal_pool", host.settings.internal_pool, AGENT_LINK_GROUP),
+        ("egress_pool", host.settings.egress_pool, HOST_EGRESS_GROUP),
+    ]
+}
+
+/// The refusal of `pool`, the value of `setting`, for overlapping `route`.
+pub(crate) fn overlap(setting: &str, pool: ipnet::Ipv4Net, route: ipnet::Ipv4Net) -> Error {
+    Error::invalid(format!(
+        "{setting} {pool} overlaps the host route {route}; choose a free range for {setting} in /etc/gatectl/gatectl.toml"
+    ))
+}
+
+/// Opens the agent's network namespace at `path` for the gate of `slug`,
+/// refusing one the agent must not have: the host's own, a gate's, or one
+/// where another gate's agent end already lives. Changes nothing.
+async fn open_agent_netns(path: &Path, slug: &crate::slug::Slug) -> Result<OwnedFd> {
+    let shown = path.display();
+    if std::fs::symlink_metadata(path).is_err() {
+        let name = path
+            .strip_prefix(plan::NETNS_DIR)
+            .ok()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.contains('/'));
+        return Err(Error::invalid(match name {
+            Some(name) => format!("agent netns {shown} does not exist; create it with `ip netns add {name}`"),
+            None => format!("agent netns {shown} does not exist; fix agent_netns or --agent-netns"),
+        }));
+    }
+    let ns = netns::open(path).map_err(|e| Error::invalid(format!("agent netns: {e}")))?;
+    let identity = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let this = identity(path);
+    if this.is_some()
+        && (this == identity(Path::new("/proc/1/ns/net")) || this == identity(Path::new("/proc/self/ns/net")))
+    {
+        return Err(Error::invalid(format!(
+            "agent netns {shown} is the host's own network namespace: every local user could use the gate \
+             and the agent would keep the host's network; give the agent a namespace of its own \
+             (`ip netns add agent-{slug}`)"
+        )));
+    }
+    let netlink = Netlink::in_netns(&ns)?;
+    if !netlink.links_in_groups(&[GATE_LINK_GROUP]).await?.is_empty() {
+        return Err(Error::invalid(format!(
+            "agent netns {shown} is the network namespace of a gatectl gate; give the agent a namespace \
+             of its own (`ip netns add agent-{slug}`)"
+        )));
+    }
+    if let Some(link) = netlink.info(AGENT_LINK).await? {
+        let owner = link.alias.as_deref().and_then(slug_of_link_alias);
+        if owner.as_ref() != Some(slug) {
+            let whose = match owner {
+                Some(other) => format!("the agent end of gate {other}"),
+                None => "a link of that name that is not gatectl's".to_string(),
+            };
+            return Err(Error::invalid(format!(
+                "agent netns {shown} already holds {AGENT_LINK}, {whose}; each agent needs a namespace of \
+                 its own: give this gate another one, or stop the gate that uses it"
+            )));
+        }
+    }
+    Ok(ns)
+}

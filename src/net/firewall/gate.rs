@@ -1,0 +1,407 @@
+//! The table `inet gatectl` inside a gate netns: the gate's own allowlist,
+//! which a host `nft flush ruleset` (nftables.service's reload, stop and
+//! restart) cannot reach. With it, each layer alone stops an undeclared
+//! `address:port`: this table, the host table, and (for addresses) the
+//! forwarder's BPF `IPAddressAllow=`.
+//!
+//! ```text
+//! table inet gatectl {
+//!   set allow4 { type ipv4_addr . inet_service; elements = { 192.0.2.10 . 22 } }
+//!   set allow6 { type ipv6_addr . inet_service; }
+//!   set listen { type inet_service; elements = { 30000, 30001 } }
+//!   chain input { type filter hook input priority filter; policy drop;
+//!     iifname "lo" accept
+//!     ct state established,related accept
+//!     iifname "int0" ip saddr <agent address> tcp dport @listen accept
+//!     iifname "int0" meta l4proto tcp reject with tcp reset
+//!     counter drop
+//!   }
+//!   chain output { type filter hook output priority filter; policy drop;
+//!     oifname "lo" accept
+//!     ct state established,related accept
+//!     oifname "ext0" ip daddr . tcp dport @allow4 accept
+//!     oifname "ext0" ip6 daddr . tcp dport @allow6 accept
+//!     counter drop
+//!   }
+//!   chain forward { type filter hook forward priority filter; policy drop; }
+//! }
+//! ```
+//!
+//! The agent still sees "connection refused" on a port that is not a
+//! listener (the TCP reset), and nothing in the gate netns, root included,
+//! opens a connection to anything but a declared upstream pair.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use nftables::batch::Batch;
+use nftables::expr::{Expression, MetaKey, NamedExpression};
+use nftables::schema::{Chain, NfListObject, Nftables, Set, SetType, SetTypeValue, Table};
+use nftables::stmt::{Operator, Reject, RejectType, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfHook};
+
+use super::{
+    accept, batch_as_listing, counter, drop, listed, matches, meta, payload, replies, rule, rules_of,
+    set_ref, string, Session, ALLOW4_SET, ALLOW6_SET, FAMILY, PRIO_FILTER, TABLE,
+};
+use crate::error::Result;
+use crate::plan::{GatePlan, GATE_EGRESS_LINK, GATE_INTERNAL_LINK};
+
+/// The set of the gate's listen ports.
+const LISTEN_SET: &str = "listen";
+const INPUT_CHAIN: &str = "input";
+const OUTPUT_CHAIN: &str = "output";
+const FORWARD_CHAIN: &str = "forward";
+
+/// The allowlist of one gate, as its netns enforces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateTable {
+    /// The agent's address: the only source the listen ports accept.
+    pub agent: Ipv4Addr,
+    /// The listen ports.
+    pub listen_ports: BTreeSet<u16>,
+    /// The upstream `address:port` pairs the gate may connect to.
+    pub allowed: BTreeSet<SocketAddr>,
+}
+
+/// What [`GateTable::survey`] found in a gate netns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableState {
+    /// No table `inet gatectl`.
+    Missing,
+    /// The table differs from the one gatectl applies (elements or rules).
+    Differs,
+    /// Exactly the table gatectl applies.
+    Intact,
+}
+
+impl GateTable {
+    /// The table of the gate in `plan`.
+    pub fn of(plan: &GatePlan) -> GateTable {
+        GateTable {
+            agent: plan.agent_link.address,
+            listen_ports: plan.listen_ports().collect(),
+            allowed: plan
+                .upstream_pairs()
+                .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
+                .collect(),
+        }
+    }
+
+    /// Replaces the table in the calling thread's network namespace (a
+    /// thread that joined the gate netns), in one atomic batch: there is
+    /// no moment without it once it exists.
+    pub fn apply(&self) -> Result<()> {
+        let context = format!("could not set up the nftables table `inet {TABLE}` in the gate netns");
+        Session::open(&context)?.apply(&self.batch(), context)
+    }
+
+    /// How the table in the calling thread's network namespace compares
+    /// with this one.
+    pub fn survey(&self) -> Result<TableState> {
+        let context = format!("could not list the nftables table `inet {TABLE}` in the gate netns");
+        let Some(listing) = Session::open(&context)?.list_table()? else {
+            return Ok(TableState::Missing);
+        };
+        let same_sets = [ALLOW4_SET, ALLOW6_SET, LISTEN_SET]
+            .into_iter()
+            .all(|name| set_elements(&listing, name) == self.elements(name));
+        let wanted = batch_as_listing(&self.batch());
+        let same_rules = [INPUT_CHAIN, OUTPUT_CHAIN, FORWARD_CHAIN]
+            .into_iter()
+            .all(|chain| rules_of(&listing, chain).count() == rules_of(&wanted, chain).count());
+        let chains: Vec<&Chain> = listed(&listing)
+            .filter_map(|o| match o {
+                NfListObject::Chain(c) if c.table == TABLE => Some(c),
+                _ => None,
+            })
+            .collect();
+        let policies_drop = chains.len() == 3 && chains.iter().all(|c| c.policy == Some(NfChainPolicy::Drop));
+        Ok(if same_sets && same_rules && policies_drop {
+            TableState::Intact
+        } else {
+            TableState::Differs
+        })
+    }
+
+    /// The elements of set `name` as this table holds them.
+    fn elements(&self, name: &str) -> BTreeSet<String> {
+        match name {
+            LISTEN_SET => self.listen_ports.iter().map(u16::to_string).collect(),
+            ALLOW4_SET => self
+                .allowed
+                .iter()
+                .filter(|p| p.is_ipv4())
+                .map(|p| format!("{} . {}", p.ip(), p.port()))
+                .collect(),
+            _ => self
+                .allowed
+                .iter()
+                .filter(|p| p.is_ipv6())
+                .map(|p| format!("{} . {}", p.ip(), p.port()))
+                .collect(),
+        }
+    }
+
+    /// The commands of [`GateTable::apply`]: add the table (so the delete
+    /// cannot fail), delete it, and build it anew.
+    fn batch(&self) -> Nftables<'static> {
+        let table = || {
+            NfListObject::Table(Table {
+                family: FAMILY,
+                name: TABLE.into(),
+                handle: None,
+            })
+        };
+        let mut batch = Batch::new();
+        batch.add(table());
+        batch.delete(table());
+        batch.add(table());
+        let pair = |addr: IpAddr, port: u16| {
+            Expression::Named(NamedExpression::Concat(vec![
+                string(addr.to_string()),
+                Expression::Number(u32::from(port)),
+            ]))
+        };
+        let v4: Vec<Expression<'static>> = self
+            .allowed
+            .iter()
+            .filter(|p| p.is_ipv4())
+            .map(|p| pair(p.ip(), p.port()))
+            .collect();
+        let v6: Vec<Expression<'static>> = self
+            .allowed
+            .iter()
+            .filter(|p| p.is_ipv6())
+            .map(|p| pair(p.ip(), p.port()))
+            .collect();
+        let ports: Vec<Expression<'static>> = self
+            .listen_ports
+            .iter()
+            .map(|p| Expression::Number(u32::from(*p)))
+            .collect();
+        let sets = [
+            (
+                ALLOW4_SET,
+                SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::InetService].into()),
+                v4,
+            ),
+            (
+                ALLOW6_SET,
+                SetTypeValue::Concatenated(vec![SetType::Ipv6Addr, SetType::InetService].into()),
+                v6,
+            ),
+            (LISTEN_SET, SetTypeValue::Single(SetType::InetService), ports),
+        ];
+        for (name, set_type, elem) in sets {
+            batch.add(NfListObject::Set(Box::new(Set {
+                family: FAMILY,
+                table: TABLE.into(),
+                name: name.into(),
+                set_type,
+                elem: (!elem.is_empty()).then(|| elem.into()),
+                ..Set::default()
+            })));
+        }
+        for (name, hook) in [
+            (INPUT_CHAIN, NfHook::Input),
+            (OUTPUT_CHAIN, NfHook::Output),
+            (FORWARD_CHAIN, NfHook::Forward),
+        ] {
+            batch.add(NfListObject::Chain(Chain {
+                family: FAMILY,
+                table: TABLE.into(),
+                name: name.into(),
+                _type: Some(NfChainType::Filter),
+                hook: Some(hook),
+                prio: Some(PRIO_FILTER),
+                policy: Some(NfChainPolicy::Drop),
+                ..Chain::default()
+            }));
+        }
+        let ifname = |key, name: &'static str| matches(meta(key), Operator::EQ, string(name));
+        let tcp = || matches(meta(MetaKey::L4proto), Operator::EQ, string("tcp"));
+
+        batch.add(rule(INPUT_CHAIN, vec![ifname(MetaKey::Iifname, "lo"), accept()]));
+        batch.add(rule(INPUT_CHAIN, vec![replies(), accept()]));
+        batch.add(rule(
+            INPUT_CHAIN,
+            vec![
+                ifname(MetaKey::Iifname, GATE_INTERNAL_LINK),
+                matches(
+                    payload("ip", "saddr"),
+                    Operator::EQ,
+                    string(self.agent.to_string()),
+                ),
+                matches(payload("tcp", "dport"), Operator::EQ, set_ref(LISTEN_SET)),
+                accept(),
+            ],
+        ));
+        batch.add(rule(
+            INPUT_CHAIN,
+            vec![
+                ifname(MetaKey::Iifname, GATE_INTERNAL_LINK),
+                tcp(),
+                Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
+            ],
+        ));
+        batch.add(rule(INPUT_CHAIN, vec![counter(), drop()]));
+
+        batch.add(rule(OUTPUT_CHAIN, vec![ifname(MetaKey::Oifname, "lo"), accept()]));
+        batch.add(rule(OUTPUT_CHAIN, vec![replies(), accept()]));
+        for (l3, set) in [("ip", ALLOW4_SET), ("ip6", ALLOW6_SET)] {
+            let key = Expression::Named(NamedExpression::Concat(vec![
+                payload(l3, "daddr"),
+                payload("tcp", "dport"),
+            ]));
+            batch.add(rule(
+                OUTPUT_CHAIN,
+                vec![
+                    ifname(MetaKey::Oifname, GATE_EGRESS_LINK),
+                    matches(key, Operator::EQ, set_ref(set)),
+                    accept(),
+                ],
+            ));
+        }
+        batch.add(rule(OUTPUT_CHAIN, vec![counter(), drop()]));
+        batch.to_nftables()
+    }
+}
+
+/// The elements of set `name` of gatectl's table in a listing, as text
+/// (`192.0.2.10 . 22`, `30000`).
+fn set_elements(listing: &Nftables<'static>, name: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for object in listed(listing) {
+        let NfListObject::Set(set) = object else {
+            continue;
+        };
+        if set.table != TABLE || set.name != name {
+            continue;
+        }
+        for elem in set.elem.iter().flat_map(|e| e.iter()) {
+            out.insert(element_text(elem));
+        }
+    }
+    out
+}
+
+/// An element as text: numbers and strings as they are, a concatenation
+/// joined by ` . `.
+fn element_text(elem: &Expression<'static>) -> String {
+    match elem {
+        Expression::Number(n) => n.to_string(),
+        Expression::String(s) => s.to_string(),
+        Expression::Named(NamedExpression::Concat(parts)) => {
+            parts.iter().map(element_text).collect::<Vec<_>>().join(" . ")
+        }
+        Expression::Named(NamedExpression::Elem(e)) => element_text(&e.val),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn table() -> GateTable {
+        GateTable {
+            agent: Ipv4Addr::new(10, 231, 0, 2),
+            listen_ports: [30000, 30001].into(),
+            allowed: [
+                "192.0.2.10:22".parse().unwrap(),
+                "[2001:db8::1]:2222".parse().unwrap(),
+            ]
+            .into(),
+        }
+    }
+
+    fn commands(batch: &Nftables<'static>) -> Vec<Value> {
+        serde_json::to_value(batch).unwrap()["nftables"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn rules_in(cmds: &[Value], chain: &str) -> Vec<Value> {
+        cmds.iter()
+            .filter_map(|c| c.get("add")?.get("rule"))
+            .filter(|r| r["chain"] == chain)
+            .map(|r| r["expr"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_table_is_replaced_atomically_with_drop_policies_and_the_gates_own_sets() {
+        let cmds = commands(&table().batch());
+        let t = json!({"table": {"family": "inet", "name": "gatectl"}});
+        assert_eq!(cmds[0], json!({"add": t}));
+        assert_eq!(cmds[1], json!({"delete": t}));
+        assert_eq!(cmds[2], json!({"add": t}));
+        assert_eq!(
+            cmds[3],
+            json!({"add": {"set": {"family": "inet", "table": "gatectl", "name": "allow4",
+                "type": ["ipv4_addr", "inet_service"], "elem": [{"concat": ["192.0.2.10", 22]}]}}})
+        );
+        assert_eq!(
+            cmds[4]["add"]["set"]["elem"],
+            json!([{"concat": ["2001:db8::1", 2222]}])
+        );
+        assert_eq!(
+            cmds[5],
+            json!({"add": {"set": {"family": "inet", "table": "gatectl", "name": "listen",
+                "type": "inet_service", "elem": [30000, 30001]}}})
+        );
+        for (i, hook) in ["input", "output", "forward"].iter().enumerate() {
+            let chain = &cmds[6 + i]["add"]["chain"];
+            assert_eq!(chain["hook"], *hook);
+            assert_eq!(chain["policy"], "drop");
+        }
+    }
+
+    #[test]
+    fn output_reaches_only_the_declared_pairs_and_input_only_the_listen_ports() {
+        let cmds = commands(&table().batch());
+        let output = rules_in(&cmds, "output");
+        assert_eq!(output.len(), 5);
+        assert_eq!(
+            output[2],
+            json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ext0"}},
+                {"match": {"op": "==", "left": {"concat": [
+                    {"payload": {"protocol": "ip", "field": "daddr"}},
+                    {"payload": {"protocol": "tcp", "field": "dport"}}]}, "right": "@allow4"}},
+                {"accept": null}])
+        );
+        assert_eq!(output[4], json!([{"counter": null}, {"drop": null}]));
+        let input = rules_in(&cmds, "input");
+        assert_eq!(input.len(), 5);
+        assert_eq!(
+            input[2],
+            json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "int0"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                    "right": "10.231.0.2"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                    "right": "@listen"}},
+                {"accept": null}])
+        );
+        assert_eq!(input[3][2], json!({"reject": {"type": "tcp reset"}}));
+        assert!(rules_in(&cmds, "forward").is_empty());
+    }
+
+    #[test]
+    fn listed_elements_compare_with_the_tables_own() {
+        let listing: Nftables<'static> = serde_json::from_value(json!({"nftables": [
+            {"set": {"family": "inet", "name": "allow4", "table": "gatectl",
+                "type": ["ipv4_addr", "inet_service"], "handle": 1,
+                "elem": [{"concat": ["192.0.2.10", 22]}]}},
+            {"set": {"family": "inet", "name": "listen", "table": "gatectl",
+                "type": "inet_service", "handle": 2, "elem": [30000, 30001]}}
+        ]}))
+        .unwrap();
+        let t = table();
+        assert_eq!(set_elements(&listing, ALLOW4_SET), t.elements(ALLOW4_SET));
+        assert_eq!(set_elements(&listing, LISTEN_SET), t.elements(LISTEN_SET));
+        assert_ne!(set_elements(&listing, ALLOW6_SET), t.elements(ALLOW6_SET));
+    }
+}
