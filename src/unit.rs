@@ -367,14 +367,17 @@ pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
     drift
 }
 
-/// A D-Bus value as text, with the items of every array sorted, so values
-/// that differ only in order compare equal.
+/// A D-Bus value as text, with the items of every array sorted and without
+/// repeats, so values that differ only in order compare equal, and a list
+/// that both the transient unit and the drop-in set (systemd appends the
+/// two) compares equal to one of them.
 fn canonical(value: &Value<'_>) -> String {
     match value {
         Value::Value(inner) => canonical(inner),
         Value::Array(array) => {
             let mut items: Vec<String> = array.iter().map(canonical).collect();
             items.sort();
+            items.dedup();
             format!("[{}]", items.join(","))
         }
         Value::Structure(structure) => {
@@ -382,6 +385,10 @@ fn canonical(value: &Value<'_>) -> String {
             format!("({})", fields.join(","))
         }
         Value::Str(text) => format!("{:?}", text.as_str()),
+        Value::U32(n) => n.to_string(),
+        Value::U64(n) => n.to_string(),
+        Value::I32(n) => n.to_string(),
+        Value::I64(n) => n.to_string(),
         other => other.to_string(),
     }
 }
@@ -741,5 +748,59 @@ mod tests {
             .find(|p| p.name == "LimitNOFILE")
             .unwrap();
         assert_eq!(limit.value, PropertyValue::U64(2 + 256 * 6 + 64));
+    }
+
+    /// What systemd reports back for the hardening as gatectl set it.
+    fn live_properties() -> HashMap<String, OwnedValue> {
+        hardening()
+            .into_iter()
+            .map(|h| {
+                let value = if h.property.name == "SystemCallFilter" {
+                    Value::from((true, vec!["read".to_string(), "write".to_string()]))
+                } else {
+                    h.property.value.to_value()
+                };
+                (h.property.name.to_string(), OwnedValue::try_from(value).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_sandbox_as_set_shows_no_drift_and_each_weakening_is_named() {
+        assert_eq!(sandbox_drift(&live_properties()), Vec::<String>::new());
+
+        let mut weakened = live_properties();
+        // `RestrictNamespaces=no`: every namespace type allowed.
+        let every_namespace = 0x7e02_0000u64;
+        weakened.insert(
+            "RestrictNamespaces".into(),
+            OwnedValue::try_from(Value::from(every_namespace)).unwrap(),
+        );
+        let drift = sandbox_drift(&weakened);
+        assert_eq!(drift.len(), 1, "{drift:?}");
+        assert!(
+            drift[0].starts_with("RestrictNamespaces=2114060288 (gatectl sets RestrictNamespaces=yes)"),
+            "{drift:?}"
+        );
+
+        let mut missing = live_properties();
+        missing.remove("IPAddressDeny");
+        let drift = sandbox_drift(&missing);
+        assert_eq!(drift.len(), 1, "{drift:?}");
+        assert!(drift[0].starts_with("IPAddressDeny=(absent)"), "{drift:?}");
+    }
+
+    #[test]
+    fn a_list_set_by_the_unit_and_its_drop_in_compares_equal_to_one_copy() {
+        let once = Value::from(vec!["/run/a".to_string(), "/run/b".to_string()]);
+        let twice = Value::from(vec![
+            "/run/b".to_string(),
+            "/run/a".to_string(),
+            "/run/b".to_string(),
+            "/run/a".to_string(),
+        ]);
+        assert_eq!(canonical(&once), canonical(&twice));
+        let other = Value::from(vec!["/run/a".to_string()]);
+        assert_ne!(canonical(&once), canonical(&other));
     }
 }

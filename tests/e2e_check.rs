@@ -7,7 +7,7 @@
 mod common;
 
 use common::gatectl::{gatectl, gatectl_ok, host_state, setup, text};
-use common::require_root;
+use common::{require_root, TestHost};
 
 /// The detail of the report's line about `subject` (the columns are the
 /// verdict in 5, the subject in 14, then the detail).
@@ -18,6 +18,28 @@ fn detail<'a>(report: &'a str, subject: &str) -> &'a str {
         .map(|l| &l[21..])
         .unwrap_or_else(|| panic!("no {subject} line: {report}"))
 }
+
+/// How many routing rules of gatectl's (protocol 231) the host has.
+fn gatectl_rules(host: &TestHost) -> usize {
+    host.run_ok(&["ip", "rule", "show"])
+        .lines()
+        .filter(|l| l.ends_with(" proto 231"))
+        .count()
+}
+
+/// Every subject a report covers, in its order.
+const SUBJECTS: [&str; 10] = [
+    "settings",
+    "forwarder",
+    "systemd",
+    "gates",
+    "sandbox",
+    "nftables",
+    "ip_forward",
+    "gate tables",
+    "internal_pool",
+    "egress_pool",
+];
 
 /// The lines of a `check` report whose verdict is not `ok`.
 fn not_ok(report: &str) -> Vec<&str> {
@@ -35,22 +57,8 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
     let before = host_state(&host);
     let report = gatectl_ok(&host, &["check"]);
     assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
-    for subject in [
-        "settings",
-        "forwarder",
-        "systemd",
-        "gates",
-        "nftables",
-        "ip_forward",
-        "internal_pool",
-        "egress_pool",
-    ] {
-        assert!(
-            report
-                .lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(subject)),
-            "no {subject} line: {report}"
-        );
+    for subject in SUBJECTS {
+        detail(&report, subject);
     }
     assert!(report.contains("0 running"), "{report}");
     assert_eq!(host_state(&host), before, "check changed the host");
@@ -72,9 +80,10 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
     );
     assert_eq!(host_state(&host), before, "check changed the host");
 
-    // The firewall table is deleted (so the gate's traffic is dropped and
-    // forwarding is no longer confined) and a foreign route takes part of
-    // the egress pool: each fails with its fix, and check exits 1.
+    // The firewall table is deleted (so the gate's traffic is dropped, and
+    // only gatectl's routing rules still confine forwarding) and a foreign
+    // route takes part of the egress pool: each is named with its fix, and
+    // check exits 1.
     host.run_ok(&["nft", "delete", "table", "inet", "gatectl"]);
     host.run_ok(&["ip", "route", "add", "10.232.7.0/24", "dev", "lo"]);
     let before = host_state(&host);
@@ -88,8 +97,8 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
         "{report}"
     );
     assert!(
-        failed[1].starts_with("FAIL  ip_forward")
-            && failed[1].contains("forwards any traffic")
+        failed[1].starts_with("warn  ip_forward")
+            && failed[1].contains("its routing rules confine forwarding to gate traffic")
             && failed[1].contains("run `gatectl reconcile`"),
         "{report}"
     );
@@ -98,14 +107,29 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
         "{report}"
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("3 check(s) failed"),
+        String::from_utf8_lossy(&out.stderr).contains("2 check(s) failed"),
         "{}",
         text(&out)
     );
     assert_eq!(host_state(&host), before, "check changed the host");
 
+    // Its routing rules go as well: now nothing confines forwarding.
+    assert_eq!(gatectl_rules(&host), 5);
+    for pref in ["1300", "1301", "1302", "1303", "1304"] {
+        host.run_ok(&["ip", "rule", "del", "pref", pref]);
+    }
+    let out = gatectl(&host, &["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        detail(&report, "ip_forward"),
+        "on, turned on by gatectl, but neither its routing rules nor its rules in table inet \
+         gatectl are in place, so the host forwards any traffic; run `gatectl reconcile`",
+        "{report}"
+    );
+
     // The fixes it names clear the failures.
     gatectl_ok(&host, &["reconcile"]);
+    assert_eq!(gatectl_rules(&host), 5, "reconcile restores the rules");
     host.run_ok(&["ip", "route", "del", "10.232.7.0/24", "dev", "lo"]);
     let report = gatectl_ok(&host, &["check"]);
     assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
@@ -116,14 +140,41 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
     let out = gatectl(&host, &["check"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        detail(&report, "nftables"),
-        "table inet gatectl lacks gatectl's rules in chain(s) forward (0 of 5 rules); \
-         run `gatectl reconcile`",
+    assert!(
+        detail(&report, "nftables")
+            .starts_with("table inet gatectl lacks gatectl's rules in chain(s) forward (0 of ")
+            && detail(&report, "nftables").ends_with("run `gatectl reconcile`"),
         "{report}"
     );
     assert!(
-        detail(&report, "ip_forward").contains("forwards any traffic"),
+        detail(&report, "ip_forward").contains("the final drop of table inet gatectl is missing"),
+        "{report}"
+    );
+    gatectl_ok(&host, &["reconcile"]);
+    let report = gatectl_ok(&host, &["check"]);
+    assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
+
+    // The gate netns's own allowlist table is deleted, then changed.
+    let gate_nft = |args: &[&str]| {
+        let mut argv = vec!["ip", "netns", "exec", "gate-alice", "nft"];
+        argv.extend_from_slice(args);
+        host.run_ok(&argv)
+    };
+    gate_nft(&["delete", "table", "inet", "gatectl"]);
+    let out = gatectl(&host, &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        detail(&report, "gate tables"),
+        "the allowlist table inet gatectl of gate-alice (missing) is not as gatectl set it; \
+         run `gatectl reconcile`",
+        "{report}"
+    );
+    gatectl_ok(&host, &["reconcile"]);
+    gate_nft(&["flush", "chain", "inet", "gatectl", "output"]);
+    let report = String::from_utf8_lossy(&gatectl(&host, &["check"]).stdout).into_owned();
+    assert!(
+        detail(&report, "gate tables").contains("gate-alice (changed)"),
         "{report}"
     );
     gatectl_ok(&host, &["reconcile"]);
@@ -132,7 +183,11 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
 
     // JSON: one object per check, with its verdict.
     let json = gatectl_ok(&host, &["check", "--json"]);
-    assert_eq!(json.matches("\"verdict\": \"ok\"").count(), 8, "{json}");
+    assert_eq!(
+        json.matches("\"verdict\": \"ok\"").count(),
+        SUBJECTS.len(),
+        "{json}"
+    );
 
     // A forwarder binary that is not there fails before any gate would.
     host.write_file(

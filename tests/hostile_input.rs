@@ -89,6 +89,7 @@ fn rows() -> Vec<Row> {
     const FIX_HOSTNAME: &str = "give a DNS name (letters, digits, '-' and '.') or an IP address";
     const FIX_ALIAS: &str = "use only letters, digits, '.', '_' and '-'";
     const FIX_PORT: &str = "is not a number from 1 to 65535";
+    const FIX_FILE: &str = "point --manifest at a .toml or .json file";
     let mut rows = vec![
         // Slugs: refused by the argument parser, before anything is read.
         slug_row(
@@ -215,6 +216,67 @@ fn rows() -> Vec<Row> {
             ext: "yaml",
             ..toml_row("unknown-format", "ssh: []\n", &["unknown format", "name it *.toml or *.json"])
         },
+        // Upstreams that lead back into gatectl or the host, or to no host.
+        toml_row(
+            "upstream-internal-pool",
+            "[[ssh]]\nHost = \"up\"\nHostname = \"10.231.0.1\"\n",
+            &[
+                "ssh entry 1 (up): upstream 10.231.0.1 is inside gatectl's internal_pool 10.231.0.0/16",
+                "declare the real host's address",
+            ],
+        ),
+        toml_row(
+            "upstream-egress-pool",
+            "[[ssh]]\nHost = \"up\"\nHostname = \"10.232.0.3\"\n",
+            &["ssh entry 1 (up): upstream 10.232.0.3 is inside gatectl's egress_pool 10.232.0.0/16"],
+        ),
+        toml_row(
+            "upstream-unspecified",
+            "[[ssh]]\nHost = \"up\"\nHostname = \"0.0.0.0\"\n",
+            &["ssh entry 1 (up): upstream 0.0.0.0 is an unspecified address, not a host"],
+        ),
+        toml_row(
+            "upstream-unspecified-v6",
+            "[[ssh]]\nHost = \"up\"\nHostname = \"::\"\n",
+            &["ssh entry 1 (up): upstream :: is an unspecified address, not a host"],
+        ),
+        toml_row(
+            "upstream-broadcast",
+            "[[ssh]]\nHost = \"up\"\nHostname = \"255.255.255.255\"\n",
+            &["upstream 255.255.255.255 is the broadcast address, not a host"],
+        ),
+        toml_row(
+            "upstream-multicast",
+            "[[ssh]]\nHost = \"up\"\nHostname = \"224.0.0.1\"\n",
+            &["upstream 224.0.0.1 is a multicast address, not a host"],
+        ),
+        toml_row(
+            "upstream-loopback",
+            "[[ssh]]\nHost = \"up\"\nHostname = \"127.0.0.1\"\n",
+            &[
+                "upstream 127.0.0.1 is a loopback address",
+                "declare one of the host's own addresses",
+            ],
+        ),
+        toml_row(
+            "upstream-loopback-name",
+            "[[ssh]]\nHost = \"up\"\nHostname = \"localhost\"\n",
+            &["ssh entry 1 (up): upstream localhost resolves to", "which is a loopback address"],
+        ),
+        toml_row(
+            "upstream-metadata",
+            "[[ssh]]\nHost = \"meta\"\nHostname = \"169.254.169.254\"\n",
+            &[
+                "ssh entry 1 (meta): upstream 169.254.169.254 is link-local",
+                "set allow_link_local = true in /etc/gatectl/gatectl.toml",
+            ],
+        ),
+        // More entries than a gate serves.
+        toml_row(
+            "too-many-entries",
+            &(0..1025).map(|i| entry("").replace("\"up\"", &format!("\"up{i}\""))).collect::<String>(),
+            &["1025 ssh entries: a gate serves at most 1024", "give the hosts to more than one agent"],
+        ),
         // More entries than the port range allows.
         Row {
             settings: Some("base_port = 65530\n"),
@@ -239,15 +301,19 @@ fn rows() -> Vec<Row> {
         },
         Row {
             input: Input::Script("ln -s /dev/zero \"$M\""),
-            ..toml_row("symlink-dev-zero", "", &["is not a regular file", "point --manifest at"])
+            ..toml_row(
+                "symlink-dev-zero",
+                "",
+                &["is a FIFO, socket or device, not a regular file", FIX_FILE],
+            )
         },
         Row {
             input: Input::Script("mkfifo \"$M\""),
-            ..toml_row("fifo", "", &["is not a regular file", "point --manifest at"])
+            ..toml_row("fifo", "", &["is a FIFO, socket or device, not a regular file", FIX_FILE])
         },
         Row {
             input: Input::Script("mkdir \"$M\""),
-            ..toml_row("directory", "", &["is not a regular file", "point --manifest at"])
+            ..toml_row("directory", "", &["is a directory, not a regular file", FIX_FILE])
         },
         // Unreadable even for root: /proc/sys enforces its mode bits (0200)
         // on root too, so open(O_RDONLY) fails with EACCES.
@@ -264,7 +330,7 @@ fn rows() -> Vec<Row> {
             ..toml_row(
                 "dangling-symlink",
                 "",
-                &["cannot open manifest", "check the path and its permissions", "No such file"],
+                &["dangling-symlink.toml does not exist; check the path"],
             )
         },
         Row {
@@ -282,10 +348,7 @@ fn rows() -> Vec<Row> {
             ..toml_row(
                 "agent-netns-missing",
                 &format!("agent_netns = \"no-such-agent\"\n{}", entry("")),
-                &[
-                    "agent network namespace /run/netns/no-such-agent",
-                    "create it first or fix agent_netns / --agent-netns",
-                ],
+                &["agent netns /run/netns/no-such-agent does not exist; create it with `ip netns add no-such-agent`"],
             )
         },
         Row {
@@ -294,9 +357,40 @@ fn rows() -> Vec<Row> {
             ..toml_row(
                 "agent-netns-flag-missing",
                 &entry(""),
+                &["agent netns /run/netns/no-such-agent does not exist; create it with `ip netns add no-such-agent`"],
+            )
+        },
+        // Namespaces an agent must not be given.
+        Row {
+            plan_refuses: false,
+            ..toml_row(
+                "agent-netns-host",
+                &format!("agent_netns = \"/proc/1/ns/net\"\n{}", entry("")),
                 &[
-                    "agent network namespace /run/netns/no-such-agent",
-                    "create it first or fix agent_netns / --agent-netns",
+                    "agent netns /proc/1/ns/net is the host's own network namespace",
+                    "give the agent a namespace of its own (`ip netns add agent-bob`)",
+                ],
+            )
+        },
+        Row {
+            plan_refuses: false,
+            ..toml_row(
+                "agent-netns-gate",
+                &format!("agent_netns = \"gate-alice\"\n{}", entry("")),
+                &[
+                    "agent netns /run/netns/gate-alice is the network namespace of a gatectl gate",
+                    "give the agent a namespace of its own (`ip netns add agent-bob`)",
+                ],
+            )
+        },
+        Row {
+            plan_refuses: false,
+            ..toml_row(
+                "agent-netns-taken",
+                &format!("agent_netns = \"agent\"\n{}", entry("")),
+                &[
+                    "agent netns /run/netns/agent already holds gate0, the agent end of gate alice",
+                    "give this gate another one, or stop the gate that uses it",
                 ],
             )
         },

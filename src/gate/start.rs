@@ -276,12 +276,12 @@ impl Start<'_> {
         // for the socket unit). A connection accepted before the host path
         // is open cannot reach the upstream yet: the order fails closed.
         let host_path = Part {
-            name: "host forwarding and firewall",
+            name: "set up host forwarding and firewall",
             undo: Some(Undo::HostRules),
             work: self.host.host_wide.open_for(gate_rules(plan)),
         };
         let units = Part {
-            name: "the socket unit (listening; the forwarder starts at the first connection)",
+            name: "start the gate's socket unit",
             undo: Some(Undo::Units),
             work: async {
                 unit::ensure_hardening_dropin()?;
