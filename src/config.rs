@@ -15,7 +15,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatectl/gatectl.toml";
 /// First listen port of a gate; entry i listens on `base_port + i`.
 pub const BASE_LISTEN_PORT: u16 = 30000;
 
-/// Host settings, with the defaults of DESIGN.md.
+/// Host settings and their defaults (see `docs/architecture.md` for the
+/// addresses and names they lead to).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {

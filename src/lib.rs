@@ -2,7 +2,9 @@
 //!
 //! Each agent gets a network namespace holding a small forwarder, started as a
 //! transient systemd unit, that listens on one port per declared SSH host and
-//! forwards to that host only. See the README and `DESIGN.md` for the topology.
+//! forwards to that host only. See the README, and `docs/architecture.md`
+//! for the topology, the module map (which module owns which host resource),
+//! the data flow of each command and the invariants with their tests.
 
 pub mod check;
 pub mod cli;
