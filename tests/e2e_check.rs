@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::gatectl::{gatectl, gatectl_ok, host_state, setup, text};
+use common::gatectl::{gatectl, gatectl_ok, host_state, setup, text, GATECTL};
 use common::{require_root, TestHost};
 
 /// The detail of the report's line about `subject` (the columns are the
@@ -205,5 +205,19 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
         "{report}"
     );
     host.run_ok(&["rm", "/etc/gatectl/gatectl.toml"]);
+
+    // Output into a pipe whose reader is gone (`gatectl status | head`)
+    // ends the command quietly, as SIGPIPE ends `cat`: no panic, no message.
+    for command in ["status", "list", "check"] {
+        let script = format!(
+            "import os, subprocess\n\
+             r, w = os.pipe()\n\
+             os.close(r)\n\
+             p = subprocess.run(['{GATECTL}', '{command}'], stdout=w, stderr=subprocess.PIPE)\n\
+             print(p.returncode, repr(p.stderr.decode()))\n"
+        );
+        let out = host.run_ok(&["python3", "-c", &script]);
+        assert_eq!(out, "-13 ''\n", "gatectl {command} into a closed pipe: {out}");
+    }
     gatectl_ok(&host, &["stop", "alice"]);
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::gatectl::{gatectl, gatectl_ok, ip_forward, leftovers, setup, text};
+use common::gatectl::{bash_in, gatectl, gatectl_ok, ip_forward, leftovers, setup, text};
 use common::{require_root, ssh_args, TestHost};
 
 #[test]
@@ -289,4 +289,53 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("via-root-ns"));
     gatectl_ok(&host, &["stop", "bob"]);
     assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
+}
+
+/// The largest manifest gatectl accepts ([`MAX_ENTRIES`] entries, 1024)
+/// gives a gate whose forwarder starts and serves its first and its last
+/// entry (beyond about 1,500 the forwarder used to crash-loop while `start`
+/// reported the gate running); one more entry is refused before anything
+/// changes (`hostile_input`).
+///
+/// [`MAX_ENTRIES`]: gatectl::plan::MAX_ENTRIES
+#[test]
+fn the_largest_manifest_gives_a_gate_that_serves_every_entry() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-largest");
+    let entries = gatectl::plan::MAX_ENTRIES;
+    let manifest: String = std::iter::once("agent_netns = \"agent\"\n".to_string())
+        .chain((0..entries).map(|i| format!("[[ssh]]\nHost = \"up{i}\"\nHostname = \"upstream.test\"\n")))
+        .collect();
+    host.write_file("/etc/gatectl/bottles/big.toml", manifest.as_bytes(), 0o644);
+    gatectl_ok(&host, &["start", "big"]);
+
+    let last_port = 30000 + entries - 1;
+    for port in [30000, 30000 + entries / 2, last_port] {
+        let out = bash_in(
+            &host,
+            "agent",
+            20,
+            &format!("exec 3<>/dev/tcp/10.231.0.1/{port}; head -c 8 <&3"),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "SSH-2.0-",
+            "no banner through port {port}: {}",
+            text(&out)
+        );
+    }
+    let show = host.run_ok(&[
+        "systemctl",
+        "show",
+        "-p",
+        "NRestarts",
+        "-p",
+        "ActiveState",
+        "gate-big.service",
+    ]);
+    assert_eq!(show, "NRestarts=0\nActiveState=active\n", "{show}");
+    gatectl_ok(&host, &["stop", "big"]);
+    assert_eq!(leftovers(&host, "big"), Vec::<String>::new());
 }
