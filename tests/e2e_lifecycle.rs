@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::gatectl::{bash_in, gatectl, gatectl_ok, ip_forward, leftovers, setup, text};
+use common::gatectl::{bash_in, connect, gatectl, gatectl_ok, ip_forward, leftovers, serve, setup, text};
 use common::{require_root, ssh_args, TestHost};
 
 #[test]
@@ -338,4 +338,47 @@ fn the_largest_manifest_gives_a_gate_that_serves_every_entry() {
     assert_eq!(show, "NRestarts=0\nActiveState=active\n", "{show}");
     gatectl_ok(&host, &["stop", "big"]);
     assert_eq!(leftovers(&host, "big"), Vec::<String>::new());
+}
+
+/// An upstream on the host itself (a git server on this machine), declared
+/// by one of the host's own addresses, is reachable through the gate, and
+/// nothing else of the host is: another port of that address, and the
+/// host's end of the gate's egress link, stay closed to root inside the
+/// gate netns.
+#[test]
+fn an_upstream_on_the_host_itself_is_reachable_and_nothing_else_of_the_host() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-local-upstream");
+    // 10.99.2.0 is the host's own address on its link to the upstream netns.
+    serve(&host, None, "10.99.2.0", 2222, "declared");
+    serve(&host, None, "10.99.2.0", 2223, "undeclared");
+    serve(&host, None, "0.0.0.0", 2224, "any-address");
+    host.write_file(
+        "/etc/gatectl/bottles/local.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"git\"\nHostname = \"10.99.2.0\"\nPort = 2222\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "local"]);
+
+    let out = bash_in(&host, "agent", 10, "exec 3<>/dev/tcp/10.231.0.1/30000; cat <&3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "declared\n",
+        "{}",
+        text(&out)
+    );
+    for (address, port) in [("10.99.2.0", 2223), ("10.99.2.0", 2224), ("10.232.0.0", 2224)] {
+        let refused = connect(&host, Some("gate-local"), address, port);
+        assert_eq!(
+            refused,
+            Err("timed out".to_string()),
+            "root in the gate netns reached the host's {address}:{port}"
+        );
+    }
+    // The positive control for the loop above: the same attempt from the
+    // gate netns to the declared pair connects.
+    assert_eq!(connect(&host, Some("gate-local"), "10.99.2.0", 2222), Ok(()));
+    gatectl_ok(&host, &["stop", "local"]);
 }
