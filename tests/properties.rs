@@ -24,7 +24,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use gatectl::config::Settings;
 use gatectl::forward::ForwardRoute;
 use gatectl::manifest::{parse, Format, Manifest};
-use gatectl::plan::GateSpec;
+use gatectl::plan::{GateSpec, MAX_ENTRIES};
+use gatectl::policy;
 use gatectl::slug::Slug;
 use gatectl::{ssh_config, unit};
 use proptest::prelude::*;
@@ -466,15 +467,35 @@ fn check_plan(
     let built =
         GateSpec::build(slug, m, settings, cli_ns, fake_resolve).and_then(|spec| spec.place(settings, index));
     let last = u32::from(settings.base_port) + m.ssh.len() as u32 - 1;
+    let too_many = m.ssh.len() > MAX_ENTRIES;
+    // The first resolved address the address policy refuses, in manifest
+    // order: the refusal must name that reason.
+    let refused_address = m.ssh.iter().find_map(|e| {
+        fake_resolve(&e.hostname)
+            .ok()?
+            .into_iter()
+            .find_map(|a| policy::refusal(a, settings))
+    });
     let plan = match built {
         Err(e) => {
-            prop_assert!(last > 65535, "plan refused: {e}");
-            prop_assert!(e.to_string().contains("would need port"), "{e}");
+            let e = e.to_string();
+            if too_many {
+                prop_assert!(e.contains(&format!("a gate serves at most {MAX_ENTRIES}")), "{e}");
+            } else if last > 65535 {
+                prop_assert!(e.contains("would need port"), "{e}");
+            } else if let Some(reason) = refused_address {
+                prop_assert!(
+                    e.contains(&reason),
+                    "refused for another reason than {reason:?}: {e}"
+                );
+            } else {
+                prop_assert!(false, "plan refused: {e}");
+            }
             return Ok(());
         }
         Ok(p) => p,
     };
-    prop_assert!(last <= 65535);
+    prop_assert!(!too_many && last <= 65535 && refused_address.is_none());
 
     // Names.
     prop_assert_eq!(&plan.netns, &format!("gate-{slug}"));
@@ -597,10 +618,17 @@ fn check_plan(
 
 /// At the default base port, 35536 entries use every port up to 65535 and
 /// one more does not fit.
+/// Where the entry limit and the port range meet: from base port 64512,
+/// 1024 entries end exactly at port 65535; one more entry is refused by the
+/// limit, and one more base port by the range.
 #[test]
-fn the_default_port_range_holds_35536_entries() {
+fn the_entry_limit_and_the_port_range_meet_at_port_65535() {
     let slug = Slug::parse("many").unwrap();
-    for (n, fits) in [(35536usize, true), (35537, false)] {
+    for (n, base_port, fits) in [
+        (MAX_ENTRIES, 64512u16, true),
+        (MAX_ENTRIES + 1, 64511, false),
+        (MAX_ENTRIES, 64513, false),
+    ] {
         let entries: Vec<String> = (0..n)
             .map(|i| {
                 format!(
@@ -611,21 +639,26 @@ fn the_default_port_range_holds_35536_entries() {
             })
             .collect();
         let m = parse(&format!(r#"{{"ssh":[{}]}}"#, entries.join(",")), Format::Json).unwrap();
-        let settings = Settings::default();
+        let settings = Settings {
+            base_port,
+            ..Settings::default()
+        };
         let built = GateSpec::build(&slug, &m, &settings, None, fake_resolve)
             .and_then(|spec| spec.place(&settings, 0));
         match built {
             Ok(plan) => {
-                assert!(fits, "{n} entries accepted");
+                assert!(fits, "{n} entries from {base_port} accepted");
                 assert_eq!(plan.upstreams.last().unwrap().listen_port, 65535);
             }
             Err(e) => {
-                assert!(!fits, "{n} entries refused: {e}");
+                assert!(!fits, "{n} entries from {base_port} refused: {e}");
                 let e = e.to_string();
-                assert!(
-                    e.contains("would need port 65536") && e.contains("lower base_port"),
-                    "{e}"
-                );
+                let want = if n > MAX_ENTRIES {
+                    "ssh entries: a gate serves at most 1024"
+                } else {
+                    "would need port 65536; declare fewer entries or lower base_port"
+                };
+                assert!(e.contains(want), "{e}");
             }
         }
     }
