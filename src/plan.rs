@@ -48,6 +48,12 @@ pub const LINK_PREFIX_LEN: u8 = 31;
 /// than 30 s for 10,000) and a descriptor the forwarder holds.
 pub const MAX_ENTRIES: usize = 1024;
 
+/// Why an upstream with IPv6 addresses only is refused, worded to follow
+/// "upstream X ": a gate's egress is IPv4 (IPv6 is off in the gate netns),
+/// so the gate could never reach it.
+pub const NO_IPV4: &str = "has no IPv4 address; gates reach upstreams over IPv4 only for now, \
+     so this one could never be reached: declare a host name or address with IPv4";
+
 /// One forwarder rule: listen on `listen_port`, forward to the upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
@@ -170,6 +176,12 @@ impl GateSpec {
                     };
                     return Err(Error::invalid(format!("{entry_name}: {upstream} {reason}")));
                 }
+            }
+            if !addresses.iter().any(IpAddr::is_ipv4) {
+                return Err(Error::invalid(format!(
+                    "{entry_name}: upstream {} {NO_IPV4}",
+                    entry.hostname
+                )));
             }
             upstreams.push(Upstream {
                 listen_port: settings.base_port + i as u16,
@@ -500,5 +512,23 @@ mod tests {
             "ssh entry 1 (loop): upstream sneaky.example resolves to 10.232.0.9, which is inside \
              gatectl's egress_pool 10.232.0.0/16: it would lead into another gate; declare the real host's address"
         );
+    }
+
+    #[test]
+    fn an_upstream_with_ipv6_addresses_only_is_refused() {
+        let settings = Settings::default();
+        let v6_only = "[[ssh]]\nHost = \"six\"\nHostname = \"2001:db8::5\"\n";
+        let err = spec("alice", v6_only, &settings, None).unwrap_err().to_string();
+        assert_eq!(err, format!("ssh entry 1 (six): upstream 2001:db8::5 {NO_IPV4}"));
+        // A name with both families is accepted, and keeps both.
+        let both = GateSpec::build(
+            &Slug::parse("alice").unwrap(),
+            &manifest("[[ssh]]\nHost = \"dual\"\nHostname = \"dual.example\"\n"),
+            &settings,
+            None,
+            |_| Ok(vec!["2001:db8::5".parse().unwrap(), "192.0.2.5".parse().unwrap()]),
+        )
+        .unwrap();
+        assert_eq!(both.upstreams[0].addresses.len(), 2);
     }
 }

@@ -525,7 +525,7 @@ mod tests {
 
     fn plan() -> GatePlan {
         let m = parse(
-            "[[ssh]]\nHost = \"gh\"\nHostname = \"github.com\"\n[[ssh]]\nHost = \"v6\"\nHostname = \"2001:db8::5\"\nPort = 2200\n",
+            "[[ssh]]\nHost = \"gh\"\nHostname = \"github.com\"\n[[ssh]]\nHost = \"dual\"\nHostname = \"dual.example\"\nPort = 2200\n",
             Format::Toml,
         )
         .unwrap();
@@ -535,7 +535,7 @@ mod tests {
             Ok(if h == "github.com" {
                 vec!["192.0.2.10".parse().unwrap(), "2001:db8::10".parse().unwrap()]
             } else {
-                vec![h.parse().unwrap()]
+                vec!["2001:db8::5".parse().unwrap(), "198.51.100.5".parse().unwrap()]
             })
         })
         .unwrap()
@@ -624,7 +624,7 @@ mod tests {
             routes,
             [
                 "30000,gh,192.0.2.10:22,[2001:db8::10]:22",
-                "30001,v6,[2001:db8::5]:2200"
+                "30001,dual,[2001:db8::5]:2200,198.51.100.5:2200"
             ]
         );
     }
@@ -671,7 +671,8 @@ mod tests {
                 "10.231.0.4/31",
                 "192.0.2.10/32",
                 "2001:db8::10/128",
-                "2001:db8::5/128"
+                "2001:db8::5/128",
+                "198.51.100.5/32"
             ]
         );
     }

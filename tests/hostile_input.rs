@@ -271,6 +271,14 @@ fn rows() -> Vec<Row> {
                 "set allow_link_local = true in /etc/gatectl/gatectl.toml",
             ],
         ),
+        toml_row(
+            "upstream-ipv6-only",
+            "[[ssh]]\nHost = \"six\"\nHostname = \"2001:db8::5\"\n",
+            &[
+                "ssh entry 1 (six): upstream 2001:db8::5 has no IPv4 address",
+                "declare a host name or address with IPv4",
+            ],
+        ),
         // More entries than a gate serves.
         toml_row(
             "too-many-entries",

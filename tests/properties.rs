@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use gatectl::config::Settings;
 use gatectl::forward::ForwardRoute;
 use gatectl::manifest::{parse, Format, Manifest};
-use gatectl::plan::{GateSpec, MAX_ENTRIES};
+use gatectl::plan::{GateSpec, MAX_ENTRIES, NO_IPV4};
 use gatectl::policy;
 use gatectl::slug::Slug;
 use gatectl::{ssh_config, unit};
@@ -468,13 +468,15 @@ fn check_plan(
         GateSpec::build(slug, m, settings, cli_ns, fake_resolve).and_then(|spec| spec.place(settings, index));
     let last = u32::from(settings.base_port) + m.ssh.len() as u32 - 1;
     let too_many = m.ssh.len() > MAX_ENTRIES;
-    // The first resolved address the address policy refuses, in manifest
-    // order: the refusal must name that reason.
+    // The first entry whose addresses gatectl refuses, in manifest order (a
+    // resolved address the policy refuses, or no IPv4 address at all): the
+    // refusal must name that reason.
     let refused_address = m.ssh.iter().find_map(|e| {
-        fake_resolve(&e.hostname)
-            .ok()?
-            .into_iter()
-            .find_map(|a| policy::refusal(a, settings))
+        let addresses = fake_resolve(&e.hostname).ok()?;
+        addresses
+            .iter()
+            .find_map(|a| policy::refusal(*a, settings))
+            .or_else(|| (!addresses.iter().any(IpAddr::is_ipv4)).then(|| NO_IPV4.to_string()))
     });
     let plan = match built {
         Err(e) => {
