@@ -205,15 +205,44 @@ impl Prune<'_> {
     /// Removes the leftovers of gates that are gone; with `dry_run`, only
     /// lists them. Running it twice is harmless.
     pub async fn run(&self, dry_run: bool) -> Result<Vec<Leftover>> {
-        let host = self.host;
         let systemd = Systemd::connect().await?;
         let root = Netlink::current()?;
-        let units = systemd.all_gate_units().await?;
         let links = root
             .links_in_groups(&[HOST_EGRESS_GROUP, AGENT_LINK_GROUP])
             .await?;
-        let holders = host.records.index_holders();
+        let (mut found, kept) = self.gone_gates(&systemd, &links, dry_run).await?;
+        let removed: BTreeSet<String> = found
+            .iter()
+            .filter(|f| f.kind == LeftoverKind::Link)
+            .map(|f| f.name.clone())
+            .collect();
+        found.extend(self.orphan_links(&root, &links, &kept, &removed, dry_run).await?);
+        found.extend(self.stale_allowlists(&root, dry_run).await?);
 
+        // The host's own changes, once no gate is left: decided under the
+        // host lock from what exists then, not from the snapshot above.
+        let host_wide = &self.host.host_wide;
+        let restoration = match (dry_run, kept.is_empty()) {
+            (false, _) => host_wide.close_if_idle().await?,
+            (true, true) => host_wide.restore_preview().await?,
+            (true, false) => Restored::default(),
+        };
+        found.extend(restored(restoration));
+        Ok(found)
+    }
+
+    /// Decides, and unless `dry_run` removes, each gate that is gone, each
+    /// under its slug's lock (a start or stop of that slug cannot run
+    /// meanwhile). Returns what was found and the slugs that are kept.
+    async fn gone_gates(
+        &self,
+        systemd: &Systemd,
+        links: &[LinkInfo],
+        dry_run: bool,
+    ) -> Result<(Vec<Leftover>, BTreeSet<Slug>)> {
+        let host = self.host;
+        let units = systemd.all_gate_units().await?;
+        let holders = host.records.index_holders();
         let mut slugs: BTreeSet<Slug> = host.records.slugs().into_iter().collect();
         slugs.extend(units.iter().filter_map(|u| plan::slug_of_unit(&u.name)));
         slugs.extend(
@@ -231,8 +260,6 @@ impl Prune<'_> {
         let mut found = Vec::new();
         let mut kept = BTreeSet::new();
         for slug in slugs {
-            // Decided and applied under the slug's lock: a start or stop of
-            // this slug cannot run meanwhile.
             let Some(_lock) = lock::try_lock_slug(&host.settings.state_dir, &slug)? else {
                 kept.insert(slug);
                 continue;
@@ -254,7 +281,7 @@ impl Prune<'_> {
                 Verdict::Nothing => {}
                 Verdict::Remove(traces) => {
                     if !dry_run {
-                        host.teardown(&systemd)
+                        host.teardown(systemd)
                             .gate(&slug, &mut Timings::default())
                             .await?;
                     }
@@ -262,23 +289,41 @@ impl Prune<'_> {
                 }
             }
         }
+        Ok((found, kept))
+    }
 
-        // Claims are read again: a start may have claimed an index since.
-        let claimed: BTreeSet<u32> = host.records.index_holders().into_iter().map(|(i, _)| i).collect();
-        let removed: BTreeSet<String> = found
-            .iter()
-            .filter(|f| f.kind == LeftoverKind::Link)
-            .map(|f| f.name.clone())
+    /// Deletes (unless `dry_run`) gatectl's links that no kept gate, no
+    /// removed gate and no index claim accounts for. Claims are read again:
+    /// a start may have claimed an index since the links were listed.
+    async fn orphan_links(
+        &self,
+        root: &Netlink,
+        links: &[LinkInfo],
+        kept: &BTreeSet<Slug>,
+        removed: &BTreeSet<String>,
+        dry_run: bool,
+    ) -> Result<Vec<Leftover>> {
+        let claimed: BTreeSet<u32> = self
+            .host
+            .records
+            .index_holders()
+            .into_iter()
+            .map(|(i, _)| i)
             .collect();
-        for name in orphan_links(&links, &kept, &removed, &claimed) {
+        let mut found = Vec::new();
+        for name in orphan_links(links, kept, removed, &claimed) {
             if !dry_run {
                 root.delete(&name).await?;
             }
             found.push(leftover(LeftoverKind::Link, name));
         }
+        Ok(found)
+    }
 
-        // Allowlists of egress links that no longer exist.
-        let firewall = host.host_firewall();
+    /// Removes (unless `dry_run`) the allowlists of egress links that no
+    /// longer exist.
+    async fn stale_allowlists(&self, root: &Netlink, dry_run: bool) -> Result<Vec<Leftover>> {
+        let firewall = self.host.host_firewall();
         let egress_links: Vec<String> = root
             .links_in_groups(&[HOST_EGRESS_GROUP])
             .await?
@@ -292,25 +337,13 @@ impl Prune<'_> {
         .await
         .unwrap_or_else(|e| Err(crate::Error::failed(format!("a gatectl task failed: {e}"))))?
         .interfaces;
+        let mut found = Vec::new();
         for ifname in stale_allowlists(&interfaces, &egress_links) {
             if !dry_run {
                 firewall.remove_gate(&ifname)?;
             }
             found.push(leftover(LeftoverKind::Firewall, ifname));
         }
-
-        // The host's own changes, once no gate is left: decided under the
-        // host lock from what exists then, not from the snapshot above.
-        let restoration = if dry_run {
-            if kept.is_empty() {
-                host.host_wide.restore_preview().await?
-            } else {
-                Restored::default()
-            }
-        } else {
-            host.host_wide.close_if_idle().await?
-        };
-        found.extend(restored(restoration));
         Ok(found)
     }
 }

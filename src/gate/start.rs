@@ -43,33 +43,11 @@ impl Start<'_> {
         let _slug_lock = lock::lock_slug(&host.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
         timings.mark("lock the slug, connect to systemd");
-        // Holding the slug lock, an incomplete record is a start that died.
-        let record = host.records.load(slug);
-        let interrupted = matches!(&record, Ok(Some(r)) if !r.complete);
-        if let Some(unit) = systemd.gate_units(slug).await?.loaded().find(|u| u.is_up()) {
-            if !interrupted {
-                return Err(Error::failed(format!(
-                    "gate {slug} is already running ({} is {}); run `gatectl stop {slug}` first",
-                    unit.name, unit.active
-                )));
-            }
-        }
+        let leftovers = self.refuse_if_running(&systemd, slug).await?;
         let root = Netlink::current()?;
-        // The first gate checks the whole pools against the host's routes (a
-        // dump, short while no gate is up); later ones check only the
-        // addresses they take, by lookups once their index is known, so the
-        // cost of a start does not grow with the number of gates.
-        let first = !host.records.any_index_claimed();
-        if first {
-            for (setting, pool, own) in pools(host) {
-                if let Some(route) = root.route_overlapping(pool, &[own]).await? {
-                    return Err(overlap(setting, pool, route));
-                }
-            }
-        }
+        let first = self.check_pools_if_first(&root).await?;
         timings.mark("check the address pools against host routes");
-        if !matches!(record, Ok(None)) || netns::exists(&plan::netns_name(slug)) {
-            // Left over from a start that died or a gate whose unit is gone.
+        if leftovers {
             host.teardown(&systemd)
                 .gate(slug, &mut Timings::default())
                 .await
@@ -104,6 +82,40 @@ impl Start<'_> {
                 })
             }
         }
+    }
+
+    /// Refuses a gate that is up, unless its record says an earlier start
+    /// died (holding the slug lock, an incomplete record means that).
+    /// Returns whether something of an earlier gate is left to clean up.
+    async fn refuse_if_running(&self, systemd: &Systemd, slug: &crate::slug::Slug) -> Result<bool> {
+        let record = self.host.records.load(slug);
+        let interrupted = matches!(&record, Ok(Some(r)) if !r.complete);
+        if let Some(unit) = systemd.gate_units(slug).await?.loaded().find(|u| u.is_up()) {
+            if !interrupted {
+                return Err(Error::failed(format!(
+                    "gate {slug} is already running ({} is {}); run `gatectl stop {slug}` first",
+                    unit.name, unit.active
+                )));
+            }
+        }
+        Ok(!matches!(record, Ok(None)) || netns::exists(&plan::netns_name(slug)))
+    }
+
+    /// The first gate checks the whole pools against the host's routes (a
+    /// dump, short while no gate is up); later ones check only the
+    /// addresses they take, by lookups once their index is known (see
+    /// [`Start::place`]), so the cost of a start does not grow with the
+    /// number of gates. Returns whether this is the first gate.
+    async fn check_pools_if_first(&self, root: &Netlink) -> Result<bool> {
+        let first = !self.host.records.any_index_claimed();
+        if first {
+            for (setting, pool, own) in pools(self.host) {
+                if let Some(route) = root.route_overlapping(pool, &[own]).await? {
+                    return Err(overlap(setting, pool, route));
+                }
+            }
+        }
+        Ok(first)
     }
 
     /// Claims a gate index, places the spec there, checks the addresses it
@@ -177,7 +189,7 @@ impl Start<'_> {
         Err(self.host.slots_full())
     }
 
-    /// The steps that bring the gate of `plan` up.
+    /// The steps that bring the gate of `plan` up, each with what undoes it.
     async fn bring_up(
         &self,
         steps: &mut Steps<'_>,
@@ -186,7 +198,6 @@ impl Start<'_> {
         plan: &GatePlan,
         agent_ns: Option<&OwnedFd>,
     ) -> Result<(), StepError> {
-        let alias = link_alias(&plan.slug);
         let gate_ns = steps
             .run("create the gate netns", Some(Undo::Netns), async {
                 netns::create(&plan.netns)
@@ -206,69 +217,25 @@ impl Start<'_> {
             )
             .await?;
         steps
-            .run("create the veth pairs", Some(Undo::Links), async {
-                let egress = (
-                    &plan.host_egress.name,
-                    HOST_EGRESS_GROUP,
-                    None,
-                    &plan.gate_egress.name,
-                );
-                let internal = (
-                    &plan.agent_link.name,
-                    AGENT_LINK_GROUP,
-                    agent_ns,
-                    &plan.gate_internal.name,
-                );
-                for (outer, group, outer_ns, inner) in [egress, internal] {
-                    let created = root
-                        .create_veth(
-                            VethEnd {
-                                name: outer,
-                                group,
-                                netns: outer_ns,
-                            },
-                            VethEnd {
-                                name: inner,
-                                group: GATE_LINK_GROUP,
-                                netns: Some(&gate_ns),
-                            },
-                        )
-                        .await?;
-                    if created == Created::NameTaken {
-                        return Err(Error::failed(format!(
-                            "cannot create veth pair {outer} / {inner}: a link of that name already exists; \
-                             find its owner with `ip -d link show {outer}` (gatectl's links carry the alias \
-                             gatectl:<slug>) and stop that gate"
-                        )));
-                    }
-                }
-                Ok(())
-            })
+            .run(
+                "create the veth pairs",
+                Some(Undo::Links),
+                create_veth_pairs(root, plan, agent_ns, &gate_ns),
+            )
             .await?;
         steps
-            .run("configure the host and agent sides", None, async {
-                let address = |end: &plan::LinkEnd| Some((end.address, LINK_PREFIX_LEN));
-                root.configure(&plan.host_egress.name, address(&plan.host_egress), Some(&alias))
-                    .await?;
-                let agent = match agent_ns {
-                    Some(ns) => Netlink::in_netns(ns)?,
-                    None => root.clone(),
-                };
-                agent
-                    .configure(&plan.agent_link.name, address(&plan.agent_link), Some(&alias))
-                    .await
-            })
+            .run(
+                "configure the host and agent sides",
+                None,
+                configure_outer_ends(root, plan, agent_ns),
+            )
             .await?;
         steps
-            .run("configure the gate netns", None, async {
-                let gate = Netlink::in_netns(&gate_ns)?;
-                gate.configure("lo", None, None).await?;
-                for end in [&plan.gate_internal, &plan.gate_egress] {
-                    gate.configure(&end.name, Some((end.address, LINK_PREFIX_LEN)), None)
-                        .await?;
-                }
-                gate.add_default_route(plan.host_egress.address).await
-            })
+            .run(
+                "configure the gate netns",
+                None,
+                configure_gate_netns(plan, &gate_ns),
+            )
             .await?;
         drop(gate_ns);
         // The host's side and the units, at once: both mostly wait (the
@@ -300,6 +267,81 @@ impl Start<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// Creates the gate's two veth pairs, each outer end with its device group
+/// (the egress end in the host, the agent end in the agent netns or the
+/// host) and each inner end in the gate netns with gatectl's gate group.
+async fn create_veth_pairs(
+    root: &Netlink,
+    plan: &GatePlan,
+    agent_ns: Option<&OwnedFd>,
+    gate_ns: &OwnedFd,
+) -> Result<()> {
+    let egress = (
+        &plan.host_egress.name,
+        HOST_EGRESS_GROUP,
+        None,
+        &plan.gate_egress.name,
+    );
+    let internal = (
+        &plan.agent_link.name,
+        AGENT_LINK_GROUP,
+        agent_ns,
+        &plan.gate_internal.name,
+    );
+    for (outer, group, outer_ns, inner) in [egress, internal] {
+        let created = root
+            .create_veth(
+                VethEnd {
+                    name: outer,
+                    group,
+                    netns: outer_ns,
+                },
+                VethEnd {
+                    name: inner,
+                    group: GATE_LINK_GROUP,
+                    netns: Some(gate_ns),
+                },
+            )
+            .await?;
+        if created == Created::NameTaken {
+            return Err(Error::failed(format!(
+                "cannot create veth pair {outer} / {inner}: a link of that name already exists; \
+                 find its owner with `ip -d link show {outer}` (gatectl's links carry the alias \
+                 gatectl:<slug>) and stop that gate"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Gives the host's egress end and the agent end their addresses and the
+/// alias that marks them as the gate's, and brings them up.
+async fn configure_outer_ends(root: &Netlink, plan: &GatePlan, agent_ns: Option<&OwnedFd>) -> Result<()> {
+    let alias = link_alias(&plan.slug);
+    let address = |end: &plan::LinkEnd| Some((end.address, LINK_PREFIX_LEN));
+    root.configure(&plan.host_egress.name, address(&plan.host_egress), Some(&alias))
+        .await?;
+    let agent = match agent_ns {
+        Some(ns) => Netlink::in_netns(ns)?,
+        None => root.clone(),
+    };
+    agent
+        .configure(&plan.agent_link.name, address(&plan.agent_link), Some(&alias))
+        .await
+}
+
+/// Brings up the gate netns's loopback and inner ends with their addresses,
+/// and its default route via the host's egress end.
+async fn configure_gate_netns(plan: &GatePlan, gate_ns: &OwnedFd) -> Result<()> {
+    let gate = Netlink::in_netns(gate_ns)?;
+    gate.configure("lo", None, None).await?;
+    for end in [&plan.gate_internal, &plan.gate_egress] {
+        gate.configure(&end.name, Some((end.address, LINK_PREFIX_LEN)), None)
+            .await?;
+    }
+    gate.add_default_route(plan.host_egress.address).await
 }
 
 /// The address pools with their settings' names and the device group of
