@@ -367,14 +367,18 @@ pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
     drift
 }
 
-/// A D-Bus value as text, with the items of every array sorted, so values
-/// that differ only in order compare equal.
+/// A D-Bus value as text, with the items of every array sorted and
+/// deduplicated, so values that differ only in order or repetition compare
+/// equal: systemd appends a list setting of the drop-in to the same setting
+/// of the transient unit (`TemporaryFileSystem=/run` twice), which mounts
+/// nothing more.
 fn canonical(value: &Value<'_>) -> String {
     match value {
         Value::Value(inner) => canonical(inner),
         Value::Array(array) => {
             let mut items: Vec<String> = array.iter().map(canonical).collect();
             items.sort();
+            items.dedup();
             format!("[{}]", items.join(","))
         }
         Value::Structure(structure) => {
@@ -730,6 +734,43 @@ mod tests {
         ] {
             assert!(!text.contains(plan_specific), "{plan_specific} in the drop-in");
         }
+    }
+
+    /// systemd's live view of a forwarder exactly as gatectl set it, with
+    /// each list setting of the drop-in appended to the transient unit's,
+    /// and the system call filter expanded as systemd reports it.
+    fn live_with_dropin() -> HashMap<String, OwnedValue> {
+        let mut live = HashMap::new();
+        for h in hardening() {
+            let value = match h.property.value {
+                PropertyValue::Pairs(pairs) => PropertyValue::Pairs([pairs.clone(), pairs].concat()),
+                PropertyValue::Binds(binds) => PropertyValue::Binds([binds.clone(), binds].concat()),
+                PropertyValue::List { allow: true, .. } if h.property.name == "SystemCallFilter" => {
+                    PropertyValue::List {
+                        allow: true,
+                        items: vec!["read".into(), "write".into()],
+                    }
+                }
+                other => other,
+            };
+            let value = OwnedValue::try_from(value.to_value()).unwrap();
+            live.entry(h.property.name.to_string()).or_insert(value);
+        }
+        live
+    }
+
+    #[test]
+    fn settings_repeated_by_the_dropin_are_no_drift_and_a_changed_one_is() {
+        let mut live = live_with_dropin();
+        assert_eq!(sandbox_drift(&live), Vec::<String>::new());
+        live.insert(
+            "TasksMax".into(),
+            OwnedValue::try_from(PropertyValue::U64(100).to_value()).unwrap(),
+        );
+        assert_eq!(
+            sandbox_drift(&live),
+            ["TasksMax=uint64 100 (gatectl sets TasksMax=16)"]
+        );
     }
 
     #[test]
