@@ -68,12 +68,24 @@ pub fn add_host_name(host: &TestHost, address: &str, name: &str) {
 /// Tries a TCP connection from `netns` (or the host's root namespace) to
 /// `address:port`, giving up after 3 s. `Err` carries why it failed.
 pub fn connect(host: &TestHost, netns: Option<&str>, address: &str, port: u16) -> Result<(), String> {
+    connect_within(host, netns, address, port, "3")
+}
+
+/// [`connect`], giving up after `seconds` (as `timeout(1)` takes them, e.g.
+/// `"0.5"`): for attempts expected to get no answer.
+pub fn connect_within(
+    host: &TestHost,
+    netns: Option<&str>,
+    address: &str,
+    port: u16,
+    seconds: &str,
+) -> Result<(), String> {
     let script = format!("exec 3<>/dev/tcp/{address}/{port}");
     let mut argv: Vec<&str> = Vec::new();
     if let Some(ns) = netns {
         argv.extend(["ip", "netns", "exec", ns]);
     }
-    argv.extend(["timeout", "3", "bash", "-c", &script]);
+    argv.extend(["timeout", seconds, "bash", "-c", &script]);
     let out = host.exec(&argv);
     if out.status.success() {
         Ok(())

@@ -17,6 +17,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod gatectl;
+pub mod probe;
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
