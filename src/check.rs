@@ -135,6 +135,7 @@ pub async fn check_host() -> Vec<Finding> {
 /// unit; gatectl's drop-in restores them).
 async fn sandbox_findings(systemd: &Systemd, gates: &[GateStatus]) -> Vec<Finding> {
     let mut weakened = Vec::new();
+    let mut units = Vec::new();
     let mut checked = 0;
     for gate in gates.iter().filter(|g| g.unit.is_active()) {
         let unit = &gate.forwarder.name;
@@ -144,6 +145,7 @@ async fn sandbox_findings(systemd: &Systemd, gates: &[GateStatus]) -> Vec<Findin
                 let drift = unit::sandbox_drift(&properties);
                 if !drift.is_empty() {
                     weakened.push(format!("{unit}: {}", drift.join(", ")));
+                    units.push(unit.as_str());
                 }
             }
             Err(e) => return vec![Finding::failed("sandbox", &e)],
@@ -160,9 +162,11 @@ async fn sandbox_findings(systemd: &Systemd, gates: &[GateStatus]) -> Vec<Findin
         Verdict::Fail,
         "sandbox",
         format!(
-            "weakened: {}; restore {}/{} (reinstall the package, or `gatectl start` writes {}/{}), \
-             run `systemctl daemon-reload`, then restart the forwarder with `systemctl restart gate-<slug>.service`",
+            "weakened: {}; run `systemctl revert {}` to drop changes made with `systemctl set-property`; \
+             if that does not clear it, restore {}/{} (reinstall the package, or `gatectl start` writes {}/{}), \
+             run `systemctl daemon-reload`, then restart the forwarder with `systemctl restart UNIT`",
             weakened.join("; "),
+            units.join(" "),
             unit::PACKAGED_DROPIN_DIR,
             unit::DROPIN,
             unit::RUNTIME_DROPIN_DIR,
