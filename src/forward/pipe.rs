@@ -21,6 +21,7 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::sys::resource::{getrlimit, Resource};
 
 /// Capacity asked for each pipe (`F_SETPIPE_SZ`), unless
 /// `GATECTL_PIPE_SIZE` says otherwise. Measured in BENCHMARKS.md: 256 KiB
@@ -161,18 +162,10 @@ pub fn pipe_budget(nofile: u64, max_connections: u32) -> usize {
     usize::try_from((spare / 2).min(sockets)).unwrap_or(usize::MAX)
 }
 
-/// This process's soft `RLIMIT_NOFILE`.
+/// This process's soft `RLIMIT_NOFILE`, or 1024 (the usual soft limit) if
+/// it cannot be read.
 fn open_files_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the valid struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _hard)| soft)
 }
 
 /// One pipe: its two ends and its capacity.
