@@ -37,8 +37,9 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder for `slug` allowing `max_connections` open connections at
     /// once, each connect attempt to an upstream limited to `connect_timeout`,
-    /// with the splice pipes the file-descriptor limit leaves room for.
-    pub fn new(slug: String, max_connections: u32, connect_timeout: Duration) -> Self {
+    /// with the splice pipes of `pipe_size` bytes that the file-descriptor
+    /// limit leaves room for.
+    pub fn new(slug: String, max_connections: u32, connect_timeout: Duration, pipe_size: usize) -> Self {
         Forwarder {
             slug,
             connect_timeout,
@@ -46,7 +47,7 @@ impl Forwarder {
             limit: Arc::new(Semaphore::new(max_connections as usize)),
             total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            pipes: PipePool::for_forwarder(max_connections),
+            pipes: PipePool::for_forwarder(pipe_size, max_connections),
         }
     }
 

@@ -44,6 +44,7 @@ fn config(max_connections: usize, routes: Vec<ForwardRoute>) -> ForwardConfig {
         routes,
         max_connections,
         connect_timeout: TIMEOUT,
+        pipe_size: DEFAULT_PIPE_SIZE,
     }
 }
 
