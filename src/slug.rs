@@ -23,12 +23,6 @@ impl Slug {
         let Some(first) = chars.next() else {
             return Err(Error::invalid(format!("invalid slug \"\": it is empty; {fix}")));
         };
-        if raw.len() > MAX_SLUG_LEN {
-            return Err(Error::invalid(format!(
-                "invalid slug {raw:?}: it is {} characters long; {fix}",
-                raw.chars().count()
-            )));
-        }
         if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
             return Err(Error::invalid(format!(
                 "invalid slug {raw:?}: it starts with {first:?}; {fix}"
@@ -37,6 +31,14 @@ impl Slug {
         if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
             return Err(Error::invalid(format!(
                 "invalid slug {raw:?}: it contains {bad:?}; {fix}"
+            )));
+        }
+        // Every character is ASCII now: its length in bytes is its length
+        // in characters.
+        if raw.len() > MAX_SLUG_LEN {
+            return Err(Error::invalid(format!(
+                "invalid slug {raw:?}: it is {} characters long; {fix}",
+                raw.len()
             )));
         }
         Ok(Slug(raw.to_string()))
@@ -96,11 +98,19 @@ mod tests {
             ("a/b", "contains '/'"),
             ("a b", "contains ' '"),
             ("x12345678901234567890123456789012", "33 characters"),
+            // Refused for a character, not for its bytes: 20 characters
+            // are 40 bytes, beyond MAX_SLUG_LEN.
+            (&"é".repeat(20), "starts with 'é'"),
+            (&format!("a{}", "é".repeat(19)), "contains 'é'"),
+            (&format!("{}é", "a".repeat(40)), "contains 'é'"),
         ];
         for (bad, why) in cases {
             let msg = Slug::parse(bad).unwrap_err().to_string();
             assert!(msg.contains(why), "{bad:?}: {msg}");
             assert!(msg.contains("a-z, 0-9"), "{bad:?}: message names the fix: {msg}");
+            if why != "33 characters" {
+                assert!(!msg.contains("characters long"), "{bad:?}: {msg}");
+            }
         }
     }
 }
