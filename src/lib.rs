@@ -4,6 +4,7 @@
 //! transient systemd unit, that listens on one port per declared SSH host and
 //! forwards to that host only. See the README and `DESIGN.md` for the topology.
 
+pub mod alias;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -1,7 +1,5 @@
 //! The slug: the identifier of one agent's gate.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -50,31 +48,43 @@ impl Slug {
     }
 }
 
-impl fmt::Display for Slug {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
+/// Implements the string conversions of a validated string newtype `$t`
+/// (a tuple struct around a `String` with `$t::parse(&str) -> Result<$t>`):
+/// [`Display`](std::fmt::Display), [`FromStr`](std::str::FromStr),
+/// `TryFrom<String>` (which serde's `try_from` uses) and `From<$t> for
+/// String`. Parsing always goes through `$t::parse`.
+macro_rules! validated_string {
+    ($t:ident) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(&self.0)
+            }
+        }
 
-impl TryFrom<String> for Slug {
-    type Error = Error;
-    fn try_from(raw: String) -> Result<Slug> {
-        Slug::parse(&raw)
-    }
-}
+        impl TryFrom<String> for $t {
+            type Error = crate::error::Error;
+            fn try_from(raw: String) -> crate::error::Result<$t> {
+                $t::parse(&raw)
+            }
+        }
 
-impl From<Slug> for String {
-    fn from(slug: Slug) -> String {
-        slug.0
-    }
-}
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.0
+            }
+        }
 
-impl std::str::FromStr for Slug {
-    type Err = Error;
-    fn from_str(raw: &str) -> Result<Slug> {
-        Slug::parse(raw)
-    }
+        impl std::str::FromStr for $t {
+            type Err = crate::error::Error;
+            fn from_str(raw: &str) -> crate::error::Result<$t> {
+                $t::parse(raw)
+            }
+        }
+    };
 }
+pub(crate) use validated_string;
+
+validated_string!(Slug);
 
 #[cfg(test)]
 mod tests {

@@ -247,7 +247,7 @@ pub async fn serve(
         let upstreams: Vec<String> = route.upstreams.iter().map(ToString::to_string).collect();
         tracing::info!(
             slug = config.slug,
-            alias = route.alias,
+            alias = route.alias.as_str(),
             listen = %addr,
             "listening on {addr} for {}, forwarding to {}",
             route.alias,
