@@ -188,7 +188,7 @@ pipe_sizes() { # throughput of a hand-run forwarder per pipe size
   local port=33000
   for size in 65536 262144 1048576; do
     port=$((port + 1))
-    ip netns exec gate-bench env GATECTL_PIPE_SIZE=$size gatectl forward --slug pipes \
+    ip netns exec gate-bench gatectl forward --slug pipes --pipe-size "$size" \
       --listen $GATE --route "$port,iperf,$UP:5201" >/tmp/pipes-$size.log 2>&1 &
     local pid=$!
     wait_listen gate-bench $port

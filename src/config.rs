@@ -15,6 +15,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatectl/gatectl.toml";
 /// First listen port of a gate; entry i listens on `base_port + i`.
 pub const BASE_LISTEN_PORT: u16 = 30000;
 
+/// Where the forwarder binary is looked for, in order, when the settings
+/// file does not set `forwarder_binary`: the Debian package's path, then a
+/// hand install's. The first is also the default when neither exists.
+pub const FORWARDER_BINARIES: [&str; 2] = ["/usr/bin/gatectl", "/usr/local/bin/gatectl"];
+
 /// Host settings and their defaults (see `docs/architecture.md` for the
 /// addresses and names they lead to).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +55,7 @@ impl Default for Settings {
             base_port: BASE_LISTEN_PORT,
             bottles_dir: PathBuf::from("/etc/gatectl/bottles"),
             state_dir: PathBuf::from("/run/gatectl"),
-            forwarder_binary: default_forwarder_binary(),
+            forwarder_binary: PathBuf::from(FORWARDER_BINARIES[0]),
             max_connections: 256,
             connect_timeout_secs: 10,
             allow_link_local: false,
@@ -58,13 +63,10 @@ impl Default for Settings {
     }
 }
 
-fn default_forwarder_binary() -> PathBuf {
-    for candidate in ["/usr/bin/gatectl", "/usr/local/bin/gatectl"] {
-        if Path::new(candidate).exists() {
-            return PathBuf::from(candidate);
-        }
-    }
-    PathBuf::from("/usr/bin/gatectl")
+/// The first of [`FORWARDER_BINARIES`] that `exists`, else the first.
+fn installed_forwarder_binary(exists: impl Fn(&Path) -> bool) -> PathBuf {
+    let found = FORWARDER_BINARIES.into_iter().map(Path::new).find(|p| exists(p));
+    found.unwrap_or(Path::new(FORWARDER_BINARIES[0])).to_path_buf()
 }
 
 impl Settings {
@@ -76,21 +78,39 @@ impl Settings {
     }
 
     /// Loads the settings from [`Settings::path`]; a missing file means all
-    /// defaults.
+    /// defaults. Unless the file sets `forwarder_binary`, it is the first of
+    /// [`FORWARDER_BINARIES`] that exists on this machine.
     pub fn load() -> Result<Settings> {
         let path = Settings::path();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Settings::parse(&text)
-                .map_err(|e| Error::invalid(format!("host settings {}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read host settings {}", path.display())),
-        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read host settings {}", path.display())),
+        };
+        Settings::parse_installed(&text, |p| p.exists())
+            .map_err(|e| Error::invalid(format!("host settings {}: {e}", path.display())))
     }
 
-    /// Parses and checks settings text.
+    /// Parses and checks settings text. What it does not set keeps its
+    /// [`Default`], which does not depend on the machine.
     pub fn parse(text: &str) -> Result<Settings, String> {
         let settings: Settings = toml::from_str(text).map_err(|e| e.message().to_string())?;
         settings.check()?;
+        Ok(settings)
+    }
+
+    /// [`Settings::parse`], then, unless `text` sets `forwarder_binary`, the
+    /// first of [`FORWARDER_BINARIES`] that `exists`.
+    fn parse_installed(text: &str, exists: impl Fn(&Path) -> bool) -> Result<Settings, String> {
+        #[derive(Deserialize)]
+        struct ForwarderBinary {
+            forwarder_binary: Option<PathBuf>,
+        }
+        let mut settings = Settings::parse(text)?;
+        let set: ForwarderBinary = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        if set.forwarder_binary.is_none() {
+            settings.forwarder_binary = installed_forwarder_binary(exists);
+        }
         Ok(settings)
     }
 
@@ -173,6 +193,42 @@ mod tests {
         assert_eq!(s.base_port, 30000);
         assert_eq!(s.internal_pool.to_string(), "10.231.0.0/16");
         assert_eq!(s.capacity(), 32768);
+    }
+
+    #[test]
+    fn defaults_do_not_depend_on_the_machine() {
+        assert_eq!(
+            Settings::default().forwarder_binary,
+            Path::new("/usr/bin/gatectl")
+        );
+        assert_eq!(Settings::parse("").unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn loading_finds_the_installed_forwarder_unless_the_file_names_one() {
+        let both: &[&str] = &["/usr/bin/gatectl", "/usr/local/bin/gatectl"];
+        let local: &[&str] = &["/usr/local/bin/gatectl"];
+        let cases = [
+            ("", both, "/usr/bin/gatectl"),
+            ("", local, "/usr/local/bin/gatectl"),
+            ("", &[], "/usr/bin/gatectl"),
+            ("base_port = 31000", local, "/usr/local/bin/gatectl"),
+            (
+                "forwarder_binary = \"/usr/bin/gatectl\"",
+                local,
+                "/usr/bin/gatectl",
+            ),
+            ("forwarder_binary = \"/opt/gatectl\"", both, "/opt/gatectl"),
+        ];
+        for (text, present, want) in cases {
+            let exists = |p: &Path| present.iter().any(|q| p == Path::new(q));
+            let settings = Settings::parse_installed(text, exists).unwrap();
+            assert_eq!(
+                settings.forwarder_binary,
+                Path::new(want),
+                "{text:?} with {present:?}"
+            );
+        }
     }
 
     #[test]

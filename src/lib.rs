@@ -6,6 +6,7 @@
 //! for the topology, the module map (which module owns which host resource),
 //! the data flow of each command and the invariants with their tests.
 
+pub mod alias;
 pub mod check;
 pub mod cli;
 pub mod config;

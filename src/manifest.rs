@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::alias::Alias;
 use crate::error::{Context, Error, Result};
 
 /// Largest manifest gatectl reads. A bottle manifest is a few KiB; anything
@@ -33,7 +34,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SshEntry {
     /// The alias the agent's ssh uses (`Host`).
-    pub alias: String,
+    pub alias: Alias,
     /// The real upstream: a DNS name or an IP literal (`Hostname`).
     pub hostname: String,
     /// The upstream port (`Port`).
@@ -460,12 +461,12 @@ fn validate(raw: RawManifest) -> Result<Manifest, String> {
                 .into_text()
                 .map_err(|m| format!("{}: {m}", at(field)))
         };
-        let host = text(e.host, "Host")?;
-        validate_alias(&host).map_err(|m| format!("{}: {m}", at("Host")))?;
-        if !seen.insert(host.to_ascii_lowercase()) {
+        let host = Alias::parse(&text(e.host, "Host")?).map_err(|m| format!("{}: {m}", at("Host")))?;
+        if !seen.insert(host.as_str().to_ascii_lowercase()) {
             return Err(format!(
-                "{}: alias {host:?} is declared twice; give each entry its own Host",
+                "{}: alias {:?} is declared twice; give each entry its own Host",
                 at("Host"),
+                host.as_str(),
             ));
         }
         let hostname = text(e.hostname, "Hostname")?;
@@ -508,25 +509,6 @@ fn parse_port(raw: &Loose) -> Result<u16, String> {
         }
     };
     u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(bad)
-}
-
-/// Checks an ssh_config `Host` alias: 1–64 characters of letters, digits,
-/// `.`, `_` and `-`, starting with a letter or digit. No wildcards, spaces or
-/// other ssh_config syntax.
-pub fn validate_alias(alias: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if alias.is_empty() || alias.len() > 64 {
-        return Err(format!("alias {alias:?} must be 1 to 64 characters"));
-    }
-    if let Some(c) = alias.chars().find(|c| !ok_char(*c)) {
-        return Err(format!(
-            "alias {alias:?} contains {c:?}; use only letters, digits, '.', '_' and '-'"
-        ));
-    }
-    if !alias.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(format!("alias {alias:?} must start with a letter or digit"));
-    }
-    Ok(())
 }
 
 /// Checks an upstream: an IPv4 or IPv6 literal, or a DNS name of letters,

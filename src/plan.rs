@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::alias::Alias;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -60,7 +61,7 @@ pub struct Upstream {
     /// Port the forwarder listens on, `base_port + i`.
     pub listen_port: u16,
     /// The alias (`Host`) from the manifest.
-    pub alias: String,
+    pub alias: Alias,
     /// The upstream as written in the manifest (`Hostname`).
     pub host: String,
     /// The upstream port.
@@ -408,8 +409,8 @@ mod tests {
                          [[ssh]]\nHost = \"github\"\nHostname = \"github.com\"\n";
         let a = plan(TWO, 0);
         let b = plan(reordered, 0);
-        assert_eq!(a.upstreams[0].alias, "github");
-        assert_eq!(b.upstreams[0].alias, "box");
+        assert_eq!(a.upstreams[0].alias.as_str(), "github");
+        assert_eq!(b.upstreams[0].alias.as_str(), "box");
         assert_eq!(b.upstreams[0].listen_port, 30000);
     }
 

@@ -1,7 +1,5 @@
 //! The slug: the identifier of one agent's gate.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -23,12 +21,6 @@ impl Slug {
         let Some(first) = chars.next() else {
             return Err(Error::invalid(format!("invalid slug \"\": it is empty; {fix}")));
         };
-        if raw.len() > MAX_SLUG_LEN {
-            return Err(Error::invalid(format!(
-                "invalid slug {raw:?}: it is {} characters long; {fix}",
-                raw.chars().count()
-            )));
-        }
         if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
             return Err(Error::invalid(format!(
                 "invalid slug {raw:?}: it starts with {first:?}; {fix}"
@@ -37,6 +29,14 @@ impl Slug {
         if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
             return Err(Error::invalid(format!(
                 "invalid slug {raw:?}: it contains {bad:?}; {fix}"
+            )));
+        }
+        // Every character is ASCII now: its length in bytes is its length
+        // in characters.
+        if raw.len() > MAX_SLUG_LEN {
+            return Err(Error::invalid(format!(
+                "invalid slug {raw:?}: it is {} characters long; {fix}",
+                raw.len()
             )));
         }
         Ok(Slug(raw.to_string()))
@@ -48,31 +48,43 @@ impl Slug {
     }
 }
 
-impl fmt::Display for Slug {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
+/// Implements the string conversions of a validated string newtype `$t`
+/// (a tuple struct around a `String` with `$t::parse(&str) -> Result<$t>`):
+/// [`Display`](std::fmt::Display), [`FromStr`](std::str::FromStr),
+/// `TryFrom<String>` (which serde's `try_from` uses) and `From<$t> for
+/// String`. Parsing always goes through `$t::parse`.
+macro_rules! validated_string {
+    ($t:ident) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(&self.0)
+            }
+        }
 
-impl TryFrom<String> for Slug {
-    type Error = Error;
-    fn try_from(raw: String) -> Result<Slug> {
-        Slug::parse(&raw)
-    }
-}
+        impl TryFrom<String> for $t {
+            type Error = crate::error::Error;
+            fn try_from(raw: String) -> crate::error::Result<$t> {
+                $t::parse(&raw)
+            }
+        }
 
-impl From<Slug> for String {
-    fn from(slug: Slug) -> String {
-        slug.0
-    }
-}
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.0
+            }
+        }
 
-impl std::str::FromStr for Slug {
-    type Err = Error;
-    fn from_str(raw: &str) -> Result<Slug> {
-        Slug::parse(raw)
-    }
+        impl std::str::FromStr for $t {
+            type Err = crate::error::Error;
+            fn from_str(raw: &str) -> crate::error::Result<$t> {
+                $t::parse(raw)
+            }
+        }
+    };
 }
+pub(crate) use validated_string;
+
+validated_string!(Slug);
 
 #[cfg(test)]
 mod tests {
@@ -96,11 +108,19 @@ mod tests {
             ("a/b", "contains '/'"),
             ("a b", "contains ' '"),
             ("x12345678901234567890123456789012", "33 characters"),
+            // Refused for a character, not for its bytes: 20 characters
+            // are 40 bytes, beyond MAX_SLUG_LEN.
+            (&"é".repeat(20), "starts with 'é'"),
+            (&format!("a{}", "é".repeat(19)), "contains 'é'"),
+            (&format!("{}é", "a".repeat(40)), "contains 'é'"),
         ];
         for (bad, why) in cases {
             let msg = Slug::parse(bad).unwrap_err().to_string();
             assert!(msg.contains(why), "{bad:?}: {msg}");
             assert!(msg.contains("a-z, 0-9"), "{bad:?}: message names the fix: {msg}");
+            if why != "33 characters" {
+                assert!(!msg.contains("characters long"), "{bad:?}: {msg}");
+            }
         }
     }
 }

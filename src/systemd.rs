@@ -292,6 +292,40 @@ fn job_result(signal: Option<JobRemoved>) -> Result<(OwnedObjectPath, String)> {
     Ok((args.job, args.result))
 }
 
+/// Checks how the stop jobs of units ended, given as (unit, job result)
+/// pairs: `Ok` if every job is `done` (the unit is stopped, or already was).
+/// Otherwise the error names each unit whose job ended another way, what
+/// that result means, and where to look before stopping the gate again.
+fn stop_outcome(stopped: &[(&str, &str)]) -> Result<()> {
+    let not_stopped: Vec<(&str, &str)> = stopped
+        .iter()
+        .copied()
+        .filter(|(_, result)| *result != "done")
+        .collect();
+    if not_stopped.is_empty() {
+        return Ok(());
+    }
+    let reasons: Vec<String> = not_stopped
+        .iter()
+        .map(|(unit, result)| {
+            let meaning = match *result {
+                "canceled" => "another job replaced the stop, so something started the unit again",
+                "timeout" => "systemd's job timeout ran out",
+                "failed" => "the unit failed while stopping",
+                _ => "systemd did not carry out the stop",
+            };
+            format!("{unit} did not stop (job result: {result}: {meaning})")
+        })
+        .collect();
+    let units: Vec<&str> = not_stopped.iter().map(|(unit, _)| *unit).collect();
+    Err(Error::failed(format!(
+        "{}; see `systemctl status {}` and `journalctl -u {}`, then stop the gate again",
+        reasons.join("; "),
+        units.join(" "),
+        units.join(" -u ")
+    )))
+}
+
 impl Systemd {
     /// Connects to the system bus. One connection serves every call.
     pub async fn connect() -> Result<Systemd> {
@@ -361,8 +395,9 @@ impl Systemd {
     }
 
     /// Stops `units` at once and waits for them all; a unit that does not
-    /// exist is success. Then clears failed states so the names are free
-    /// again.
+    /// exist is success. Fails, naming the unit, if a stop job ends other
+    /// than `done` (see `stop_outcome`). Then clears failed states so the
+    /// names are free again.
     pub async fn stop(&self, units: &[&str]) -> Result<()> {
         let mut watch = JobWatch::new(&self.manager).await?;
         let mut jobs = Vec::new();
@@ -374,15 +409,20 @@ impl Systemd {
             }
         }
         let paths: Vec<OwnedObjectPath> = jobs.iter().map(|(_, job)| job.clone()).collect();
-        if watch.wait(&paths).await?.is_none() {
-            let names: Vec<&str> = jobs.iter().map(|(unit, _)| *unit).collect();
+        let names: Vec<&str> = jobs.iter().map(|(unit, _)| *unit).collect();
+        let Some(results) = watch.wait(&paths).await? else {
             return Err(Error::failed(format!(
                 "{} did not stop within {}s; see `journalctl -u {}`",
                 names.join(" and "),
                 JOB_TIMEOUT.as_secs(),
                 names.join(" -u ")
             )));
-        }
+        };
+        let stopped: Vec<(&str, &str)> = names
+            .into_iter()
+            .zip(results.iter().map(String::as_str))
+            .collect();
+        stop_outcome(&stopped)?;
         for unit in units {
             match self.manager.reset_failed_unit(unit).await {
                 Ok(()) => {}
@@ -453,5 +493,69 @@ impl Systemd {
     /// Every loaded unit of every gate.
     pub async fn all_gate_units(&self) -> Result<Vec<UnitState>> {
         self.units(&format!("{}*", plan::GATE_PREFIX)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Units with the results of their stop jobs.
+    type Stopped<'a> = &'a [(&'a str, &'a str)];
+
+    #[test]
+    fn a_stop_succeeds_only_when_every_job_is_done() {
+        let ok: [Stopped; 3] = [
+            &[],
+            &[("gate-a.socket", "done")],
+            &[("gate-a.socket", "done"), ("gate-a.service", "done")],
+        ];
+        for stopped in ok {
+            assert!(stop_outcome(stopped).is_ok(), "{stopped:?}");
+        }
+        let refused: [(Stopped, &[&str]); 5] = [
+            (
+                &[("gate-a.socket", "done"), ("gate-a.service", "canceled")],
+                &["gate-a.service did not stop (job result: canceled: another job replaced the stop"],
+            ),
+            (
+                &[("gate-a.socket", "timeout")],
+                &["gate-a.socket did not stop (job result: timeout: systemd's job timeout ran out)"],
+            ),
+            (
+                &[("gate-a.socket", "failed")],
+                &["gate-a.socket did not stop (job result: failed: the unit failed while stopping)"],
+            ),
+            (
+                &[("gate-a.socket", "dependency")],
+                &["(job result: dependency: systemd did not carry out the stop)"],
+            ),
+            (
+                &[("gate-a.socket", "failed"), ("gate-a.service", "canceled")],
+                &[
+                    "gate-a.socket did not stop (job result: failed",
+                    "; gate-a.service did not stop (job result: canceled",
+                    "see `systemctl status gate-a.socket gate-a.service` and \
+                     `journalctl -u gate-a.socket -u gate-a.service`, then stop the gate again",
+                ],
+            ),
+        ];
+        for (stopped, wants) in refused {
+            let message = stop_outcome(stopped).unwrap_err().to_string();
+            for want in wants {
+                assert!(message.contains(want), "{stopped:?}: {message}");
+            }
+            assert!(
+                message.contains("then stop the gate again"),
+                "{stopped:?}: {message}"
+            );
+            for (unit, result) in stopped {
+                assert_eq!(
+                    message.contains(&format!("{unit} did not stop")),
+                    *result != "done",
+                    "{stopped:?}: {message}"
+                );
+            }
+        }
     }
 }

@@ -576,7 +576,7 @@ fn check_plan(
     prop_assert_eq!(blocks.len(), m.ssh.len());
     for (block, u) in blocks.iter().zip(&plan.upstreams) {
         let mut want = vec![
-            ("Host".to_string(), u.alias.clone()),
+            ("Host".to_string(), u.alias.to_string()),
             ("HostName".to_string(), plan.gate_internal.address.to_string()),
             ("Port".to_string(), u.listen_port.to_string()),
             ("HostKeyAlias".to_string(), u.host.clone()),

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::{Context, Result};
-use crate::forward::{ForwardConfig, ForwardRoute};
+use crate::forward::{ForwardConfig, ForwardRoute, DEFAULT_PIPE_SIZE};
 
 /// Arguments of `gatectl forward`.
 #[derive(clap::Args, Debug)]
@@ -26,6 +26,12 @@ pub struct ForwardArgs {
     /// Seconds allowed for each connect attempt to an upstream address.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Bytes asked for each splice pipe; the kernel rounds it up to a
+    /// power-of-two count of pages, and may refuse sizes above
+    /// /proc/sys/fs/pipe-max-size. For benchmarks; `gatectl start` keeps
+    /// the default.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_PIPE_SIZE)]
+    pub pipe_size: usize,
 }
 
 impl From<ForwardArgs> for ForwardConfig {
@@ -36,6 +42,7 @@ impl From<ForwardArgs> for ForwardConfig {
             routes: args.routes,
             max_connections: args.max_connections,
             connect_timeout: Duration::from_secs(args.connect_timeout),
+            pipe_size: args.pipe_size,
         }
     }
 }
@@ -94,7 +101,33 @@ mod tests {
         );
         assert_eq!(config.max_connections, 256);
         assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.pipe_size, DEFAULT_PIPE_SIZE);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn takes_a_pipe_size_and_refuses_zero() {
+        let argv = |size: &'static str| {
+            [
+                "--slug",
+                "alice",
+                "--listen",
+                "10.231.0.1",
+                "--route",
+                "30000,github,192.0.2.10:22",
+                "--pipe-size",
+                size,
+            ]
+        };
+        let config = ForwardConfig::from(parse(&argv("65536")).unwrap());
+        assert_eq!(config.pipe_size, 65536);
+        config.validate().unwrap();
+        let error = ForwardConfig::from(parse(&argv("0")).unwrap())
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--pipe-size must be at least 1 byte"), "{error}");
+        assert!(parse(&argv("-1")).is_err());
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder for `slug` allowing `max_connections` open connections at
     /// once, each connect attempt to an upstream limited to `connect_timeout`,
-    /// with the splice pipes the file-descriptor limit leaves room for.
-    pub fn new(slug: String, max_connections: u32, connect_timeout: Duration) -> Self {
+    /// with the splice pipes of `pipe_size` bytes that the file-descriptor
+    /// limit leaves room for.
+    pub fn new(slug: String, max_connections: u32, connect_timeout: Duration, pipe_size: usize) -> Self {
         Forwarder {
             slug,
             connect_timeout,
@@ -46,7 +47,7 @@ impl Forwarder {
             limit: Arc::new(Semaphore::new(max_connections as usize)),
             total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            pipes: PipePool::for_forwarder(max_connections),
+            pipes: PipePool::for_forwarder(pipe_size, max_connections),
         }
     }
 
@@ -97,12 +98,12 @@ pub async fn accept_loop(
                 }
             },
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-                tracing::debug!(alias = route.alias, error = %e, "a client went away before it was accepted");
+                tracing::debug!(alias = route.alias.as_str(), error = %e, "a client went away before it was accepted");
             }
             Err(e) => {
                 tracing::warn!(
                     slug = forwarder.slug,
-                    alias = route.alias,
+                    alias = route.alias.as_str(),
                     port = route.listen_port,
                     error = %e,
                     "accepting a connection failed; retrying in {} ms",
@@ -124,7 +125,7 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) {
-    let mut log = ConnectionLog::new(&forwarder.slug, &route.alias, peer);
+    let mut log = ConnectionLog::new(&forwarder.slug, route.alias.as_str(), peer);
     let outcome = tokio::select! {
         outcome = forward(client, &route, &forwarder, &mut log) => outcome,
         _ = stop.wait_for(|stopping| *stopping) => Outcome::Aborted,
@@ -167,7 +168,7 @@ impl RefusalWarnings {
     /// Notes a refused connection from `peer`, warning at most once per
     /// [`REFUSAL_WARNING_INTERVAL`].
     fn refused(&mut self, forwarder: &Forwarder, route: &ForwardRoute, peer: SocketAddr) {
-        tracing::debug!(alias = route.alias, peer = %peer, "refused a connection: the connection limit is reached");
+        tracing::debug!(alias = route.alias.as_str(), peer = %peer, "refused a connection: the connection limit is reached");
         if self
             .last
             .is_some_and(|last| last.elapsed() < REFUSAL_WARNING_INTERVAL)
@@ -181,7 +182,7 @@ impl RefusalWarnings {
         };
         tracing::warn!(
             slug = forwarder.slug,
-            alias = route.alias,
+            alias = route.alias.as_str(),
             peer = %peer,
             limit = forwarder.max_connections,
             also_refused = self.suppressed,

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::accept::Forwarder;
+pub use self::pipe::DEFAULT_PIPE_SIZE;
 pub use self::route::ForwardRoute;
 use crate::error::{Context, Error, Result};
 use crate::slug::Slug;
@@ -57,6 +58,10 @@ pub struct ForwardConfig {
     pub max_connections: usize,
     /// Time allowed for each connect attempt to an upstream address.
     pub connect_timeout: Duration,
+    /// Capacity, in bytes, asked for each splice pipe; the kernel may round
+    /// it up to a power-of-two count of pages, or refuse it and keep its
+    /// default.
+    pub pipe_size: usize,
 }
 
 impl ForwardConfig {
@@ -90,6 +95,11 @@ impl ForwardConfig {
         self.connection_limit()?;
         if self.connect_timeout.is_zero() {
             return Err(Error::invalid("--connect-timeout must be at least 1 second"));
+        }
+        if self.pipe_size == 0 {
+            return Err(Error::invalid(format!(
+                "--pipe-size must be at least 1 byte (the default is {DEFAULT_PIPE_SIZE})"
+            )));
         }
         Ok(())
     }
@@ -228,6 +238,7 @@ pub async fn serve(
         config.slug.clone(),
         config.connection_limit()?,
         config.connect_timeout,
+        config.pipe_size,
     ));
     let (stopping, stop_rx) = watch::channel(false);
     let mut accept_loops = JoinSet::new();
@@ -236,7 +247,7 @@ pub async fn serve(
         let upstreams: Vec<String> = route.upstreams.iter().map(ToString::to_string).collect();
         tracing::info!(
             slug = config.slug,
-            alias = route.alias,
+            alias = route.alias.as_str(),
             listen = %addr,
             "listening on {addr} for {}, forwarding to {}",
             route.alias,

@@ -21,9 +21,10 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::sys::resource::{getrlimit, Resource};
 
-/// Capacity asked for each pipe (`F_SETPIPE_SZ`), unless
-/// `GATECTL_PIPE_SIZE` says otherwise. Measured in BENCHMARKS.md: 256 KiB
+/// Capacity asked for each pipe (`F_SETPIPE_SZ`), unless `gatectl forward
+/// --pipe-size` says otherwise. Measured in BENCHMARKS.md: 256 KiB
 /// gives all of the throughput of 1 MiB pipes at a quarter of the kernel
 /// memory a busy connection can pin.
 pub const DEFAULT_PIPE_SIZE: usize = 256 * 1024;
@@ -65,16 +66,10 @@ impl PipePool {
         }
     }
 
-    /// The pool of a forwarder allowing `max_connections` connections: pipe
-    /// size from `GATECTL_PIPE_SIZE` (bytes) or [`DEFAULT_PIPE_SIZE`], and as
-    /// many pipes as the file-descriptor limit leaves room for (two per
-    /// connection at most).
-    pub fn for_forwarder(max_connections: u32) -> PipePool {
-        let size = std::env::var("GATECTL_PIPE_SIZE")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .filter(|&s| s > 0)
-            .unwrap_or(DEFAULT_PIPE_SIZE);
+    /// The pool of a forwarder allowing `max_connections` connections: pipes
+    /// of `size` bytes, as many as the file-descriptor limit leaves room for
+    /// (two per connection at most).
+    pub fn for_forwarder(size: usize, max_connections: u32) -> PipePool {
         let limit = pipe_budget(open_files_limit(), max_connections);
         if limit < 2 * max_connections as usize {
             tracing::debug!(
@@ -161,18 +156,10 @@ pub fn pipe_budget(nofile: u64, max_connections: u32) -> usize {
     usize::try_from((spare / 2).min(sockets)).unwrap_or(usize::MAX)
 }
 
-/// This process's soft `RLIMIT_NOFILE`.
+/// This process's soft `RLIMIT_NOFILE`, or 1024 (the usual soft limit) if
+/// it cannot be read.
 fn open_files_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the valid struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _hard)| soft)
 }
 
 /// One pipe: its two ends and its capacity.

@@ -44,6 +44,7 @@ fn config(max_connections: usize, routes: Vec<ForwardRoute>) -> ForwardConfig {
         routes,
         max_connections,
         connect_timeout: TIMEOUT,
+        pipe_size: DEFAULT_PIPE_SIZE,
     }
 }
 
@@ -61,7 +62,7 @@ impl Running {
         let addr = listener.local_addr().unwrap();
         let route = ForwardRoute {
             listen_port: addr.port(),
-            alias: "echo".to_string(),
+            alias: "echo".parse().unwrap(),
             upstreams,
         };
         let config = config(max_connections, vec![route]);
@@ -174,7 +175,7 @@ async fn bind_names_the_address_it_could_not_listen_on() {
     let port = taken.local_addr().unwrap().port();
     let route = ForwardRoute {
         listen_port: port,
-        alias: "busy".to_string(),
+        alias: "busy".parse().unwrap(),
         upstreams: vec![closed_port().await],
     };
     let error = bind(&config(8, vec![route])).await.unwrap_err().to_string();
@@ -192,7 +193,7 @@ async fn passed_sockets_are_paired_with_routes_by_port() {
     let ports: Vec<u16> = sockets.iter().map(|s| s.local_addr().unwrap().port()).collect();
     let route = |port: u16, alias: &str| ForwardRoute {
         listen_port: port,
-        alias: alias.to_string(),
+        alias: alias.parse().unwrap(),
         upstreams: vec!["127.0.0.1:22".parse().unwrap()],
     };
     // Routes in another order than the sockets: each gets its own port.
@@ -221,7 +222,7 @@ async fn passed_sockets_are_paired_with_routes_by_port() {
 fn validate_refuses_bad_settings() {
     let route = |port| ForwardRoute {
         listen_port: port,
-        alias: "a".to_string(),
+        alias: "a".parse().unwrap(),
         upstreams: vec!["127.0.0.1:22".parse().unwrap()],
     };
     let good = config(8, vec![route(30000), route(30001)]);
