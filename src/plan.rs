@@ -200,8 +200,11 @@ impl GateSpec {
         })
     }
 
-    /// The gate placed at gate index `index`: its /31s and host link names
-    /// follow the index. Refuses an index the pools do not hold.
+    /// The gate placed at gate index `index`: its egress /31 and host link
+    /// names follow the index, and so does its internal /31 when the agent
+    /// end stays in the host's namespace; with an agent netns the internal
+    /// /31 is always the pool's first. Refuses an index the pools do not
+    /// hold.
     pub fn place(&self, settings: &Settings, index: u32) -> Result<GatePlan> {
         if index >= settings.capacity() {
             return Err(Error::invalid(format!(
@@ -209,7 +212,13 @@ impl GateSpec {
                 settings.capacity()
             )));
         }
-        let (agent_addr, gate_int_addr) = pair(settings.internal_pool, index);
+        // An agent in a netns of its own sees only its gate, so every such
+        // gate takes the internal pool's first /31: the gate's address, and
+        // the ssh config written from it, stay the same across stops,
+        // starts in any order and reboots. An agent end in the host's
+        // namespace needs the /31 of its own index.
+        let internal_index = if self.agent_netns.is_some() { 0 } else { index };
+        let (agent_addr, gate_int_addr) = pair(settings.internal_pool, internal_index);
         let (host_egr_addr, gate_egr_addr) = pair(settings.egress_pool, index);
         let end = |name: String, address| LinkEnd { name, address };
         Ok(GatePlan {
@@ -531,5 +540,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(both.upstreams[0].addresses.len(), 2);
+    }
+
+    #[test]
+    fn a_gate_with_an_agent_netns_has_the_same_address_at_every_index() {
+        let settings = Settings::default();
+        let with_netns = spec("alice", TWO, &settings, Some("agent-alice")).unwrap();
+        let without = spec("alice", TWO, &settings, None).unwrap();
+        let at = |spec: &GateSpec, index| spec.place(&settings, index).unwrap();
+        for index in [0, 1, 7, 4000] {
+            let plan = at(&with_netns, index);
+            assert_eq!(plan.agent_link.address, Ipv4Addr::new(10, 231, 0, 0));
+            assert_eq!(plan.gate_internal.address, Ipv4Addr::new(10, 231, 0, 1));
+            assert_eq!(plan.host_egress.name, format!("gte{index}"));
+            assert_eq!(plan.gate_egress.address, at(&without, index).gate_egress.address);
+        }
+        assert_eq!(
+            at(&without, 7).gate_internal.address,
+            Ipv4Addr::new(10, 231, 0, 15)
+        );
     }
 }

@@ -382,3 +382,72 @@ fn an_upstream_on_the_host_itself_is_reachable_and_nothing_else_of_the_host() {
     assert_eq!(connect(&host, Some("gate-local"), "10.99.2.0", 2222), Ok(()));
     gatectl_ok(&host, &["stop", "local"]);
 }
+
+/// Gates whose agents have netns of their own keep their address, and so
+/// the ssh config written once, whatever order they start in: started
+/// alice then bob, stopped, started bob then alice, each agent reaches its
+/// upstream with the config it saved the first time.
+#[test]
+fn gates_started_in_the_opposite_order_keep_their_addresses_and_ssh_configs() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-stable");
+    host.add_netns("agent-bob");
+    for slug in ["alice", "bob"] {
+        let netns = if slug == "alice" { "agent" } else { "agent-bob" };
+        host.write_file(
+            &format!("/etc/gatectl/bottles/{slug}.toml"),
+            format!("agent_netns = \"{netns}\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n")
+                .as_bytes(),
+            0o644,
+        );
+    }
+    let mut saved = Vec::new();
+    for slug in ["alice", "bob"] {
+        gatectl_ok(&host, &["start", slug]);
+        saved.push(gatectl_ok(&host, &["ssh-config", slug]));
+    }
+    assert!(saved[0].contains("HostName 10.231.0.1"), "{}", saved[0]);
+    for slug in ["alice", "bob"] {
+        gatectl_ok(&host, &["stop", slug]);
+    }
+    for slug in ["bob", "alice"] {
+        gatectl_ok(&host, &["start", slug]);
+    }
+    let status = gatectl_ok(&host, &["status", "bob"]);
+    assert!(status.contains("gte0"), "bob took index 0 this time: {status}");
+    for (slug, (netns, config)) in ["alice", "bob"]
+        .into_iter()
+        .zip([("agent", &saved[0]), ("agent-bob", &saved[1])])
+    {
+        assert_eq!(
+            &gatectl_ok(&host, &["ssh-config", slug]),
+            config,
+            "{slug}'s ssh config"
+        );
+        let path = format!("/root/agent/{slug}.saved_ssh_config");
+        host.write_file(&path, config.as_bytes(), 0o600);
+        let argv = ssh_args(
+            Some(netns),
+            Some(&path),
+            &sshd.identity,
+            "/root/agent/known_hosts",
+            "up",
+            "echo via-saved-config",
+        );
+        let out = host.exec(&argv);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "via-saved-config\n",
+            "{slug}: {}",
+            text(&out)
+        );
+    }
+    for slug in ["alice", "bob"] {
+        gatectl_ok(&host, &["stop", slug]);
+    }
+    for slug in ["alice", "bob"] {
+        assert_eq!(leftovers(&host, slug), Vec::<String>::new());
+    }
+}

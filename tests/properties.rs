@@ -520,7 +520,17 @@ fn check_plan(
     prop_assert_eq!(plan.agent_link.name == "gate0", want_ns.is_some());
     prop_assert_eq!(&plan.host_egress.name, &format!("gte{index}"));
 
-    // Addresses: the index's /31 of each pool.
+    // Addresses: the index's /31 of each pool, except that a gate with an
+    // agent netns always takes the internal pool's first.
+    let internal_index = if want_ns.is_some() { 0 } else { index };
+    prop_assert_eq!(
+        u32::from(plan.agent_link.address),
+        u32::from(settings.internal_pool.network()) + 2 * internal_index
+    );
+    prop_assert_eq!(
+        u32::from(plan.host_egress.address),
+        u32::from(settings.egress_pool.network()) + 2 * index
+    );
     prop_assert!(settings.internal_pool.contains(&plan.agent_link.address));
     prop_assert!(settings.egress_pool.contains(&plan.host_egress.address));
     prop_assert_eq!(
