@@ -293,6 +293,13 @@ pub fn socket_unit_name(slug: &Slug) -> String {
     format!("{GATE_PREFIX}{slug}.socket")
 }
 
+/// The packaged unit that manages the gate of `slug` across boots
+/// (`gatectl@<slug>.service`: `ExecStart=gatectl start`, `ExecStop=gatectl
+/// stop`).
+pub fn manager_unit_name(slug: &Slug) -> String {
+    format!("gatectl@{slug}.service")
+}
+
 /// The slug whose forwarder or socket unit is `unit` (`gate-<slug>.service`,
 /// `gate-<slug>.socket`).
 pub fn slug_of_unit(unit: &str) -> Option<Slug> {

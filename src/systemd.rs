@@ -433,6 +433,17 @@ impl Systemd {
         Ok(())
     }
 
+    /// The state of unit `name` (inactive/dead when systemd has not
+    /// loaded it).
+    pub async fn unit_state(&self, name: &str) -> Result<UnitState> {
+        Ok(self
+            .units(name)
+            .await?
+            .into_iter()
+            .find(|u| u.name == name)
+            .unwrap_or_else(|| UnitState::not_loaded(name.to_string())))
+    }
+
     /// systemd's version, e.g. `252.30-1~deb12u2`.
     pub async fn version(&self) -> Result<String> {
         self.manager

@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::gatectl::{bash_in, connect, gatectl, gatectl_ok, ip_forward, leftovers, serve, setup, text};
+use common::gatectl::{
+    bash_in, connect, gatectl, gatectl_ok, host_state, ip_forward, leftovers, serve, setup, ssh_via_gate,
+    text,
+};
 use common::{require_root, ssh_args, TestHost};
 
 #[test]
@@ -450,4 +453,94 @@ fn gates_started_in_the_opposite_order_keep_their_addresses_and_ssh_configs() {
     for slug in ["alice", "bob"] {
         assert_eq!(leftovers(&host, slug), Vec::<String>::new());
     }
+}
+
+/// One gate, whoever started it: `gatectl@<slug>.service` and hand-run
+/// `start`/`stop` interleave cleanly. `stop` of a unit-managed gate stops
+/// the unit (no "active (exited)" unit over a gone gate); `systemctl start`
+/// after a hand start finds the gate running, unchanged, and succeeds; a
+/// start with another manifest is refused and changes nothing; and a stop
+/// followed at once by a start never meets a unit that is still loaded.
+#[test]
+fn hand_and_unit_starts_and_stops_interleave_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-units");
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/gatectl@.service"))
+        .unwrap()
+        .replace("/usr/bin/gatectl", gatectl_path());
+    host.write_file("/etc/systemd/system/gatectl@.service", unit.as_bytes(), 0o644);
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    let manifest =
+        "agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n";
+    host.write_file("/etc/gatectl/bottles/alice.toml", manifest.as_bytes(), 0o644);
+    let unit_state = || {
+        let out = host.exec(&["systemctl", "is-active", "gatectl@alice.service"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let works =
+        || ssh_via_gate(&host, &sshd, "alice", Some("agent"), "echo ok").map(|o| o.trim().to_string());
+
+    // Unit start, hand stop: the unit follows.
+    host.run_ok(&["systemctl", "start", "gatectl@alice.service"]);
+    assert_eq!(unit_state(), "active");
+    assert_eq!(works(), Ok("ok".to_string()));
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(unit_state(), "inactive", "the unit stopped with the gate");
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+
+    // Hand start, then unit start: the gate is left as it is.
+    gatectl_ok(&host, &["start", "alice"]);
+    let before = host_state(&host);
+    host.run_ok(&["systemctl", "start", "gatectl@alice.service"]);
+    assert_eq!(unit_state(), "active");
+    assert_eq!(
+        host_state(&host),
+        before,
+        "the unit's start changed the running gate"
+    );
+    let again = gatectl_ok(&host, &["start", "alice"]);
+    assert!(
+        again.starts_with("gate alice already running, unchanged:"),
+        "{again}"
+    );
+    assert_eq!(works(), Ok("ok".to_string()));
+
+    // Another manifest: refused, naming what to run, and nothing changes.
+    let before = host_state(&host);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        format!("{manifest}[[ssh]]\nHost = \"up2\"\nHostname = \"upstream.test\"\n").as_bytes(),
+        0o644,
+    );
+    let out = gatectl(&host, &["start", "alice"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "gatectl: error: gate alice is already running (gate-alice.socket is active) with another manifest or \
+         other upstream addresses; to apply them, run `gatectl stop alice`, then `gatectl start alice`"
+    );
+    assert_eq!(host_state(&host), before, "a refused start changed the host");
+    host.write_file("/etc/gatectl/bottles/alice.toml", manifest.as_bytes(), 0o644);
+
+    // Unit stop: the gate goes.
+    host.run_ok(&["systemctl", "stop", "gatectl@alice.service"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+
+    // Stop and start back to back: no unit of the last gate is in the way.
+    for round in 0..5 {
+        gatectl_ok(&host, &["start", "alice"]);
+        let out = gatectl(&host, &["stop", "alice"]);
+        assert!(out.status.success(), "round {round}: {}", text(&out));
+    }
+    gatectl_ok(&host, &["start", "alice"]);
+    assert_eq!(works(), Ok("ok".to_string()));
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}
+
+/// Where the tests install gatectl inside a host.
+fn gatectl_path() -> &'static str {
+    common::gatectl::GATECTL
 }

@@ -4,6 +4,7 @@ use clap::Args;
 
 use super::{block_on, GateArgs, Outcome};
 use crate::error::Result;
+use crate::gate::start::Started;
 use crate::gate::Host;
 use crate::timings::Timings;
 
@@ -26,12 +27,15 @@ pub fn run(args: StartArgs) -> Result<Outcome> {
     let mut timings = Timings::default();
     let spec = host.spec(&gate.slug, &manifest, gate.agent_netns.as_deref())?;
     timings.mark("read the manifest, resolve and check the upstreams");
-    let plan = block_on(host.start(&spec, &mut timings))?;
+    let (plan, how) = match block_on(host.start(&spec, &mut timings))? {
+        Started::New(plan) => (plan, "running"),
+        Started::Unchanged(plan) => (plan, "already running, unchanged"),
+    };
     if args.timings {
         eprint!("{}", timings.report());
     }
     println!(
-        "gate {} running: {} upstream(s) on {} ports {}-{}; `gatectl ssh-config {}` prints the agent's ssh config",
+        "gate {} {how}: {} upstream(s) on {} ports {}-{}; `gatectl ssh-config {}` prints the agent's ssh config",
         plan.slug,
         plan.upstreams.len(),
         plan.gate_internal.address,

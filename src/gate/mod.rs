@@ -22,7 +22,7 @@ use crate::plan::{self, GatePlan, GateSpec};
 use crate::resolve;
 use crate::slug::Slug;
 use crate::state::Records;
-use crate::systemd::{GateUnits, Systemd};
+use crate::systemd::{ActiveState, GateUnits, Systemd};
 use crate::timings::Timings;
 
 pub use state::{GateFacts, GateState, GateStatus, RecordFact};
@@ -99,20 +99,32 @@ impl Host {
     }
 
     /// Starts the gate of `spec`. Validates everything before the first
-    /// side effect; on failure rolls back everything it created. Each
-    /// step's duration goes to `timings`.
-    pub async fn start(&self, spec: &GateSpec, timings: &mut Timings) -> Result<GatePlan> {
+    /// side effect; on failure rolls back everything it created. A gate
+    /// already running with the same spec is left as it is. Each step's
+    /// duration goes to `timings`.
+    pub async fn start(&self, spec: &GateSpec, timings: &mut Timings) -> Result<start::Started> {
         start::Start { host: self }.run(spec, timings).await
     }
 
     /// Stops the gate of `slug`: units, firewall rules, links, netns and
-    /// record, then the host's own changes if it was the last gate. A gate
-    /// that is already gone is success. Each step's duration goes to
+    /// record, then the host's own changes if it was the last gate; through
+    /// `gatectl@<slug>.service` when that unit is active. A gate that is
+    /// already gone is success. Each step's duration goes to
     /// `timings`.
     pub async fn stop(&self, slug: &Slug, timings: &mut Timings) -> Result<()> {
-        let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
-        timings.mark("lock the slug, connect to systemd");
+        let manager = plan::manager_unit_name(slug);
+        if systemd.unit_state(&manager).await?.active == ActiveState::Active {
+            // gatectl@SLUG manages this gate: stop it through the unit,
+            // whose ExecStop= runs this command again (the unit is then
+            // deactivating), so the unit does not stay active over a gate
+            // that is gone, and a later `systemctl start` starts it again.
+            systemd.stop(&[&manager]).await?;
+            timings.mark("stop the gate through its unit gatectl@SLUG.service");
+            return Ok(());
+        }
+        let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
+        timings.mark("connect to systemd, lock the slug");
         self.teardown(&systemd).gate(slug, timings).await?;
         self.host_wide.close_if_idle().await?;
         timings.mark("close the host path if no gate is left");

@@ -23,6 +23,26 @@ use crate::systemd::Systemd;
 use crate::timings::Timings;
 use crate::unit;
 
+/// What a `start` did.
+#[derive(Debug)]
+pub enum Started {
+    /// The gate was brought up.
+    New(GatePlan),
+    /// The gate was already running with this very spec (the same
+    /// upstreams, addresses and agent netns): nothing changed.
+    Unchanged(GatePlan),
+}
+
+/// What a `start` finds of an earlier gate of its slug.
+enum Earlier {
+    /// Nothing.
+    Nothing,
+    /// Remains of a start that died or of a gate whose unit is gone.
+    Leftovers,
+    /// A whole gate running with the same spec.
+    Same(GatePlan),
+}
+
 /// One `start` on a host.
 pub struct Start<'h> {
     /// The host.
@@ -31,7 +51,7 @@ pub struct Start<'h> {
 
 impl Start<'_> {
     /// Starts the gate of `spec`; see [`Host::start`].
-    pub async fn run(&self, spec: &GateSpec, timings: &mut Timings) -> Result<GatePlan> {
+    pub async fn run(&self, spec: &GateSpec, timings: &mut Timings) -> Result<Started> {
         let host = self.host;
         let slug = &spec.slug;
         host.settings.check_forwarder_binary()?;
@@ -43,7 +63,11 @@ impl Start<'_> {
         let _slug_lock = lock::lock_slug(&host.settings.state_dir, slug)?;
         let systemd = Systemd::connect().await?;
         timings.mark("lock the slug, connect to systemd");
-        let leftovers = self.refuse_if_running(&systemd, slug).await?;
+        let leftovers = match self.earlier_gate(&systemd, spec).await? {
+            Earlier::Same(plan) => return Ok(Started::Unchanged(plan)),
+            Earlier::Leftovers => true,
+            Earlier::Nothing => false,
+        };
         let root = Netlink::current()?;
         let first = self.check_pools_if_first(&root).await?;
         timings.mark("check the address pools against host routes");
@@ -70,7 +94,7 @@ impl Start<'_> {
                     plan: plan.clone(),
                     complete: true,
                 })?;
-                Ok(plan)
+                Ok(Started::New(plan))
             }
             Err(StepError { step, error }) => {
                 let undos = steps.into_undos();
@@ -84,21 +108,51 @@ impl Start<'_> {
         }
     }
 
-    /// Refuses a gate that is up, unless its record says an earlier start
-    /// died (holding the slug lock, an incomplete record means that).
-    /// Returns whether something of an earlier gate is left to clean up.
-    async fn refuse_if_running(&self, systemd: &Systemd, slug: &crate::slug::Slug) -> Result<bool> {
+    /// What is left of an earlier gate of the spec's slug. A gate that is
+    /// up and whole with the same spec is [`Earlier::Same`] (so `start` is
+    /// idempotent, as `systemctl start gatectl@SLUG` after a hand start
+    /// needs); one that is up otherwise is refused, unless its record says
+    /// an earlier start died (holding the slug lock, an incomplete record
+    /// means that).
+    async fn earlier_gate(&self, systemd: &Systemd, spec: &GateSpec) -> Result<Earlier> {
+        let slug = &spec.slug;
         let record = self.host.records.load(slug);
         let interrupted = matches!(&record, Ok(Some(r)) if !r.complete);
         if let Some(unit) = systemd.gate_units(slug).await?.loaded().find(|u| u.is_up()) {
             if !interrupted {
-                return Err(Error::failed(format!(
-                    "gate {slug} is already running ({} is {}); run `gatectl stop {slug}` first",
-                    unit.name, unit.active
-                )));
+                return match &record {
+                    Ok(Some(r))
+                        if r.plan.agent_netns == spec.agent_netns && r.plan.upstreams == spec.upstreams =>
+                    {
+                        if netns::exists(&r.plan.netns) {
+                            Ok(Earlier::Same(r.plan.clone()))
+                        } else {
+                            Err(Error::failed(format!(
+                                "gate {slug} is already running ({} is {}) but broken: its network namespace \
+                                 {} is missing; run `gatectl stop {slug}` first",
+                                unit.name, unit.active, r.plan.netns
+                            )))
+                        }
+                    }
+                    Ok(Some(_)) => Err(Error::failed(format!(
+                        "gate {slug} is already running ({} is {}) with another manifest or other upstream \
+                         addresses; to apply them, run `gatectl stop {slug}`, then `gatectl start {slug}`",
+                        unit.name, unit.active
+                    ))),
+                    _ => Err(Error::failed(format!(
+                        "gate {slug} is already running ({} is {}); run `gatectl stop {slug}` first",
+                        unit.name, unit.active
+                    ))),
+                };
             }
         }
-        Ok(!matches!(record, Ok(None)) || netns::exists(&plan::netns_name(slug)))
+        Ok(
+            if !matches!(record, Ok(None)) || netns::exists(&plan::netns_name(slug)) {
+                Earlier::Leftovers
+            } else {
+                Earlier::Nothing
+            },
+        )
     }
 
     /// The first gate checks the whole pools against the host's routes (a
