@@ -39,8 +39,17 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the gate of an agent.
+    ///
+    /// Validates everything before it changes anything, and rolls back what
+    /// it created when a step fails. A gate already running with the same
+    /// manifest and upstream addresses is left as it is (exit 0); one
+    /// running with another manifest is refused: stop it, then start it.
     Start(start::StartArgs),
     /// Stop a gate and remove everything it created (idempotent).
+    ///
+    /// A gate that gatectl@SLUG.service manages is stopped through that
+    /// unit. The last gate to stop restores the host's IPv4 forwarding, and
+    /// removes gatectl's routing rules and nftables table.
     Stop(stop::StopArgs),
     /// Show the state of one gate, or of all (exit 3 if it is not running).
     Status(status::StatusArgs),
