@@ -230,6 +230,7 @@ impl Prune<'_> {
 
         let mut found = Vec::new();
         let mut kept = BTreeSet::new();
+        let mut torn_down = BTreeSet::new();
         for slug in slugs {
             // Decided and applied under the slug's lock: a start or stop of
             // this slug cannot run meanwhile.
@@ -259,12 +260,21 @@ impl Prune<'_> {
                             .await?;
                     }
                     found.extend(traces);
+                    torn_down.insert(slug.as_str().to_string());
                 }
             }
         }
 
         // Claims are read again: a start may have claimed an index since.
-        let claimed: BTreeSet<u32> = host.records.index_holders().into_iter().map(|(i, _)| i).collect();
+        // A gate torn down above released its claim; a dry run counts it as
+        // released too, so that it lists the links the real run removes.
+        let claimed: BTreeSet<u32> = host
+            .records
+            .index_holders()
+            .into_iter()
+            .filter(|(_, holder)| !(dry_run && torn_down.contains(holder)))
+            .map(|(i, _)| i)
+            .collect();
         let removed: BTreeSet<String> = found
             .iter()
             .filter(|f| f.kind == LeftoverKind::Link)
