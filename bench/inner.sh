@@ -93,6 +93,11 @@ Port = 80
 EOF
   gatectl start bench >/dev/null
   local netns=/run/netns/gate-bench
+  # The gate netns's own table admits the agent to gatectl's listen ports
+  # only: admit it to the comparison forwarders' ports below and those of
+  # pipe_sizes() as well (they reach the same declared upstream ports,
+  # which the table allows).
+  ip netns exec gate-bench nft add element inet gatectl listen '{ 31000, 31001, 32000, 32001, 33001, 33002, 33003, 34001 }'
   systemd-run --quiet --unit bench-socat-iperf -p NetworkNamespacePath=$netns -p DynamicUser=yes \
     socat TCP-LISTEN:31000,bind=$GATE,reuseaddr,fork,backlog=4096 TCP:$UP:5201
   systemd-run --quiet --unit bench-socat-http -p NetworkNamespacePath=$netns -p DynamicUser=yes \
