@@ -93,6 +93,11 @@ Port = 80
 EOF
   gatectl start bench >/dev/null
   local netns=/run/netns/gate-bench
+  # The gate netns's own table admits the agent to gatectl's listen ports
+  # only: admit it to the comparison forwarders' ports below and those of
+  # pipe_sizes() as well (they reach the same declared upstream ports,
+  # which the table allows).
+  ip netns exec gate-bench nft add element inet gatectl listen '{ 31000, 31001, 32000, 32001, 33001, 33002, 33003, 34001 }'
   systemd-run --quiet --unit bench-socat-iperf -p NetworkNamespacePath=$netns -p DynamicUser=yes \
     socat TCP-LISTEN:31000,bind=$GATE,reuseaddr,fork,backlog=4096 TCP:$UP:5201
   systemd-run --quiet --unit bench-socat-http -p NetworkNamespacePath=$netns -p DynamicUser=yes \
@@ -148,14 +153,30 @@ iperf_gbit() { # NETNS ADDR PORT STREAMS -> Gbit/s received
 
 median() { tr ' ' '\n' | grep -v '^$' | pct 50; }
 
-ab_cps() { # NETNS ADDR PORT -> requests (= connections) per second
+AB_FAILURES=/tmp/ab-failures # one "PATH FAILED_REQUESTS" line per failed ab run
+: >"$AB_FAILURES"
+
+ab_cps() { # NETNS ADDR PORT PATH -> requests (= connections) per second
   local out
   out=$(ip netns exec "$1" ab -q -r -c 32 -t $ab_secs -n 100000000 -s 5 "http://$2:$3/" 2>&1) || true
   local failed rps
   failed=$(awk '/^Failed requests/ {print $3}' <<<"$out")
   rps=$(awk '/^Requests per second/ {printf "%.0f\n", $4}' <<<"$out")
-  [[ -n ${failed:-} && $failed != 0 ]] && echo "ab via $2:$3: $failed failed requests" >&2
+  if [[ -z ${failed:-} || -z ${rps:-} ]]; then
+    echo "ab via $2:$3 printed no result: $out" >&2
+    echo "$4 (no result)" >>"$AB_FAILURES"
+  elif [[ $failed != 0 ]]; then
+    echo "ab via $2:$3: $failed failed requests" >&2
+    echo "$4 $failed" >>"$AB_FAILURES"
+  fi
   echo "${rps:-0}"
+}
+
+ab_failed() { # PATH -> " (N failed requests)" when an ab run of PATH had failures
+  local n
+  n=$(awk -v p="$1" '$1 == p {if ($2 ~ /^[0-9]+$/) s += $2; else s = "no result"} END {print s}' "$AB_FAILURES")
+  [[ -n $n ]] && echo " ($n failed requests; the figure is not valid)"
+  true
 }
 
 wire() { # each path once per round, interleaved; the median of the rounds
@@ -170,7 +191,7 @@ wire() { # each path once per round, interleaved; the median of the rounds
     done
     for p in "${ORDER[@]}" nojournal; do
       read -r ns addr _ hport <<<"${PATHS[$p]}"
-      runs[$p,cps]+=" $(ab_cps "$ns" "$addr" "$hport")"
+      runs[$p,cps]+=" $(ab_cps "$ns" "$addr" "$hport" "$p")"
     done
     log "round $round: $(for k in "${!runs[@]}"; do printf '%s=[%s] ' "$k" "${runs[$k]# }"; done)"
   done
@@ -421,9 +442,9 @@ report() {
     echo "| path | conn/s | gatectl ÷ path |"
     echo "| --- | ---: | ---: |"
     for p in "${ORDER[@]}"; do
-      echo "| $p | ${CPS[$p]} | $(ratio "${CPS[gatectl]}" "${CPS[$p]}") |"
+      echo "| $p | ${CPS[$p]}$(ab_failed "$p") | $(ratio "${CPS[gatectl]}" "${CPS[$p]}") |"
     done
-    echo "| gatectl forward run by hand, audit log to /dev/null (diagnostic) | ${CPS[nojournal]} | $(ratio "${CPS[gatectl]}" "${CPS[nojournal]}") |"
+    echo "| gatectl forward run by hand, audit log to /dev/null (diagnostic) | ${CPS[nojournal]}$(ab_failed nojournal) | $(ratio "${CPS[gatectl]}" "${CPS[nojournal]}") |"
     echo
     echo "System calls per connection in the forwarder process (strace -c -f during ab -c 32 -n $profile_conns):"
     echo
@@ -510,4 +531,9 @@ latency
 scale
 report
 cp /tmp/start.trace "$(dirname "$results")/start.trace" 2>/dev/null || true
+if [[ -s $AB_FAILURES ]]; then
+  log "ab had failed requests: $(tr '\n' ';' <"$AB_FAILURES")"
+  # A connection rate with failed requests is no figure to record.
+  [[ $mode == smoke ]] || exit 1
+fi
 log "done"

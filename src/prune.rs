@@ -195,6 +195,28 @@ fn restored(restored: Restored) -> Vec<Leftover> {
     found
 }
 
+/// What `prune` found of the gates that are gone.
+struct GoneGates {
+    /// Their leftovers.
+    found: Vec<Leftover>,
+    /// The slugs whose gates stay (running, or busy).
+    kept: BTreeSet<Slug>,
+    /// The slugs whose gates were (or, in a dry run, would be) torn down.
+    torn_down: BTreeSet<String>,
+}
+
+/// What decides which of gatectl's links are orphans.
+struct Orphans<'a> {
+    /// gatectl's links on the host (and agent ends in the host namespace).
+    links: &'a [LinkInfo],
+    /// The slugs whose gates stay.
+    kept: &'a BTreeSet<Slug>,
+    /// Links already removed with their gates.
+    removed: &'a BTreeSet<String>,
+    /// The slugs whose gates were torn down.
+    torn_down: &'a BTreeSet<String>,
+}
+
 /// One `prune` on a host.
 pub struct Prune<'h> {
     /// The host.
@@ -210,13 +232,23 @@ impl Prune<'_> {
         let links = root
             .links_in_groups(&[HOST_EGRESS_GROUP, AGENT_LINK_GROUP])
             .await?;
-        let (mut found, kept) = self.gone_gates(&systemd, &links, dry_run).await?;
+        let GoneGates {
+            mut found,
+            kept,
+            torn_down,
+        } = self.gone_gates(&systemd, &links, dry_run).await?;
         let removed: BTreeSet<String> = found
             .iter()
             .filter(|f| f.kind == LeftoverKind::Link)
             .map(|f| f.name.clone())
             .collect();
-        found.extend(self.orphan_links(&root, &links, &kept, &removed, dry_run).await?);
+        let orphans = Orphans {
+            links: &links,
+            kept: &kept,
+            removed: &removed,
+            torn_down: &torn_down,
+        };
+        found.extend(self.orphan_links(&root, orphans, dry_run).await?);
         found.extend(self.stale_allowlists(&root, dry_run).await?);
 
         // The host's own changes, once no gate is left: decided under the
@@ -233,13 +265,8 @@ impl Prune<'_> {
 
     /// Decides, and unless `dry_run` removes, each gate that is gone, each
     /// under its slug's lock (a start or stop of that slug cannot run
-    /// meanwhile). Returns what was found and the slugs that are kept.
-    async fn gone_gates(
-        &self,
-        systemd: &Systemd,
-        links: &[LinkInfo],
-        dry_run: bool,
-    ) -> Result<(Vec<Leftover>, BTreeSet<Slug>)> {
+    /// meanwhile).
+    async fn gone_gates(&self, systemd: &Systemd, links: &[LinkInfo], dry_run: bool) -> Result<GoneGates> {
         let host = self.host;
         let units = systemd.all_gate_units().await?;
         let holders = host.records.index_holders();
@@ -259,6 +286,7 @@ impl Prune<'_> {
 
         let mut found = Vec::new();
         let mut kept = BTreeSet::new();
+        let mut torn_down = BTreeSet::new();
         for slug in slugs {
             let Some(_lock) = lock::try_lock_slug(&host.settings.state_dir, &slug)? else {
                 kept.insert(slug);
@@ -286,21 +314,26 @@ impl Prune<'_> {
                             .await?;
                     }
                     found.extend(traces);
+                    torn_down.insert(slug.as_str().to_string());
                 }
             }
         }
-        Ok((found, kept))
+        Ok(GoneGates {
+            found,
+            kept,
+            torn_down,
+        })
     }
 
     /// Deletes (unless `dry_run`) gatectl's links that no kept gate, no
     /// removed gate and no index claim accounts for. Claims are read again:
-    /// a start may have claimed an index since the links were listed.
+    /// a start may have claimed an index since the links were listed. A
+    /// gate torn down before released its claim; a dry run counts it as
+    /// released too, so that it lists the links the real run removes.
     async fn orphan_links(
         &self,
         root: &Netlink,
-        links: &[LinkInfo],
-        kept: &BTreeSet<Slug>,
-        removed: &BTreeSet<String>,
+        orphans: Orphans<'_>,
         dry_run: bool,
     ) -> Result<Vec<Leftover>> {
         let claimed: BTreeSet<u32> = self
@@ -308,10 +341,11 @@ impl Prune<'_> {
             .records
             .index_holders()
             .into_iter()
+            .filter(|(_, holder)| !(dry_run && orphans.torn_down.contains(holder)))
             .map(|(i, _)| i)
             .collect();
         let mut found = Vec::new();
-        for name in orphan_links(links, kept, removed, &claimed) {
+        for name in orphan_links(orphans.links, orphans.kept, orphans.removed, &claimed) {
             if !dry_run {
                 root.delete(&name).await?;
             }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::gatectl::{
@@ -49,14 +50,54 @@ fn forwarder_crash_netns_loss_reloads_and_wiped_state() {
     gatectl_ok(&host, &["start", "alice"]);
     ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
-    // The forwarder is SIGKILLed: systemd keeps the listening sockets,
-    // restarts the forwarder, and the gate works again.
+    // The forwarder is SIGKILLed: systemd restarts it by itself
+    // (Restart=on-failure). Nothing connects meanwhile: a connection would
+    // start the service again through the socket unit, restart or not.
+    let show = |property: &str| {
+        host.run_ok(&[
+            "systemctl",
+            "show",
+            "-p",
+            property,
+            "--value",
+            "gate-alice.service",
+        ])
+        .trim()
+        .to_string()
+    };
+    let killed_pid = show("MainPID");
+    assert_ne!(killed_pid, "0", "the forwarder runs after an ssh session");
+    assert_eq!(show("NRestarts"), "0");
     host.run_ok(&["systemctl", "kill", "--signal=KILL", "gate-alice.service"]);
     let back = within(Duration::from_secs(5), || {
-        connect(&host, Some("agent"), "10.231.0.1", 30000).is_ok()
+        let pid = show("MainPID");
+        show("NRestarts") == "1" && pid != "0" && pid != killed_pid && show("ActiveState") == "active"
     });
-    let back = back.expect("the forwarder did not come back within 5 s");
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "systemd did not restart the forwarder within 5 s: NRestarts={} MainPID={} ActiveState={}",
+            show("NRestarts"),
+            show("MainPID"),
+            show("ActiveState")
+        )
+    });
     assert!(back < Duration::from_millis(1500), "restart took {back:?}");
+    // The restarted forwarder relays: the upstream's banner, promptly.
+    let asked = Instant::now();
+    let banner = bash_in(
+        &host,
+        "agent",
+        5,
+        "exec 3<>/dev/tcp/10.231.0.1/30000; read -t 3 line <&3; echo \"$line\"",
+    );
+    let took = asked.elapsed();
+    assert!(
+        String::from_utf8_lossy(&banner.stdout).starts_with("SSH-2.0-"),
+        "{}",
+        text(&banner)
+    );
+    assert!(took < Duration::from_millis(1500), "the banner took {took:?}");
+    assert_eq!(show("NRestarts"), "1", "the connection needed no second start");
     ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
     // daemon-reload and daemon-reexec: the gate keeps running and stays manageable.
@@ -145,23 +186,32 @@ fn upstream_down_and_connection_flood() {
     ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
     // A flood past max_connections: the excess is closed at once, the held
-    // connections and new sessions after them keep working.
+    // connections and new sessions after them keep working. Each held
+    // session reads the sshd's banner, waits for the test, then answers
+    // with its own banner and reads the sshd's key exchange offer.
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(
-            host.command(&[
+        let mut child = host
+            .command(&[
                 "ip",
                 "netns",
                 "exec",
                 "agent",
+                "timeout",
+                "60",
                 "bash",
                 "-c",
-                "exec 3<>/dev/tcp/10.231.0.1/30000; read -t 20 line <&3; echo \"$line\"; sleep 3",
+                "exec 3<>/dev/tcp/10.231.0.1/30000; read -t 20 line <&3; echo \"$line\"
+                 read -t 40 go
+                 printf 'SSH-2.0-held\\r\\n' >&3
+                 echo \"reply:$(timeout 5 head -c 32 <&3 | wc -c)\"",
             ])
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .unwrap(),
-        );
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        held.push((child, stdin));
     }
     within(Duration::from_secs(5), || {
         let status = host.run_ok(&[
@@ -187,11 +237,15 @@ fn upstream_down_and_connection_flood() {
         "the excess connection was served: {}",
         text(&excess)
     );
-    for h in held {
-        let out = finish(h, "a held ssh session");
+    for (child, mut stdin) in held {
+        writeln!(stdin, "go").unwrap();
+        drop(stdin);
+        let out = finish(child, "a held ssh session");
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains("SSH-2.0"),
-            "a held session got its banner"
+            stdout.starts_with("SSH-2.0-") && stdout.contains("\nreply:32\n"),
+            "a held session got its banner, then a round trip after the flood: {}",
+            text(&out)
         );
     }
     let memory = host.run_ok(&[
@@ -202,7 +256,10 @@ fn upstream_down_and_connection_flood() {
         "--value",
         "gate-alice.service",
     ]);
-    let memory: u64 = memory.trim().parse().unwrap_or(0);
+    let memory: u64 = memory
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("MemoryCurrent of the forwarder is {memory:?}: {e}"));
     assert!(memory < 64 * 1024 * 1024, "forwarder memory {memory}");
     ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
     gatectl_ok(&host, &["stop", "alice"]);
@@ -216,32 +273,51 @@ fn races_and_interrupted_starts() {
     let (host, sshd) = setup("e2e-races");
     host.write_file("/etc/gatectl/bottles/alice.toml", ALICE, 0o644);
 
-    // Two starts of the same slug at once: one gate; the other caller is told.
+    // Two starts of the same slug at once: one gate; the later caller
+    // finds it running with the same manifest, and is told so.
     let a = spawn_gatectl(&host, &["start", "alice"]);
     let b = finish(spawn_gatectl(&host, &["start", "alice"]), "the second start");
     let a = finish(a, "the first start");
-    let ok = [a.status.success(), b.status.success()];
-    assert_eq!(
-        ok.iter().filter(|s| **s).count(),
-        1,
-        "exactly one start succeeds: {}\n{}",
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
         text(&a),
         text(&b)
     );
-    let loser = if a.status.success() { &b } else { &a };
-    assert!(
-        String::from_utf8_lossy(&loser.stderr).contains("already running"),
-        "{}",
-        text(loser)
+    let said: Vec<String> = [&a, &b]
+        .iter()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let mut said_sorted = said.clone();
+    said_sorted.sort();
+    assert_eq!(
+        said_sorted,
+        ["gate alice already running, unchanged", "gate alice running"],
+        "one start brings the gate up, the other finds it: {said:?}"
     );
     ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
 
-    // start racing stop: either a working gate or nothing.
+    // start racing stop: stop always succeeds, start succeeds or finds the
+    // gate still running; afterwards either a working gate or nothing.
     for _ in 0..3 {
         let stop = spawn_gatectl(&host, &["stop", "alice"]);
         let start = spawn_gatectl(&host, &["start", "alice"]);
-        finish(stop, "a stop racing a start");
-        finish(start, "a start racing a stop");
+        let stop = finish(stop, "a stop racing a start");
+        let start = finish(start, "a start racing a stop");
+        assert!(stop.status.success(), "stop racing a start: {}", text(&stop));
+        assert!(
+            start.status.success()
+                || (start.status.code() == Some(1)
+                    && String::from_utf8_lossy(&start.stderr).contains("already running")),
+            "start racing a stop: {}",
+            text(&start)
+        );
         if gatectl(&host, &["status", "alice"]).status.success() {
             ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
         } else {
@@ -250,10 +326,16 @@ fn races_and_interrupted_starts() {
     }
     gatectl_ok(&host, &["stop", "alice"]);
 
-    // gatectl start SIGKILLed at various points: a new start completes, and
-    // prune removes what a killed start left.
-    for (n, delay_ms) in [5, 20, 40, 80, 150].into_iter().enumerate() {
-        let secs = format!("{}", delay_ms as f64 / 1000.0);
+    // gatectl start SIGKILLed at points spread over a start's duration: a
+    // new start completes, and prune removes what a killed start left.
+    let timed = Instant::now();
+    gatectl_ok(&host, &["start", "alice"]);
+    let start_takes = timed.elapsed();
+    gatectl_ok(&host, &["stop", "alice"]);
+    let mut pruned_something = 0;
+    for percent in [10u32, 25, 40, 55, 70, 85] {
+        let delay = (start_takes * percent / 100).max(Duration::from_millis(2));
+        let secs = format!("{:.3}", delay.as_secs_f64());
         host.exec(&[
             "timeout",
             "-s",
@@ -263,28 +345,29 @@ fn races_and_interrupted_starts() {
             "start",
             "alice",
         ]);
-        if n % 2 == 0 {
-            let dry = gatectl_ok(&host, &["prune", "--dry-run"]);
-            let real = gatectl_ok(&host, &["prune"]);
+        let dry = gatectl_ok(&host, &["prune", "--dry-run"]);
+        let real = gatectl_ok(&host, &["prune"]);
+        assert_eq!(
+            dry.replace("would remove", "removed")
+                .replace("nothing to prune", ""),
+            real.replace("nothing to prune", ""),
+            "dry run lists what prune removes"
+        );
+        if real.contains("removed ") {
+            pruned_something += 1;
+        }
+        if !gatectl(&host, &["status", "alice"]).status.success() {
             assert_eq!(
-                dry.replace("would remove", "removed")
-                    .replace("nothing to prune", ""),
-                real.replace("nothing to prune", ""),
-                "dry run lists what prune removes"
-            );
-            if !gatectl(&host, &["status", "alice"]).status.success() {
-                assert_eq!(
-                    leftovers(&host, "alice"),
-                    Vec::<String>::new(),
-                    "after a kill at {delay_ms} ms and prune"
-                );
-            }
-            assert_eq!(
-                gatectl_ok(&host, &["prune"]).trim(),
-                "nothing to prune",
-                "prune twice is harmless"
+                leftovers(&host, "alice"),
+                Vec::<String>::new(),
+                "after a kill at {secs} s and prune"
             );
         }
+        assert_eq!(
+            gatectl_ok(&host, &["prune"]).trim(),
+            "nothing to prune",
+            "prune twice is harmless"
+        );
         if !gatectl(&host, &["status", "alice"]).status.success() {
             gatectl_ok(&host, &["start", "alice"]);
         }
@@ -293,6 +376,10 @@ fn races_and_interrupted_starts() {
         assert_eq!(gatectl_ok(&host, &["prune"]).trim(), "nothing to prune");
         gatectl_ok(&host, &["stop", "alice"]);
     }
+    assert!(
+        pruned_something > 0,
+        "no kill (a start takes {start_takes:?}) left anything for prune to remove"
+    );
 
     // A gate whose units were stopped behind gatectl's back is pruned.
     gatectl_ok(&host, &["start", "alice"]);

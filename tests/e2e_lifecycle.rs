@@ -45,14 +45,17 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
     let listening = host.run_ok(&["ip", "netns", "exec", "gate-alice", "ss", "-Htln"]);
     assert!(listening.contains("10.231.0.1:30000"), "{listening}");
 
-    // A second start says so and changes nothing.
+    // A second start with the same manifest says so, succeeds and changes
+    // nothing.
+    let before = host_state(&host);
     let again = gatectl(&host, &["start", "alice"]);
-    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     assert!(
-        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        String::from_utf8_lossy(&again.stdout).starts_with("gate alice already running, unchanged:"),
         "{}",
         text(&again)
     );
+    assert_eq!(host_state(&host), before, "a second start changed the host");
 
     let config = gatectl_ok(&host, &["ssh-config", "alice"]);
     assert!(config.contains("Host up\n    HostName 10.231.0.1\n    Port 30000\n    HostKeyAlias upstream.test\n    User root\n"), "{config}");
@@ -207,7 +210,8 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     );
     let err = start_fails(&host, "nowhere", "/root/nowhere.toml");
     assert!(
-        err.contains("ssh entry 1 (up): cannot resolve upstream \"nowhere.invalid\""),
+        err.contains("ssh entry 1 (up): cannot resolve upstream \"nowhere.invalid\"")
+            && err.contains("; check the Hostname in the manifest and the host's resolver"),
         "{err}"
     );
     assert_eq!(leftovers(&host, "nowhere"), Vec::<String>::new());
@@ -219,7 +223,12 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
         0o644,
     );
     let err = start_fails(&host, "ghost", "/root/ghost.toml");
-    assert!(err.contains("no-such-ns"), "{err}");
+    assert!(
+        err.contains(
+            "agent netns /run/netns/no-such-ns does not exist; create it with `ip netns add no-such-ns`"
+        ),
+        "{err}"
+    );
     assert_eq!(leftovers(&host, "ghost"), Vec::<String>::new());
 
     host.write_file(
@@ -232,7 +241,10 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     host.run_ok(&["ip", "route", "add", "unreachable", "10.232.7.0/24"]);
     let err = start_fails(&host, "bob", "/root/bob.toml");
     assert!(
-        err.contains("egress_pool 10.232.0.0/16 overlaps the host route 10.232.7.0/24"),
+        err.contains(
+            "egress_pool 10.232.0.0/16 overlaps the host route 10.232.7.0/24; \
+             choose a free range for egress_pool in /etc/gatectl/gatectl.toml"
+        ),
         "{err}"
     );
     assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
@@ -247,7 +259,8 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     );
     let err = start_fails(&host, "bob", "/root/bob.toml");
     assert!(
-        err.contains("the forwarder binary /usr/local/bin/missing cannot be read"),
+        err.contains("the forwarder binary /usr/local/bin/missing cannot be read")
+            && err.contains("; install gatectl there or set forwarder_binary in /etc/gatectl/gatectl.toml"),
         "{err}"
     );
     assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
@@ -263,7 +276,10 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     host.run_ok(&["systemctl", "daemon-reload"]);
     let err = start_fails(&host, "bob", "/root/bob.toml");
     assert!(
-        err.contains("start the gate's socket unit") && err.contains("everything it created was removed"),
+        err.contains(
+            "start failed at step \"the socket unit (listening; the forwarder starts at the first connection)\": \
+             cannot start gate-bob.socket: org.freedesktop.systemd1.UnitExists"
+        ) && err.contains("; everything it created was removed"),
         "{err}"
     );
     host.run_ok(&["rm", "/etc/systemd/system/gate-bob.socket"]);

@@ -53,15 +53,26 @@ fn in_private_netns(name: &str) -> bool {
         return false;
     }
     let exe = std::env::current_exe().expect("path of the test binary");
-    let status = Command::new("unshare")
+    let out = Command::new("unshare")
         .args(["--net", "--"])
         .arg(exe)
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(IN_NETNS, "1")
         .env(PARENT_NETNS, own_netns())
-        .status()
+        .output()
         .expect("run the test under `unshare --net` (util-linux)");
-    assert!(status.success(), "{name} failed in its private netns: {status}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{name} failed in its private netns: {}\n{stdout}{stderr}",
+        out.status
+    );
+    // A test renamed without its literal here would run nothing, and pass.
+    assert!(
+        stdout.contains("test result: ok. 1 passed;"),
+        "the re-executed binary did not run {name} exactly once:\n{stdout}{stderr}"
+    );
     false
 }
 
@@ -206,9 +217,10 @@ fn two_gates_come_and_go_and_other_tables_stay_untouched() {
         first.contains("ip saddr 10.232.0.0/16 oifgroup != 232 masquerade"),
         "{first}"
     );
-    let ours = nft(&["list", "table", "inet", "gatectl"]);
+    // (The other tool's table matches "gte*"; gatectl's own must not.)
+    let ours = nft(&["list", "table", "inet", TABLE]);
     assert!(
-        ours.contains("iifgroup 232") && !ours.contains("gte*"),
+        ours.contains("iifgroup 232") && !ours.contains("gte"),
         "gate traffic is matched by group, not by name: {ours}"
     );
     assert!(first.contains("ct state established,related accept"));

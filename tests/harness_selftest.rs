@@ -8,8 +8,9 @@
 mod common;
 
 use common::{list_dir, pid_exists, require_root, ssh_args, TestHost, STATE_ROOT};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 #[test]
 fn throwaway_host_runs_systemd_units_and_ssh() {
@@ -212,6 +213,7 @@ fn throwaway_host_is_cleaned_up_when_a_test_panics() {
         return;
     }
     static PID: AtomicI32 = AtomicI32::new(0);
+    static DOOMED: AtomicU64 = AtomicU64::new(0);
     let cgroups = std::sync::Mutex::new(Vec::new());
     let name = std::sync::Mutex::new(String::new());
     let result = std::panic::catch_unwind(|| {
@@ -219,7 +221,20 @@ fn throwaway_host_is_cleaned_up_when_a_test_panics() {
         PID.store(host.pid(), Ordering::SeqCst);
         *name.lock().unwrap() = host.name().to_string();
         *cgroups.lock().unwrap() = host.cgroup_dirs().to_vec();
+        // A network namespace, held by a process of the host: the real
+        // machine sees that process in it until the host is gone.
         host.add_netns("doomed");
+        host.run_ok(&["sh", "-c", "ip netns exec doomed sleep 1000 >/dev/null 2>&1 &"]);
+        let inode: u64 = host
+            .run_ok(&["stat", "-L", "-c", "%i", "/run/netns/doomed"])
+            .trim()
+            .parse()
+            .expect("the inode of netns doomed");
+        DOOMED.store(inode, Ordering::SeqCst);
+        assert!(
+            !processes_in_netns(inode).is_empty(),
+            "no process of the real machine is in netns doomed"
+        );
         // a failing command panics with its argv, status and output ...
         host.run_ok(&["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
         unreachable!("run_ok must panic on a non-zero exit");
@@ -243,14 +258,38 @@ fn throwaway_host_is_cleaned_up_when_a_test_panics() {
     assert!(!list_dir(STATE_ROOT)
         .iter()
         .any(|f| f.starts_with(&format!("{name}."))));
-    assert!(!list_dir("/run/netns").contains(&"doomed".to_string()));
+    let doomed = DOOMED.load(Ordering::SeqCst);
+    assert!(doomed > 0);
+    assert_eq!(
+        processes_in_netns(doomed),
+        Vec::<i32>::new(),
+        "processes still in the host's netns doomed"
+    );
 }
 
-/// The real machine's nftables tables (read only), or `None` without `nft`.
-fn real_nft_tables() -> Option<String> {
+/// The processes of the real machine whose network namespace has `inode`.
+fn processes_in_netns(inode: u64) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == inode))
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// The real machine's nftables tables (read only). Fails the test when nft
+/// cannot list them: a firewall nobody can read has not been shown unchanged.
+fn real_nft_tables() -> String {
     let out = std::process::Command::new("nft")
         .args(["list", "tables"])
         .output()
-        .ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        .expect("run nft (package nftables) to read the real machine's tables");
+    assert!(
+        out.status.success(),
+        "nft list tables failed on the real machine: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::gatectl::{add_upstream_and_agent, gate_traces, text};
+use common::gatectl::{add_upstream_and_agent, leftovers, text};
 use common::{require_root, ssh_args, SshFixture, TestHost};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -155,7 +155,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     let wants = host.exec(&["test", "-e", WANTS_LINK]);
     assert!(!wants.status.success(), "the install enabled gatectl@demo");
     host.run_ok(&["test", "-L", RECONCILE_LINK]);
-    assert_eq!(gate_traces(&host, "demo"), Vec::<String>::new());
+    assert_eq!(leftovers(&host, "demo"), Vec::<String>::new());
 
     // The installed units pass systemd-analyze verify (which also checks
     // that ExecStart's binary and Documentation's man page exist).
@@ -246,7 +246,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         unit_property(&host, "gatectl@demo.service", "ActiveState"),
         "inactive"
     );
-    assert_eq!(gate_traces(&host, "demo"), Vec::<String>::new());
+    assert_eq!(leftovers(&host, "demo"), Vec::<String>::new());
 
     // Purge, with the gate running again: no gate, no unit, no file left.
     host.run_ok(&["systemctl", "start", "gatectl@demo.service"]);
@@ -254,7 +254,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     let files = host.run_ok(&["dpkg-query", "-L", "gatectl"]);
     let out = host.exec(&["dpkg", "--purge", "gatectl"]);
     assert!(out.status.success(), "dpkg --purge: {}", text(&out));
-    assert_eq!(gate_traces(&host, "demo"), Vec::<String>::new());
+    assert_eq!(leftovers(&host, "demo"), Vec::<String>::new());
     let units = host.run_ok(&[
         "systemctl",
         "list-units",

@@ -24,10 +24,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use gatectl::config::Settings;
 use gatectl::forward::ForwardRoute;
 use gatectl::manifest::{parse, Format, Manifest};
-use gatectl::plan::{GateSpec, MAX_ENTRIES, NO_IPV4};
-use gatectl::policy;
+use gatectl::plan::{GateSpec, MAX_ENTRIES};
 use gatectl::slug::Slug;
 use gatectl::{ssh_config, unit};
+use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -377,8 +377,20 @@ fn check_rejection(m: &Model, err: &str) -> Result<(), TestCaseError> {
         return Ok(());
     }
     let Some(rest) = err.strip_prefix("ssh entry ") else {
-        if err.contains("no ssh entries") {
+        if err.starts_with("no ssh entries") {
             prop_assert!(m.entries.is_empty(), "{err}");
+        } else if let Some(key) = err
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+        {
+            prop_assert!(
+                m.entries
+                    .iter()
+                    .any(|e| e.extra.as_ref().is_some_and(|(k, _)| k == key)),
+                "no entry has the unknown key blamed: {err}"
+            );
+        } else {
+            prop_assert!(false, "a rejection the model cannot check: {err}");
         }
         return Ok(());
     };
@@ -448,12 +460,36 @@ fn fake_resolve(host: &str) -> gatectl::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// Whether an ssh_config value is one token with nothing ssh_config or a
-/// shell would interpret.
+/// Whether an ssh_config value is one token made only of what a valid
+/// alias, host name, address, port or user holds: ASCII letters and digits,
+/// `.`, `_`, `-`, and `:` (IPv6). Nothing ssh_config or a shell interprets.
 fn clean_token(v: &str) -> bool {
     !v.is_empty()
         && v.chars()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '#' | '%' | '\\' | '*' | '?' | '!'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+}
+
+/// Whether a gate on a host with `settings` may not be given upstream
+/// `address` (the policy, restated): an address in either pool, of
+/// 0.0.0.0/8, broadcast, multicast, loopback or link-local.
+fn refused_upstream(address: IpAddr, settings: &Settings) -> bool {
+    match address.to_canonical() {
+        IpAddr::V4(v4) => {
+            settings.internal_pool.contains(&v4)
+                || settings.egress_pool.contains(&v4)
+                || v4.octets()[0] == 0
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_loopback()
+                || v4.is_link_local()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || v6.segments()[0] & 0xffc0 == 0xfe80
+        }
+    }
 }
 
 /// Checks every property of a plan built from accepted manifest `m`.
@@ -467,37 +503,56 @@ fn check_plan(
     let built =
         GateSpec::build(slug, m, settings, cli_ns, fake_resolve).and_then(|spec| spec.place(settings, index));
     let last = u32::from(settings.base_port) + m.ssh.len() as u32 - 1;
-    let too_many = m.ssh.len() > MAX_ENTRIES;
-    // The first entry whose addresses gatectl refuses, in manifest order (a
-    // resolved address the policy refuses, or no IPv4 address at all): the
-    // refusal must name that reason.
-    let refused_address = m.ssh.iter().find_map(|e| {
-        let addresses = fake_resolve(&e.hostname).ok()?;
-        addresses
-            .iter()
-            .find_map(|a| policy::refusal(*a, settings))
-            .or_else(|| (!addresses.iter().any(IpAddr::is_ipv4)).then(|| NO_IPV4.to_string()))
+    // The first entry refused for its addresses, in manifest order: for a
+    // refused address, or for having no IPv4 address at all.
+    let refused = m.ssh.iter().enumerate().find_map(|(i, e)| {
+        let addresses = fake_resolve(&e.hostname).expect("the fake resolver always answers");
+        match addresses.iter().find(|a| refused_upstream(**a, settings)) {
+            Some(address) => Some((i, address.to_string())),
+            None if !addresses.iter().any(IpAddr::is_ipv4) => Some((i, "has no IPv4 address".to_string())),
+            None => None,
+        }
     });
-    let plan = match built {
-        Err(e) => {
+    // What a refusal must say, checked in the order the plan checks.
+    let expected: Option<Vec<String>> = if m.ssh.len() > MAX_ENTRIES {
+        Some(vec![format!(
+            "{} ssh entries: a gate serves at most {MAX_ENTRIES}",
+            m.ssh.len()
+        )])
+    } else if last > 65535 {
+        Some(vec![
+            format!("would need port {last}"),
+            "lower base_port".to_string(),
+        ])
+    } else if let Some((i, why)) = refused {
+        Some(vec![
+            format!("ssh entry {} ({}): upstream ", i + 1, m.ssh[i].alias),
+            why,
+        ])
+    } else if index >= capacity(settings) {
+        Some(vec![
+            format!("gate index {index} does not fit the address pools"),
+            "enlarge internal_pool and egress_pool".to_string(),
+        ])
+    } else {
+        None
+    };
+    let plan = match (built, expected) {
+        (Err(e), Some(fragments)) => {
             let e = e.to_string();
-            if too_many {
-                prop_assert!(e.contains(&format!("a gate serves at most {MAX_ENTRIES}")), "{e}");
-            } else if last > 65535 {
-                prop_assert!(e.contains("would need port"), "{e}");
-            } else if let Some(reason) = refused_address {
-                prop_assert!(
-                    e.contains(&reason),
-                    "refused for another reason than {reason:?}: {e}"
-                );
-            } else {
-                prop_assert!(false, "plan refused: {e}");
+            for fragment in fragments {
+                prop_assert!(e.contains(&fragment), "{e:?} lacks {fragment:?}");
             }
             return Ok(());
         }
-        Ok(p) => p,
+        (Err(e), None) => return Err(TestCaseError::fail(format!("plan refused: {e}"))),
+        (Ok(_), Some(fragments)) => {
+            return Err(TestCaseError::fail(format!(
+                "plan accepted, expected {fragments:?}"
+            )))
+        }
+        (Ok(p), None) => p,
     };
-    prop_assert!(!too_many && last <= 65535 && refused_address.is_none());
 
     // Names.
     prop_assert_eq!(&plan.netns, &format!("gate-{slug}"));
@@ -531,8 +586,20 @@ fn check_plan(
         u32::from(plan.host_egress.address),
         u32::from(settings.egress_pool.network()) + 2 * index
     );
-    prop_assert!(settings.internal_pool.contains(&plan.agent_link.address));
-    prop_assert!(settings.egress_pool.contains(&plan.host_egress.address));
+    for (pool, end) in [
+        (settings.internal_pool, &plan.agent_link),
+        (settings.internal_pool, &plan.gate_internal),
+        (settings.egress_pool, &plan.host_egress),
+        (settings.egress_pool, &plan.gate_egress),
+    ] {
+        prop_assert!(
+            pool.contains(&end.address),
+            "{} {} outside {}",
+            end.name,
+            end.address,
+            pool
+        );
+    }
     prop_assert_eq!(
         u32::from(plan.gate_internal.address),
         u32::from(plan.agent_link.address) + 1
@@ -628,25 +695,27 @@ fn check_plan(
     Ok(())
 }
 
-/// At the default base port, 35536 entries use every port up to 65535 and
-/// one more does not fit.
-/// Where the entry limit and the port range meet: from base port 64512,
-/// 1024 entries end exactly at port 65535; one more entry is refused by the
-/// limit, and one more base port by the range.
+/// A gate holds at most 1024 entries, and they must fit below port 65536:
+/// 1024 entries from base port 64512 end at 65535; one more entry, or one
+/// port higher, is refused with the setting to change.
 #[test]
-fn the_entry_limit_and_the_port_range_meet_at_port_65535() {
+fn a_gate_holds_1024_entries_up_to_port_65535() {
     let slug = Slug::parse("many").unwrap();
-    for (n, base_port, fits) in [
-        (MAX_ENTRIES, 64512u16, true),
-        (MAX_ENTRIES + 1, 64511, false),
-        (MAX_ENTRIES, 64513, false),
+    for (n, base_port, refusal) in [
+        (1024usize, 64512u16, None),
+        (1025, 30000, Some("1025 ssh entries: a gate serves at most 1024")),
+        (
+            1024,
+            64513,
+            Some("would need port 65536; declare fewer entries or lower base_port"),
+        ),
     ] {
         let entries: Vec<String> = (0..n)
             .map(|i| {
                 format!(
                     r#"{{"Host":"h{i}","Hostname":"10.0.{}.{}"}}"#,
-                    i / 256 % 256,
-                    i % 256
+                    i / 250,
+                    i % 250 + 1
                 )
             })
             .collect();
@@ -657,35 +726,67 @@ fn the_entry_limit_and_the_port_range_meet_at_port_65535() {
         };
         let built = GateSpec::build(&slug, &m, &settings, None, fake_resolve)
             .and_then(|spec| spec.place(&settings, 0));
-        match built {
-            Ok(plan) => {
-                assert!(fits, "{n} entries from {base_port} accepted");
-                assert_eq!(plan.upstreams.last().unwrap().listen_port, 65535);
-            }
-            Err(e) => {
-                assert!(!fits, "{n} entries from {base_port} refused: {e}");
-                let e = e.to_string();
-                let want = if n > MAX_ENTRIES {
-                    "ssh entries: a gate serves at most 1024"
-                } else {
-                    "would need port 65536; declare fewer entries or lower base_port"
-                };
-                assert!(e.contains(want), "{e}");
-            }
+        match (built, refusal) {
+            (Ok(plan), None) => assert_eq!(plan.upstreams.last().unwrap().listen_port, 65535),
+            (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{e}"),
+            (built, want) => panic!(
+                "{n} entries from {base_port}: {:?}, expected {want:?}",
+                built.err()
+            ),
         }
     }
 }
 
-fn settings() -> impl Strategy<Value = Settings> {
+/// How many gates the pools of `settings` hold: /31s in the smaller pool,
+/// computed here independently of `Settings::capacity`.
+fn capacity(settings: &Settings) -> u32 {
+    let pairs = |pool: Ipv4Net| 2u32.pow(31 - u32::from(pool.prefix_len()));
+    pairs(settings.internal_pool).min(pairs(settings.egress_pool))
+}
+
+/// An address pool: the default, any /16 to /31 (down to a single gate),
+/// or a large one.
+fn pool(default: &'static str) -> impl Strategy<Value = Ipv4Net> {
+    let net = |(address, len): (u32, u8)| Ipv4Net::new(Ipv4Addr::from(address), len).unwrap().trunc();
     prop_oneof![
-        3 => Just(30000u16),
-        1 => 1u16..=65535,
-        1 => 65500u16..=65535,
+        3 => Just(default.parse().unwrap()),
+        3 => (any::<u32>(), 16u8..=31).prop_map(net),
+        1 => (any::<u32>(), 30u8..=31).prop_map(net),
+        1 => (any::<u32>(), 8u8..16).prop_map(net),
     ]
-    .prop_map(|base_port| Settings {
-        base_port,
-        ..Settings::default()
-    })
+}
+
+/// Host settings: base port, both address pools and the connection limit
+/// vary, the edges of each range included.
+fn settings() -> impl Strategy<Value = Settings> {
+    (
+        prop_oneof![
+            3 => Just(30000u16),
+            1 => 1u16..=65535,
+            1 => 65500u16..=65535,
+        ],
+        pool("10.231.0.0/16"),
+        pool("10.232.0.0/16"),
+        prop_oneof![3 => Just(256u32), 1 => 1u32..=4096],
+    )
+        .prop_map(
+            |(base_port, internal_pool, egress_pool, max_connections)| Settings {
+                base_port,
+                internal_pool,
+                egress_pool,
+                max_connections,
+                ..Settings::default()
+            },
+        )
+}
+
+/// A gate index for `settings`: anywhere in `0..32768`, or at the edge of
+/// the pools (the last index that fits, or the first that does not).
+fn index_for(settings: &Settings, anywhere: u32, edge: Option<bool>) -> u32 {
+    match edge {
+        Some(fits) => capacity(settings) - u32::from(fits),
+        None => anywhere,
+    }
 }
 
 fn slug() -> impl Strategy<Value = Slug> {
@@ -735,9 +836,11 @@ proptest! {
         m in model(),
         settings in settings(),
         slug in slug(),
-        index in 0u32..32768,
+        anywhere in 0u32..32768,
+        edge in proptest::option::weighted(0.3, any::<bool>()),
         cli_ns in proptest::option::weighted(0.1, "[a-z][a-z0-9-]{0,10}"),
     ) {
+        let index = index_for(&settings, anywhere, edge);
         let toml_text = render_toml(&m);
         let json_text = render_json(&m);
         let from_toml = parse(&toml_text, Format::Toml);
@@ -764,13 +867,15 @@ proptest! {
         n in prop_oneof![8 => 1usize..80, 1 => 80usize..2000],
         settings in settings(),
         slug in slug(),
+        edge in proptest::option::weighted(0.5, any::<bool>()),
     ) {
+        let index = index_for(&settings, 0, edge);
         let text: String = (0..n)
             .map(|i| format!("[[ssh]]\nHost = \"h{i}\"\nHostname = \"10.{}.{}.1\"\n", i / 256, i % 256))
             .collect();
         let m = parse(&text, Format::Toml).unwrap();
         prop_assert_eq!(m.ssh.len(), n);
-        check_plan(&m, &settings, &slug, 0, None)?;
+        check_plan(&m, &settings, &slug, index, None)?;
     }
 
     /// Slugs: accepted exactly when they match `[a-z0-9][a-z0-9-]{0,31}`;

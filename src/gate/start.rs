@@ -40,7 +40,7 @@ enum Earlier {
     /// Remains of a start that died or of a gate whose unit is gone.
     Leftovers,
     /// A whole gate running with the same spec.
-    Same(GatePlan),
+    Same(Box<GatePlan>),
 }
 
 /// One `start` on a host.
@@ -64,7 +64,7 @@ impl Start<'_> {
         let systemd = Systemd::connect().await?;
         timings.mark("lock the slug, connect to systemd");
         let leftovers = match self.earlier_gate(&systemd, spec).await? {
-            Earlier::Same(plan) => return Ok(Started::Unchanged(plan)),
+            Earlier::Same(plan) => return Ok(Started::Unchanged(*plan)),
             Earlier::Leftovers => true,
             Earlier::Nothing => false,
         };
@@ -125,7 +125,7 @@ impl Start<'_> {
                         if r.plan.agent_netns == spec.agent_netns && r.plan.upstreams == spec.upstreams =>
                     {
                         if netns::exists(&r.plan.netns) {
-                            Ok(Earlier::Same(r.plan.clone()))
+                            Ok(Earlier::Same(Box::new(r.plan.clone())))
                         } else {
                             Err(Error::failed(format!(
                                 "gate {slug} is already running ({} is {}) but broken: its network namespace \

@@ -97,9 +97,22 @@ pub fn connect_within(
 }
 
 /// Starts a TCP server in `netns` (or the root namespace) on
-/// `address:port` that answers every connection with `reply`; it lives
-/// until the host ends.
+/// `address:port` that answers every connection with `reply` and closes it;
+/// it lives until the host ends.
 pub fn serve(host: &TestHost, netns: Option<&str>, address: &str, port: u16, reply: &str) {
+    serve_with(host, netns, address, port, &["/bin/echo", reply]);
+}
+
+/// Starts a TCP echo server in `netns` (or the root namespace) on
+/// `address:port`: each connection gets back every byte it sends and stays
+/// open until the client closes it. It lives until the host ends.
+pub fn serve_echo(host: &TestHost, netns: Option<&str>, address: &str, port: u16) {
+    serve_with(host, netns, address, port, &["/bin/cat"]);
+}
+
+/// Runs `command` for every connection to `address:port` in `netns`, with
+/// the connection as its stdin and stdout, and waits until it accepts.
+fn serve_with(host: &TestHost, netns: Option<&str>, address: &str, port: u16, command: &[&str]) {
     let listen = format!("{address}:{port}");
     let mut argv: Vec<&str> = vec!["systemd-run", "--quiet", "--collect"];
     let ns_path;
@@ -107,15 +120,8 @@ pub fn serve(host: &TestHost, netns: Option<&str>, address: &str, port: u16, rep
         ns_path = format!("NetworkNamespacePath=/run/netns/{ns}");
         argv.extend(["-p", &ns_path]);
     }
-    argv.extend([
-        "systemd-socket-activate",
-        "--accept",
-        "--inetd",
-        "-l",
-        &listen,
-        "/bin/echo",
-        reply,
-    ]);
+    argv.extend(["systemd-socket-activate", "--accept", "--inetd", "-l", &listen]);
+    argv.extend_from_slice(command);
     host.run_ok(&argv);
     for _ in 0..50 {
         if connect(host, netns, address, port).is_ok() {
@@ -126,23 +132,58 @@ pub fn serve(host: &TestHost, netns: Option<&str>, address: &str, port: u16, rep
     panic!("the test server on {listen} did not come up");
 }
 
-/// The elements of gatectl's allowlist sets, one `ifname . address . port`
-/// per line (empty if the table is absent).
+/// The elements of gatectl's allowlist sets in the host's root namespace, one
+/// `"ifname" . address . port` per line, read from `nft -j`; empty when the
+/// table `inet gatectl` does not exist. Any other failure of nft, or a listing
+/// of an unexpected shape, fails the test: an unreadable table is not an
+/// empty one.
 pub fn allowlist(host: &TestHost) -> String {
+    let Some(listing) = host_table(host) else {
+        return String::new();
+    };
     let mut lines = String::new();
-    for set in ["allow4", "allow6"] {
-        let out = host.exec(&["nft", "list", "set", "inet", "gatectl", set]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(start) = text.find("elements = {") {
-            let body = &text[start + "elements = {".len()..];
-            let body = &body[..body.find('}').unwrap_or(body.len())];
-            for e in body.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                lines.push_str(e);
-                lines.push('\n');
-            }
+    for set in listing.iter().filter_map(|o| o.get("set")) {
+        if !matches!(set["name"].as_str(), Some("allow4" | "allow6")) {
+            continue;
+        }
+        for element in set.get("elem").and_then(|e| e.as_array()).into_iter().flatten() {
+            let parts = element["concat"]
+                .as_array()
+                .unwrap_or_else(|| panic!("allowlist element is not a concatenation: {element}"));
+            let [ifname, address, port] = parts.as_slice() else {
+                panic!("allowlist element has not three parts: {element}");
+            };
+            let (Some(ifname), Some(address), Some(port)) =
+                (ifname.as_str(), address.as_str(), port.as_u64())
+            else {
+                panic!("allowlist element is not ifname . address . port: {element}");
+            };
+            lines.push_str(&format!("\"{ifname}\" . {address} . {port}\n"));
         }
     }
     lines
+}
+
+/// The objects of the host's table `inet gatectl` as `nft -j` lists them, or
+/// `None` when nft says the table does not exist. Fails the test on any other
+/// error of nft.
+pub fn host_table(host: &TestHost) -> Option<Vec<serde_json::Value>> {
+    let out = host.exec(&["nft", "-j", "list", "table", "inet", "gatectl"]);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("No such file or directory"),
+            "nft cannot list table inet gatectl: {}",
+            text(&out)
+        );
+        return None;
+    }
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("nft -j printed no JSON ({e}): {}", text(&out)));
+    let objects = listing["nftables"]
+        .as_array()
+        .unwrap_or_else(|| panic!("nft -j printed no `nftables` array: {}", text(&out)));
+    Some(objects.clone())
 }
 
 /// The argv listing every `gate-*` unit systemd has loaded, one per line.
@@ -222,12 +263,48 @@ pub fn gate_traces(host: &TestHost, slug: &str) -> Vec<String> {
     left
 }
 
-/// [`gate_traces`] plus any element left in gatectl's firewall allowlist.
+/// [`gate_traces`] plus everything gatectl changes host-wide, which must be
+/// gone once no gate is left: the host's table `inet gatectl` (with any
+/// allowlist element), gatectl's FIB rules (`proto 231`), routes into the
+/// default address pools (of gate links), index claims and the forwarding marker in the
+/// state directory, and IPv4 forwarding, which the fixture of
+/// [`add_upstream_and_agent`] leaves off (so gatectl must have turned it off
+/// again). Call it only where no gate should exist and the test has not
+/// turned forwarding on itself.
 pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
     let mut left = gate_traces(host, slug);
-    let elements = allowlist(host);
-    if !elements.is_empty() {
-        left.push(format!("firewall elements: {elements}"));
+    if host_table(host).is_some() {
+        left.push(format!(
+            "firewall table inet gatectl, allowlist: [{}]",
+            allowlist(host).trim_end().replace('\n', ", ")
+        ));
+    }
+    let rules = host.run_ok(&["ip", "-4", "rule", "show"]);
+    for rule in rules.lines().filter(|r| r.contains("proto 231")) {
+        left.push(format!("FIB rule: {rule}"));
+    }
+    let routes = host.run_ok(&["ip", "-4", "route", "show", "table", "all"]);
+    // An `unreachable` route into a pool is a test's own (it makes `start`
+    // refuse the pool); gatectl adds none.
+    for route in routes
+        .lines()
+        .filter(|r| (r.contains("10.231.") || r.contains("10.232.")) && !r.starts_with("unreachable "))
+    {
+        left.push(format!("route: {route}"));
+    }
+    let state = host.run_ok(&[
+        "sh",
+        "-c",
+        "find /run/gatectl/indexes /run/gatectl/ip_forward-enabled-by-gatectl 2>/dev/null || true",
+    ]);
+    for path in state.lines().filter(|p| *p != "/run/gatectl/indexes") {
+        left.push(format!("state: {path}"));
+    }
+    let forwarding = ip_forward(host, None);
+    if forwarding != "0" {
+        left.push(format!(
+            "net.ipv4.ip_forward = {forwarding}, the fixture left it 0"
+        ));
     }
     left
 }
