@@ -277,7 +277,7 @@ fn agent_in_the_host_namespace_and_failed_starts_roll_back() {
     let err = start_fails(&host, "bob", "/root/bob.toml");
     assert!(
         err.contains(
-            "start failed at step \"the socket unit (listening; the forwarder starts at the first connection)\": \
+            "start failed at step \"start the gate's socket unit\": \
              cannot start gate-bob.socket: org.freedesktop.systemd1.UnitExists"
         ) && err.contains("; everything it created was removed"),
         "{err}"
