@@ -6,26 +6,8 @@
 
 mod common;
 
-use common::gatectl::{gatectl, gatectl_ok, host_state, setup, text, GATECTL};
-use common::{require_root, TestHost};
-
-/// The detail of the report's line about `subject` (the columns are the
-/// verdict in 5, the subject in 14, then the detail).
-fn detail<'a>(report: &'a str, subject: &str) -> &'a str {
-    report
-        .lines()
-        .find(|l| l.get(6..20).map(str::trim_end) == Some(subject))
-        .map(|l| &l[21..])
-        .unwrap_or_else(|| panic!("no {subject} line: {report}"))
-}
-
-/// How many routing rules of gatectl's (protocol 231) the host has.
-fn gatectl_rules(host: &TestHost) -> usize {
-    host.run_ok(&["ip", "rule", "show"])
-        .lines()
-        .filter(|l| l.ends_with(" proto 231"))
-        .count()
-}
+use common::gatectl::{detail, gatectl, gatectl_ok, gatectl_rules, host_state, not_ok, setup, text, GATECTL};
+use common::require_root;
 
 /// Every subject a report covers, in its order.
 const SUBJECTS: [&str; 10] = [
@@ -40,11 +22,6 @@ const SUBJECTS: [&str; 10] = [
     "internal_pool",
     "egress_pool",
 ];
-
-/// The lines of a `check` report whose verdict is not `ok`.
-fn not_ok(report: &str) -> Vec<&str> {
-    report.lines().filter(|l| !l.starts_with("ok ")).collect()
-}
 
 #[test]
 fn check_reports_the_host_and_names_each_fault_with_its_fix() {
@@ -114,7 +91,7 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
     assert_eq!(host_state(&host), before, "check changed the host");
 
     // Its routing rules go as well: now nothing confines forwarding.
-    assert_eq!(gatectl_rules(&host), 5);
+    assert_eq!(gatectl_rules(&host).len(), 5);
     for pref in ["1300", "1301", "1302", "1303", "1304"] {
         host.run_ok(&["ip", "rule", "del", "pref", pref]);
     }
@@ -129,7 +106,7 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
 
     // The fixes it names clear the failures.
     gatectl_ok(&host, &["reconcile"]);
-    assert_eq!(gatectl_rules(&host), 5, "reconcile restores the rules");
+    assert_eq!(gatectl_rules(&host).len(), 5, "reconcile restores the rules");
     host.run_ok(&["ip", "route", "del", "10.232.7.0/24", "dev", "lo"]);
     let report = gatectl_ok(&host, &["check"]);
     assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");

@@ -19,8 +19,8 @@ use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::gatectl::{
-    allowlist, connect, connect_within, gatectl, gatectl_ok, ip_forward, serve, setup, ssh_via_gate, text,
-    GATECTL,
+    allowlist, connect, connect_within, detail, gatectl, gatectl_ok, gatectl_rules, ip_forward, not_ok,
+    serve, setup, ssh_via_gate, text, GATECTL,
 };
 use common::probe::{clock, Outcome, Probe, Tally};
 use common::{finish, require_root, SshFixture, TestHost};
@@ -39,35 +39,11 @@ table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter
 \tchain forward {\n\t\ttype filter hook forward priority filter;\n\t}\n\
 \tchain output {\n\t\ttype filter hook output priority filter;\n\t}\n}\n";
 
-/// The lines of `ip rule show` that are gatectl's (protocol 231).
-fn gatectl_rules(host: &TestHost) -> Vec<String> {
-    host.run_ok(&["ip", "-4", "rule", "show"])
-        .lines()
-        .filter(|l| l.contains("proto 231"))
-        .map(|l| l.trim().to_string())
-        .collect()
-}
-
 /// Whether the host's root netns holds the table `inet gatectl`.
 fn host_table(host: &TestHost) -> bool {
     host.exec(&["nft", "list", "table", "inet", "gatectl"])
         .status
         .success()
-}
-
-/// The detail of the `gatectl check` report's line about `subject` (the
-/// columns are the verdict in 5, the subject in 14, then the detail).
-fn detail<'a>(report: &'a str, subject: &str) -> &'a str {
-    report
-        .lines()
-        .find(|l| l.get(6..20).map(str::trim_end) == Some(subject))
-        .map(|l| &l[21..])
-        .unwrap_or_else(|| panic!("no {subject} line: {report}"))
-}
-
-/// The lines of a `check` report whose verdict is not `ok`.
-fn not_ok(report: &str) -> Vec<&str> {
-    report.lines().filter(|l| !l.starts_with("ok ")).collect()
 }
 
 /// Runs `gatectl check`, which must fail (exit 1), and returns its report.

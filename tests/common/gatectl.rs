@@ -346,3 +346,27 @@ pub fn bash_in(host: &TestHost, netns: &str, seconds: u32, script: &str) -> Outp
         "ip", "netns", "exec", netns, "timeout", &seconds, "bash", "-c", script,
     ])
 }
+
+/// The lines of `ip rule show` that are gatectl's (protocol 231).
+pub fn gatectl_rules(host: &TestHost) -> Vec<String> {
+    host.run_ok(&["ip", "-4", "rule", "show"])
+        .lines()
+        .filter(|l| l.contains("proto 231"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// The detail of the `gatectl check` report's line about `subject` (the
+/// columns are the verdict in 5, the subject in 14, then the detail).
+pub fn detail<'a>(report: &'a str, subject: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.get(6..20).map(str::trim_end) == Some(subject))
+        .map(|l| &l[21..])
+        .unwrap_or_else(|| panic!("no {subject} line: {report}"))
+}
+
+/// The lines of a `gatectl check` report whose verdict is not `ok`.
+pub fn not_ok(report: &str) -> Vec<&str> {
+    report.lines().filter(|l| !l.starts_with("ok ")).collect()
+}
