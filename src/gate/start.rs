@@ -257,19 +257,8 @@ impl Start<'_> {
                 netns::create(&plan.netns)
             })
             .await?;
-        steps
-            .run(
-                "settle the gate netns: forwarding and IPv6 off, its own allowlist",
-                None,
-                async {
-                    let table = GateTable::of(plan);
-                    netns::run_in(&gate_ns, move || {
-                        sysctl::settle_gate_netns()?;
-                        table.apply()
-                    })
-                },
-            )
-            .await?;
+        let settle = "settle the gate netns: forwarding and IPv6 off, its own allowlist";
+        steps.run(settle, None, settle_gate_netns(plan, &gate_ns)).await?;
         steps
             .run(
                 "create the veth pairs",
@@ -304,13 +293,7 @@ impl Start<'_> {
         let units = Part {
             name: "start the gate's socket unit",
             undo: Some(Undo::Units),
-            work: async {
-                unit::ensure_hardening_dropin()?;
-                let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
-                let service = unit::properties(plan, &self.host.settings);
-                let aux = [(plan.unit.as_str(), service.as_slice())];
-                systemd.start_transient(&socket_unit, &socket, &aux).await
-            },
+            work: start_units(systemd, plan, &self.host.settings),
         };
         steps
             .run_both(
@@ -321,6 +304,26 @@ impl Start<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// Turns forwarding and IPv6 off in the new gate netns, before any link is
+/// up, and gives it its own allowlist table.
+async fn settle_gate_netns(plan: &GatePlan, gate_ns: &OwnedFd) -> Result<()> {
+    let table = GateTable::of(plan);
+    netns::run_in(gate_ns, move || {
+        sysctl::settle_gate_netns()?;
+        table.apply()
+    })
+}
+
+/// Starts the gate's socket unit, with its service defined in the same
+/// call, after making sure the hardening drop-in is in place.
+async fn start_units(systemd: &Systemd, plan: &GatePlan, settings: &crate::config::Settings) -> Result<()> {
+    unit::ensure_hardening_dropin()?;
+    let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
+    let service = unit::properties(plan, settings);
+    let aux = [(plan.unit.as_str(), service.as_slice())];
+    systemd.start_transient(&socket_unit, &socket, &aux).await
 }
 
 /// Creates the gate's two veth pairs, each outer end with its device group
