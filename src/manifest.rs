@@ -1,7 +1,7 @@
 //! The bottle manifest: the `ssh` entries an agent may reach, read from TOML
 //! or JSON and validated before anything touches the host.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
@@ -26,8 +26,38 @@ pub const DEFAULT_SSH_PORT: u16 = 22;
 pub struct Manifest {
     /// The agent's network namespace (name under /run/netns or a path), if any.
     pub agent_netns: Option<String>,
+    /// Whether gatectl owns the agent's netns: creates it at start when it
+    /// is missing (named by `agent_netns`, or `agent-<slug>`) and deletes
+    /// it at stop (`own_agent_netns = true`).
+    pub own_agent_netns: bool,
     /// The SSH hosts the agent may reach, in manifest order.
     pub ssh: Vec<SshEntry>,
+    /// Top-level keys gatectl does not know, which it ignores.
+    #[serde(skip)]
+    pub unknown_keys: Vec<String>,
+}
+
+/// The top-level keys of a manifest.
+pub const TOP_LEVEL_KEYS: [&str; 3] = ["agent_netns", "own_agent_netns", "ssh"];
+
+impl Manifest {
+    /// A warning for each unknown top-level key that looks like one of
+    /// gatectl's: the same but for case, or a quarter of its letters (at
+    /// least one) off. A typo such as `agent_nets` would otherwise leave the
+    /// agent unconfined without a word.
+    pub fn warnings(&self) -> Vec<String> {
+        self.unknown_keys
+            .iter()
+            .filter_map(|key| {
+                let near = TOP_LEVEL_KEYS.into_iter().find(|known| {
+                    strsim::damerau_levenshtein(&key.to_lowercase(), known) <= (known.len() / 4).max(1)
+                })?;
+                Some(format!(
+                    "the manifest's key `{key}` is unknown and ignored; did you mean `{near}`?"
+                ))
+            })
+            .collect()
+    }
 }
 
 /// One declared SSH host.
@@ -49,7 +79,13 @@ struct RawManifest {
     #[serde(default)]
     agent_netns: Option<Loose>,
     #[serde(default)]
+    own_agent_netns: Option<Loose>,
+    #[serde(default)]
     ssh: Option<RawEntries>,
+    /// Every other top-level key: ignored, but named in a warning when it
+    /// looks like one of gatectl's.
+    #[serde(flatten)]
+    other: BTreeMap<String, IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -428,6 +464,26 @@ fn validate(raw: RawManifest) -> Result<Manifest, String> {
         }
         None => None,
     };
+    let own_agent_netns = match raw.own_agent_netns {
+        None | Some(Loose::Bool(false)) => false,
+        Some(Loose::Bool(true)) => true,
+        Some(other) => {
+            return Err(format!(
+                "own_agent_netns: must be true or false, not {}",
+                other.kind()
+            ))
+        }
+    };
+    if let (true, Some(path)) = (
+        own_agent_netns,
+        agent_netns.as_deref().filter(|ns| ns.starts_with('/')),
+    ) {
+        return Err(format!(
+            "own_agent_netns: gatectl owns only a named netns under /run/netns, not the path {path:?}; \
+             give agent_netns a name, or leave it out for agent-<slug>"
+        ));
+    }
+    let unknown_keys = raw.other.into_keys().collect();
     let entries = match raw.ssh {
         None => Vec::new(),
         Some(RawEntries::List(items)) => items,
@@ -490,7 +546,12 @@ fn validate(raw: RawManifest) -> Result<Manifest, String> {
             user,
         });
     }
-    Ok(Manifest { agent_netns, ssh })
+    Ok(Manifest {
+        agent_netns,
+        own_agent_netns,
+        ssh,
+        unknown_keys,
+    })
 }
 
 fn parse_port(raw: &Loose) -> Result<u16, String> {
@@ -630,6 +691,56 @@ mod tests {
         assert_eq!(m.ssh[0].user.as_deref(), Some("git"));
         assert_eq!(m.ssh[1].port, 2222);
         assert_eq!(m.ssh[1].hostname, "2001:db8::1");
+    }
+
+    #[test]
+    fn gatectl_may_own_the_agent_netns_by_name_only() {
+        let entry = "[[ssh]]\nHost = \"a\"\nHostname = \"h.example\"\n";
+        let owned = |top: &str| toml(&format!("{top}\n{entry}"));
+        let m = owned("own_agent_netns = true").unwrap();
+        assert_eq!((m.agent_netns, m.own_agent_netns), (None, true));
+        let m = owned("agent_netns = \"agent-x\"\nown_agent_netns = true").unwrap();
+        assert_eq!(
+            (m.agent_netns.as_deref(), m.own_agent_netns),
+            (Some("agent-x"), true)
+        );
+        assert!(!owned("").unwrap().own_agent_netns);
+        for (top, want) in [
+            (
+                "agent_netns = \"/proc/1/ns/net\"\nown_agent_netns = true",
+                "own_agent_netns: gatectl owns only a named netns under /run/netns, not the path \"/proc/1/ns/net\"; \
+                 give agent_netns a name, or leave it out for agent-<slug>",
+            ),
+            ("own_agent_netns = \"yes\"", "own_agent_netns: must be true or false, not a string"),
+        ] {
+            assert_eq!(owned(top).unwrap_err(), want);
+        }
+    }
+
+    #[test]
+    fn a_typo_of_a_top_level_key_is_warned_about_and_others_are_not() {
+        let entry = "[[ssh]]\nHost = \"a\"\nHostname = \"h.example\"\n";
+        let m = toml(&format!(
+            "agent_nets = \"agent-x\"\nAgent_Netns = \"y\"\ncomment = \"x\"\nenv = 1\n{entry}"
+        ))
+        .unwrap();
+        assert_eq!(m.agent_netns, None);
+        assert_eq!(
+            m.warnings(),
+            [
+                "the manifest's key `Agent_Netns` is unknown and ignored; did you mean `agent_netns`?",
+                "the manifest's key `agent_nets` is unknown and ignored; did you mean `agent_netns`?",
+            ]
+        );
+        let m = parse(
+            &format!("{{\"ssh\":[{{\"Host\":\"a\",\"Hostname\":\"h\"}}],\"owm_agent_netns\":true}}"),
+            Format::Json,
+        )
+        .unwrap();
+        assert_eq!(
+            m.warnings(),
+            ["the manifest's key `owm_agent_netns` is unknown and ignored; did you mean `own_agent_netns`?"]
+        );
     }
 
     #[test]
