@@ -694,6 +694,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_confines_its_agent() {
+        let m = toml(include_str!("../examples/bottle.toml")).unwrap();
+        assert!(m.own_agent_netns);
+        assert_eq!(m.warnings(), Vec::<String>::new());
+    }
+
+    #[test]
     fn gatectl_may_own_the_agent_netns_by_name_only() {
         let entry = "[[ssh]]\nHost = \"a\"\nHostname = \"h.example\"\n";
         let owned = |top: &str| toml(&format!("{top}\n{entry}"));
@@ -733,7 +740,7 @@ mod tests {
             ]
         );
         let m = parse(
-            &format!("{{\"ssh\":[{{\"Host\":\"a\",\"Hostname\":\"h\"}}],\"owm_agent_netns\":true}}"),
+            r#"{"ssh":[{"Host":"a","Hostname":"h"}],"owm_agent_netns":true}"#,
             Format::Json,
         )
         .unwrap();

@@ -3,7 +3,7 @@
 //! uses. No I/O here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,10 @@ pub struct GatePlan {
     pub unit: String,
     /// The agent's netns path, when the agent end goes into one.
     pub agent_netns: Option<PathBuf>,
+    /// Whether gatectl owns the agent's netns: `start` creates it when it
+    /// is missing, `stop` deletes it.
+    #[serde(default)]
+    pub agent_netns_owned: bool,
     /// The agent's end of the internal link.
     pub agent_link: LinkEnd,
     /// The gate's end of the internal link; the forwarder listens here.
@@ -117,6 +121,8 @@ pub struct GateSpec {
     pub slug: Slug,
     /// The agent's netns path, when the agent end goes into one.
     pub agent_netns: Option<PathBuf>,
+    /// Whether gatectl owns the agent's netns (see [`GatePlan`]).
+    pub agent_netns_owned: bool,
     /// The forwarder's rules, in manifest order.
     pub upstreams: Vec<Upstream>,
 }
@@ -153,10 +159,21 @@ impl GateSpec {
                 settings.base_port
             )));
         }
+        let owned = manifest.own_agent_netns;
         let agent_netns = agent_netns
             .map(str::to_string)
             .or_else(|| manifest.agent_netns.clone())
+            .or_else(|| owned.then(|| format!("agent-{slug}")))
             .map(|ns| netns_path(&ns));
+        if let Some(path) = agent_netns
+            .as_ref()
+            .filter(|p| owned && p.parent() != Some(Path::new(NETNS_DIR)))
+        {
+            return Err(Error::invalid(format!(
+                "own_agent_netns: gatectl owns only a named netns under {NETNS_DIR}, not {}; give a name",
+                path.display()
+            )));
+        }
         let mut upstreams = Vec::with_capacity(manifest.ssh.len());
         for (i, entry) in manifest.ssh.iter().enumerate() {
             let entry_name = format!("ssh entry {} ({})", i + 1, entry.alias);
@@ -196,6 +213,7 @@ impl GateSpec {
         Ok(GateSpec {
             slug: slug.clone(),
             agent_netns,
+            agent_netns_owned: owned,
             upstreams,
         })
     }
@@ -227,6 +245,7 @@ impl GateSpec {
             netns: netns_name(&self.slug),
             unit: unit_name(&self.slug),
             agent_netns: self.agent_netns.clone(),
+            agent_netns_owned: self.agent_netns_owned,
             agent_link: end(
                 match self.agent_netns {
                     Some(_) => AGENT_LINK.to_string(),
@@ -247,6 +266,16 @@ impl GatePlan {
     /// (`gate-<slug>.socket`); systemd starts [`GatePlan::unit`] from it.
     pub fn socket_unit(&self) -> String {
         socket_unit_name(&self.slug)
+    }
+
+    /// The name (under /run/netns) of the agent's netns when gatectl owns
+    /// it.
+    pub fn owned_agent_netns(&self) -> Option<&str> {
+        self.agent_netns
+            .as_deref()
+            .filter(|_| self.agent_netns_owned)
+            .and_then(Path::file_name)
+            .and_then(|name| name.to_str())
     }
 
     /// Path of the gate netns (`/run/netns/gate-<slug>`).
@@ -566,5 +595,27 @@ mod tests {
             at(&without, 7).gate_internal.address,
             Ipv4Addr::new(10, 231, 0, 15)
         );
+    }
+
+    #[test]
+    fn an_owned_agent_netns_defaults_to_agent_slug_and_must_be_a_name() {
+        let settings = Settings::default();
+        let text = format!("own_agent_netns = true\n{TWO}");
+        let owned = spec("alice", &text, &settings, None)
+            .unwrap()
+            .place(&settings, 3)
+            .unwrap();
+        assert_eq!(owned.agent_netns, Some(PathBuf::from("/run/netns/agent-alice")));
+        assert_eq!(owned.owned_agent_netns(), Some("agent-alice"));
+        let named = spec("alice", &text, &settings, Some("elsewhere")).unwrap();
+        assert_eq!(named.agent_netns, Some(PathBuf::from("/run/netns/elsewhere")));
+        assert!(named.agent_netns_owned);
+        let err = spec("alice", &text, &settings, Some("/proc/1/ns/net")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "own_agent_netns: gatectl owns only a named netns under /run/netns, not /proc/1/ns/net; give a name"
+        );
+        let plain = plan(&format!("agent_netns = \"a\"\n{TWO}"), 0);
+        assert_eq!(plain.owned_agent_netns(), None);
     }
 }

@@ -560,3 +560,119 @@ fn hand_and_unit_starts_and_stops_interleave_cleanly() {
 fn gatectl_path() -> &'static str {
     common::gatectl::GATECTL
 }
+
+/// The boot story: with `own_agent_netns = true`, the enabled units
+/// `gatectl@alice` and the example `agent@alice` are all a boot needs. The
+/// gate creates the agent's netns, the agent unit runs in it and sees only
+/// its gate, and stopping the units deletes everything, the netns included;
+/// starting `multi-user.target` again (a boot, for these units) brings both
+/// back, and the agent's saved ssh config still works.
+#[test]
+fn an_owned_agent_netns_comes_back_with_the_enabled_units_alone() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-boot");
+    for name in ["gatectl@.service", "agent@.service"] {
+        let dir = if name == "agent@.service" {
+            "examples"
+        } else {
+            "units"
+        };
+        let text = std::fs::read_to_string(format!("{}/{dir}/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .replace("/usr/bin/gatectl", gatectl_path());
+        host.write_file(&format!("/etc/systemd/system/{name}"), text.as_bytes(), 0o644);
+    }
+    // The agent's command: note what network it sees, then stay.
+    host.write_file(
+        "/etc/systemd/system/agent@.service.d/command.conf",
+        b"[Service]\nExecStart=\nExecStart=/bin/sh -c 'ip -o -4 addr show > /root/agent-view; exec sleep infinity'\n",
+        0o644,
+    );
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"own_agent_netns = true\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n",
+        0o644,
+    );
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    host.run_ok(&[
+        "systemctl",
+        "enable",
+        "--now",
+        "gatectl@alice.service",
+        "agent@alice.service",
+    ]);
+    let saved = gatectl_ok(&host, &["ssh-config", "alice"]);
+    let check_up = |when: &str| {
+        let active = host.exec(&[
+            "systemctl",
+            "is-active",
+            "gatectl@alice.service",
+            "agent@alice.service",
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&active.stdout),
+            "active\nactive\n",
+            "{when}"
+        );
+        let view = host.read_file("/root/agent-view");
+        let view: Vec<&str> = view
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(view, ["gate0"], "{when}: the agent sees only its gate");
+        let path = "/root/agent/saved_ssh_config";
+        host.write_file(path, saved.as_bytes(), 0o600);
+        let argv = ssh_args(
+            Some("agent-alice"),
+            Some(path),
+            &sshd.identity,
+            "/root/agent/known_hosts",
+            "up",
+            "echo ok",
+        );
+        let out = host.exec(&argv);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ok\n",
+            "{when}: {}",
+            text(&out)
+        );
+    };
+    check_up("after enable --now");
+
+    // Shut down: the units stop, the gate and the agent's netns go.
+    host.run_ok(&[
+        "systemctl",
+        "stop",
+        "agent@alice.service",
+        "gatectl@alice.service",
+    ]);
+    host.run_ok(&["rm", "/root/agent-view"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+    assert!(
+        !host
+            .exec(&["test", "-e", "/run/netns/agent-alice"])
+            .status
+            .success(),
+        "the owned agent netns is deleted with the gate"
+    );
+
+    // Boot: the enabled units alone bring it all back.
+    host.run_ok(&["systemctl", "start", "multi-user.target"]);
+    for _ in 0..100 {
+        if host.exec(&["test", "-s", "/root/agent-view"]).status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    check_up("after the simulated boot");
+    host.run_ok(&[
+        "systemctl",
+        "stop",
+        "agent@alice.service",
+        "gatectl@alice.service",
+    ]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}

@@ -35,6 +35,7 @@ pub fn run(args: PlanArgs) -> Result<Outcome> {
     let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
     let spec = host.spec(&gate.slug, &manifest, gate.agent_netns.as_deref())?;
     let plan = spec.place(&host.settings, host.next_index()?)?;
+    render::warnings(&manifest, &plan);
     let socket_properties = unit::socket_properties(&plan);
     let unit_properties = unit::properties(&plan, &host.settings);
     if args.json {

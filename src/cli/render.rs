@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::check::{Finding, Verdict};
 use crate::error::{Error, Result};
 use crate::gate::{GateState, GateStatus};
+use crate::manifest::Manifest;
 use crate::plan::GatePlan;
 use crate::systemd::ActiveState;
 use crate::unit::Property;
@@ -41,16 +42,37 @@ fn state_word(state: GateState) -> &'static str {
     }
 }
 
+/// Says on stderr what the user should know before relying on the gate of
+/// `manifest` and `plan`: unknown top-level keys that look like gatectl's,
+/// and a gate that confines nothing because the agent has no netns.
+pub fn warnings(manifest: &Manifest, plan: &GatePlan) {
+    for warning in manifest.warnings() {
+        eprintln!("gatectl: warning: {warning}");
+    }
+    if plan.agent_netns.is_none() {
+        eprintln!(
+            "gatectl: note: gate {} has no agent netns: the agent keeps the host's network; set agent_netns \
+             (or own_agent_netns = true) in its manifest to confine it",
+            plan.slug
+        );
+    }
+}
+
 fn agent_side(plan: &GatePlan) -> String {
     match &plan.agent_netns {
         Some(ns) => format!(
-            "{} {} in {}",
+            "{} {} in {}{}",
             plan.agent_link.name,
             plan.agent_link.address,
-            ns.display()
+            ns.display(),
+            if plan.agent_netns_owned {
+                " (gatectl's: created at start, deleted at stop)"
+            } else {
+                ""
+            }
         ),
         None => format!(
-            "{} {} (host namespace)",
+            "{} {} (host namespace: the gate confines nothing, the agent keeps the host's network)",
             plan.agent_link.name, plan.agent_link.address
         ),
     }

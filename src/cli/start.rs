@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{block_on, GateArgs, Outcome};
+use super::{block_on, render, GateArgs, Outcome};
 use crate::error::Result;
 use crate::gate::start::Started;
 use crate::gate::Host;
@@ -34,6 +34,7 @@ pub fn run(args: StartArgs) -> Result<Outcome> {
     if args.timings {
         eprint!("{}", timings.report());
     }
+    render::warnings(&manifest, &plan);
     println!(
         "gate {} {how}: {} upstream(s) on {} ports {}-{}; `gatectl ssh-config {}` prints the agent's ssh config",
         plan.slug,

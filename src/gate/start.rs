@@ -55,7 +55,11 @@ impl Start<'_> {
         let host = self.host;
         let slug = &spec.slug;
         host.settings.check_forwarder_binary()?;
-        let agent_ns = match &spec.agent_netns {
+        // An agent netns gatectl owns and that is missing is created by a
+        // step below; any other is checked and opened now.
+        let owned_and_missing = |path: &Path| spec.agent_netns_owned && !path.exists();
+        let mut agent_ns = match &spec.agent_netns {
+            Some(path) if owned_and_missing(path) => None,
             Some(path) => Some(open_agent_netns(path, slug).await?),
             None => None,
         };
@@ -80,15 +84,16 @@ impl Start<'_> {
                         "cannot clean up what an earlier start of {slug} left behind: {e}"
                     ))
                 })?;
+            // The clean-up deletes an owned agent netns of that start.
+            if spec.agent_netns.as_deref().is_some_and(owned_and_missing) {
+                agent_ns = None;
+            }
         }
         let plan = self.place(&root, spec, first).await?;
         timings.mark("allocate the gate index, check its addresses' routes, write the record");
 
         let mut steps = Steps::new(timings);
-        match self
-            .bring_up(&mut steps, &systemd, &root, &plan, agent_ns.as_ref())
-            .await
-        {
+        match self.bring_up(&mut steps, &systemd, &root, &plan, agent_ns).await {
             Ok(()) => {
                 host.records.save(&GateRecord {
                     plan: plan.clone(),
@@ -122,7 +127,9 @@ impl Start<'_> {
             if !interrupted {
                 return match &record {
                     Ok(Some(r))
-                        if r.plan.agent_netns == spec.agent_netns && r.plan.upstreams == spec.upstreams =>
+                        if r.plan.agent_netns == spec.agent_netns
+                            && r.plan.agent_netns_owned == spec.agent_netns_owned
+                            && r.plan.upstreams == spec.upstreams =>
                     {
                         if netns::exists(&r.plan.netns) {
                             Ok(Earlier::Same(Box::new(r.plan.clone())))
@@ -250,8 +257,21 @@ impl Start<'_> {
         systemd: &Systemd,
         root: &Netlink,
         plan: &GatePlan,
-        agent_ns: Option<&OwnedFd>,
+        agent_ns: Option<OwnedFd>,
     ) -> Result<(), StepError> {
+        let agent_ns = match (agent_ns, plan.owned_agent_netns()) {
+            (None, Some(name)) => Some(
+                steps
+                    .run(
+                        "create the agent netns gatectl owns",
+                        Some(Undo::AgentNetns),
+                        async { netns::create(name) },
+                    )
+                    .await?,
+            ),
+            (agent_ns, _) => agent_ns,
+        };
+        let agent_ns = agent_ns.as_ref();
         let gate_ns = steps
             .run("create the gate netns", Some(Undo::Netns), async {
                 netns::create(&plan.netns)

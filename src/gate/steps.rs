@@ -15,6 +15,8 @@ use crate::timings::{timed, Timings};
 pub enum Undo {
     /// Delete the gate netns.
     Netns,
+    /// Delete the agent's netns, which this start created for it.
+    AgentNetns,
     /// Delete the gate's links: both veth pairs, wherever their ends are.
     Links,
     /// Remove the gate's allowlist from the host table.

@@ -49,6 +49,7 @@ impl Teardown<'_> {
                 Undo::HostRules => self.remove_host_rules(plan).await,
                 Undo::Links => delete_links(plan).await,
                 Undo::Netns => netns::delete(&plan.netns),
+                Undo::AgentNetns => plan.owned_agent_netns().map_or(Ok(()), netns::delete),
             };
             errors.extend(done.err());
         }
@@ -58,8 +59,8 @@ impl Teardown<'_> {
     }
 
     /// Removes everything of the gate in `plan`: units, firewall rules and
-    /// links at once, then what the gate netns no longer held, and the
-    /// netns.
+    /// links at once, then what the gate netns no longer held, the netns,
+    /// and the agent's netns when gatectl owns it.
     async fn plan(&self, plan: &GatePlan, timings: &mut Timings) -> Result<()> {
         // Units, firewall rules and the gate's links at once: each mostly
         // waits (for systemd, or the kernel's RCU grace periods), and the
@@ -86,7 +87,10 @@ impl Teardown<'_> {
         // if they are this gate's.
         errors.extend(delete_outer_ends(plan).await.err());
         errors.extend(netns::delete(&plan.netns).err());
-        timings.mark("delete what the gate netns no longer held, and the netns");
+        if let Some(owned) = plan.owned_agent_netns() {
+            errors.extend(netns::delete(owned).err());
+        }
+        timings.mark("delete what the gate netns no longer held, the netns, and an agent netns gatectl owns");
         if errors.is_empty() {
             Ok(())
         } else {
