@@ -216,6 +216,20 @@ fn rows() -> Vec<Row> {
             ext: "yaml",
             ..toml_row("unknown-format", "ssh: []\n", &["unknown format", "name it *.toml or *.json"])
         },
+        // An agent netns gatectl would own must be a name it may delete.
+        toml_row(
+            "own-agent-netns-path",
+            &format!("agent_netns = \"/proc/1/ns/net\"\nown_agent_netns = true\n{}", entry("")),
+            &[
+                "own_agent_netns: gatectl owns only a named netns under /run/netns, not the path \"/proc/1/ns/net\"",
+                "give agent_netns a name, or leave it out for agent-<slug>",
+            ],
+        ),
+        toml_row(
+            "own-agent-netns-not-bool",
+            &format!("own_agent_netns = \"yes\"\n{}", entry("")),
+            &["own_agent_netns: must be true or false, not a string"],
+        ),
         // Upstreams that lead back into gatectl or the host, or to no host.
         toml_row(
             "upstream-internal-pool",
