@@ -13,7 +13,7 @@ use crate::net::firewall::{Firewall, Survey, TABLE};
 use crate::net::link::Netlink;
 use crate::net::netns;
 use crate::plan::{GatePlan, AGENT_LINK_GROUP, HOST_EGRESS_GROUP};
-use crate::systemd::Systemd;
+use crate::systemd::{Systemd, UnitState};
 use crate::unit;
 
 /// How one check came out.
@@ -78,6 +78,17 @@ pub async fn check_host() -> Vec<Finding> {
                 format!("systemd {version}, reachable over D-Bus"),
             ));
             findings.extend(gate_findings(&gates));
+            findings.push(match systemd.manager_units().await {
+                Ok(units) => {
+                    let running: Vec<&str> = gates
+                        .iter()
+                        .filter(|g| g.state == GateState::Running)
+                        .map(|g| g.slug.as_str())
+                        .collect();
+                    manager_unit_finding(&units, &running)
+                }
+                Err(e) => Finding::failed("gatectl@", &e),
+            });
             findings.extend(sandbox_findings(&systemd, &gates).await);
             gates
         }
@@ -128,6 +139,67 @@ pub async fn check_host() -> Vec<Finding> {
     findings.extend(gate_table_findings(&active));
     findings.extend(pool_findings(settings).await);
     findings
+}
+
+/// Whether each `gatectl@<slug>.service` is in step with its gate: not
+/// failed, running when enabled, and active only while its gate runs.
+/// `units` pairs each unit with its unit file state; `running_gates` are
+/// the slugs whose gates run.
+pub fn manager_unit_finding(units: &[(UnitState, String)], running_gates: &[&str]) -> Finding {
+    let running = |slug: &str| running_gates.contains(&slug);
+    let mut failed = Vec::new();
+    let mut stale = Vec::new();
+    let mut not_started = Vec::new();
+    for (unit, file_state) in units {
+        let slug = unit
+            .name
+            .strip_prefix("gatectl@")
+            .and_then(|n| n.strip_suffix(".service"))
+            .unwrap_or_default();
+        if unit.has_failed() {
+            failed.push(unit.name.as_str());
+        } else if unit.is_active() && !running(slug) {
+            stale.push(unit.name.as_str());
+        } else if !unit.is_up() && file_state == "enabled" && !running(slug) {
+            not_started.push(unit.name.as_str());
+        }
+    }
+    let mut problems = Vec::new();
+    if !failed.is_empty() {
+        problems.push(format!(
+            "{} failed: see `journalctl -u {}`, fix the cause, then `systemctl restart` it",
+            failed.join(", "),
+            failed.join(" -u ")
+        ));
+    }
+    if !stale.is_empty() {
+        problems.push(format!(
+            "{} active, but its gate is not running: run `systemctl restart {}`",
+            stale.join(", "),
+            stale.join(" ")
+        ));
+    }
+    if !not_started.is_empty() {
+        problems.push(format!(
+            "{} enabled, but neither it nor its gate runs: run `systemctl start {}`",
+            not_started.join(", "),
+            not_started.join(" ")
+        ));
+    }
+    if problems.is_empty() {
+        Finding::new(
+            Verdict::Ok,
+            "gatectl@",
+            format!("{} gatectl@ unit(s), each in step with its gate", units.len()),
+        )
+    } else {
+        let verdict = if failed.is_empty() && stale.is_empty() {
+            Verdict::Warn
+        } else {
+            Verdict::Fail
+        };
+        Finding::new(verdict, "gatectl@", problems.join("; "))
+    }
 }
 
 /// Each active gate's forwarder sandbox as systemd holds it now, against
@@ -444,6 +516,57 @@ async fn pool_findings(settings: &Settings) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_gatectl_unit_must_be_in_step_with_its_gate() {
+        let unit = |slug: &str, active: &str, file_state: &str| {
+            (
+                UnitState {
+                    name: format!("gatectl@{slug}.service"),
+                    active: crate::systemd::ActiveState::parse(active),
+                    sub: String::new(),
+                },
+                file_state.to_string(),
+            )
+        };
+        // The units with their file states, the running gates, and what
+        // check says.
+        type Case<'a> = (&'a [(UnitState, String)], &'a [&'a str], Verdict, &'a str);
+        let cases: &[Case] = &[
+            (&[], &[], Verdict::Ok, "0 gatectl@ unit(s), each in step with its gate"),
+            (
+                &[unit("a", "active", "enabled"), unit("b", "inactive", "disabled")],
+                &["a"],
+                Verdict::Ok,
+                "2 gatectl@ unit(s), each in step with its gate",
+            ),
+            // Enabled, not started, but its gate was started by hand: fine.
+            (&[unit("a", "inactive", "enabled")], &["a"], Verdict::Ok, "1 gatectl@ unit(s), each in step with its gate"),
+            (
+                &[unit("a", "inactive", "enabled")],
+                &[],
+                Verdict::Warn,
+                "gatectl@a.service enabled, but neither it nor its gate runs: run `systemctl start gatectl@a.service`",
+            ),
+            (
+                &[unit("a", "active", "enabled")],
+                &[],
+                Verdict::Fail,
+                "gatectl@a.service active, but its gate is not running: run `systemctl restart gatectl@a.service`",
+            ),
+            (
+                &[unit("a", "failed", "enabled"), unit("b", "failed", "enabled")],
+                &[],
+                Verdict::Fail,
+                "gatectl@a.service, gatectl@b.service failed: see `journalctl -u gatectl@a.service -u \
+                 gatectl@b.service`, fix the cause, then `systemctl restart` it",
+            ),
+        ];
+        for (units, running, verdict, detail) in cases {
+            let finding = manager_unit_finding(units, running);
+            assert_eq!((finding.verdict, finding.detail.as_str()), (*verdict, *detail));
+        }
+    }
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()

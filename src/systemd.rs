@@ -41,6 +41,8 @@ trait Manager {
 
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
 
+    fn get_unit_file_state(&self, name: &str) -> zbus::Result<String>;
+
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
@@ -442,6 +444,25 @@ impl Systemd {
             .into_iter()
             .find(|u| u.name == name)
             .unwrap_or_else(|| UnitState::not_loaded(name.to_string())))
+    }
+
+    /// The loaded `gatectl@<slug>.service` units (an enabled one is loaded,
+    /// since a target wants it), each with its unit file state (`enabled`,
+    /// `disabled`, `static`, …).
+    pub async fn manager_units(&self) -> Result<Vec<(UnitState, String)>> {
+        let mut units = Vec::new();
+        for unit in self.units("gatectl@*.service").await? {
+            let file_state = match self.manager.get_unit_file_state(&unit.name).await {
+                Ok(state) => state,
+                Err(e) if is_error(&e, NO_SUCH_UNIT) => "unknown".to_string(),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot read the unit file state of {}", unit.name))
+                }
+            };
+            units.push((unit, file_state));
+        }
+        Ok(units)
     }
 
     /// systemd's version, e.g. `252.30-1~deb12u2`.

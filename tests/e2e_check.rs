@@ -10,11 +10,12 @@ use common::gatectl::{detail, gatectl, gatectl_ok, gatectl_rules, host_state, no
 use common::require_root;
 
 /// Every subject a report covers, in its order.
-const SUBJECTS: [&str; 10] = [
+const SUBJECTS: [&str; 11] = [
     "settings",
     "forwarder",
     "systemd",
     "gates",
+    "gatectl@",
     "sandbox",
     "nftables",
     "ip_forward",
@@ -182,6 +183,62 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
         "{report}"
     );
     host.run_ok(&["rm", "/etc/gatectl/gatectl.toml"]);
+
+    // gatectl@ units out of step with their gates: one enabled that never
+    // ran, one failed (no manifest), one active over a gate stopped behind
+    // its back. Each is named with its fix.
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/gatectl@.service"))
+        .unwrap()
+        .replace("/usr/bin/gatectl", GATECTL);
+    host.write_file("/etc/systemd/system/gatectl@.service", unit.as_bytes(), 0o644);
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    host.run_ok(&[
+        "systemctl",
+        "enable",
+        "gatectl@alice.service",
+        "gatectl@nobody.service",
+    ]);
+    let report = String::from_utf8_lossy(&gatectl(&host, &["check"]).stdout).into_owned();
+    assert_eq!(
+        detail(&report, "gatectl@"),
+        "gatectl@nobody.service enabled, but neither it nor its gate runs: run `systemctl start \
+         gatectl@nobody.service`",
+        "{report}"
+    );
+    assert!(
+        !host
+            .exec(&["systemctl", "start", "gatectl@nobody.service"])
+            .status
+            .success(),
+        "nobody has no manifest"
+    );
+    let report = String::from_utf8_lossy(&gatectl(&host, &["check"]).stdout).into_owned();
+    assert_eq!(
+        detail(&report, "gatectl@"),
+        "gatectl@nobody.service failed: see `journalctl -u gatectl@nobody.service`, fix the cause, then \
+         `systemctl restart` it",
+        "{report}"
+    );
+    host.run_ok(&["systemctl", "disable", "gatectl@nobody.service"]);
+    host.run_ok(&["systemctl", "reset-failed", "gatectl@nobody.service"]);
+    // alice's gate runs by hand: her enabled unit, not started, is fine.
+    let report = gatectl_ok(&host, &["check"]);
+    assert!(
+        detail(&report, "gatectl@").ends_with("each in step with its gate"),
+        "{report}"
+    );
+    host.run_ok(&["systemctl", "start", "gatectl@alice.service"]);
+    host.run_ok(&["systemctl", "stop", "gate-alice.socket", "gate-alice.service"]);
+    let report = String::from_utf8_lossy(&gatectl(&host, &["check"]).stdout).into_owned();
+    assert_eq!(
+        detail(&report, "gatectl@"),
+        "gatectl@alice.service active, but its gate is not running: run `systemctl restart \
+         gatectl@alice.service`",
+        "{report}"
+    );
+    host.run_ok(&["systemctl", "restart", "gatectl@alice.service"]);
+    let report = gatectl_ok(&host, &["check"]);
+    assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
 
     // Output into a pipe whose reader is gone (`gatectl status | head`)
     // ends the command quietly, as SIGPIPE ends `cat`: no panic, no message.
