@@ -40,6 +40,9 @@ pub struct Manifest {
 /// The top-level keys of a manifest.
 pub const TOP_LEVEL_KEYS: [&str; 3] = ["agent_netns", "own_agent_netns", "ssh"];
 
+/// The keys of an `ssh` entry (`HostName` is accepted for `Hostname`).
+pub const ENTRY_KEYS: [&str; 4] = ["Host", "Hostname", "Port", "User"];
+
 impl Manifest {
     /// A warning for each unknown top-level key that looks like one of
     /// gatectl's: the same but for case, or a quarter of its letters (at
@@ -691,6 +694,21 @@ mod tests {
         assert_eq!(m.ssh[0].user.as_deref(), Some("git"));
         assert_eq!(m.ssh[1].port, 2222);
         assert_eq!(m.ssh[1].hostname, "2001:db8::1");
+    }
+
+    #[test]
+    fn the_key_lists_are_the_keys_the_parser_knows() {
+        let m = toml(
+            "agent_netns = \"a\"\nown_agent_netns = true\nssh = [{ Host = \"h\", Hostname = \"x\", Port = 1, User = \"u\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(m.unknown_keys, Vec::<String>::new());
+        let keys: Vec<&str> = ["agent_netns", "own_agent_netns", "ssh"].into();
+        assert_eq!(keys, TOP_LEVEL_KEYS);
+        let err = toml("ssh = [{ Host = \"h\", Hostname = \"x\", Nope = 1 }]\n").unwrap_err();
+        for key in ENTRY_KEYS {
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+        }
     }
 
     #[test]

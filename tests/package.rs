@@ -189,6 +189,25 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     assert_eq!(man.trim(), "/usr/share/man/man8/gatectl.8.gz");
     let page = host.run_ok(&["sh", "-c", "MANWIDTH=80 man 8 gatectl-start 2>&1"]);
     assert!(page.contains("--manifest"), "{page}");
+    // The file formats have their pages in section 5, and every page
+    // renders without a warning.
+    for (page, path) in [
+        ("gatectl.toml", "/usr/share/man/man5/gatectl.toml.5.gz"),
+        ("gatectl-manifest", "/usr/share/man/man5/gatectl-manifest.5.gz"),
+    ] {
+        assert_eq!(host.run_ok(&["man", "-w", "5", page]).trim(), path);
+    }
+    let warnings = host.run_ok(&[
+        "sh",
+        "-c",
+        "for f in /usr/share/man/man5/gatectl*.5.gz /usr/share/man/man8/gatectl*.8.gz; do \
+         LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l \"$f\" 2>&1 >/dev/null; done",
+    ]);
+    assert_eq!(warnings, "", "the man pages render with warnings");
+    // The threat model, reliability and architecture notes ship with it.
+    for doc in ["security.md", "reliability.md", "architecture.md"] {
+        host.run_ok(&["test", "-s", &format!("/usr/share/doc/gatectl/{doc}")]);
+    }
     assert_eq!(bash_complete(&host, "gatectl st"), ["start", "status", "stop"]);
     let all = bash_complete(&host, "gatectl ");
     assert!(all.contains(&"ssh-config".to_string()), "{all:?}");

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-use crate::cli::{Cli, Outcome};
+use crate::cli::{format_pages, Cli, Outcome};
 use crate::error::{Context, Result};
 use crate::unit;
 
@@ -39,8 +39,9 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Writes the man pages (`gatectl.8` and one `gatectl-<sub>.8` per visible
-/// subcommand), the bash, zsh and fish completions and the forwarder's
+/// Writes the man pages (`gatectl.8`, one `gatectl-<sub>.8` per visible
+/// subcommand, and `gatectl.toml.5` and `gatectl-manifest.5` for the file
+/// formats), the bash, zsh and fish completions and the forwarder's
 /// hardening drop-in under `out_dir`; returns the paths written.
 pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
     let man_dir = out_dir.join("man");
@@ -51,7 +52,10 @@ pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
 
     let cmd = man_command();
-    for (name, page) in man_pages(&cmd)? {
+    let formats = [format_pages::settings_page(), format_pages::manifest_page()]
+        .into_iter()
+        .map(|(name, text)| (name, text.into_bytes()));
+    for (name, page) in man_pages(&cmd)?.into_iter().chain(formats) {
         let path = man_dir.join(name);
         fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
@@ -109,12 +113,14 @@ gatectl gives each AI agent (a \"bottle\") an SSH egress gate: the agent reaches
 the SSH hosts its manifest declares, and nothing else.
 
 gatectl start SLUG creates a network namespace gate-SLUG, two veth pairs (one to the \
-agent, one routed to the host), firewall rules in the nftables table inet gatectl that \
-let the gate reach only its declared upstream address:port pairs, and a forwarder: the \
-sandboxed transient systemd unit gate-SLUG.service, which listens on one port per \
-manifest entry (30000 + i, in manifest order) on the gate's internal address. \
+agent, one routed to the host), firewall rules that let the gate reach only its declared \
+upstream address:port pairs (the nftables table inet gatectl, on the host and inside the \
+gate netns), and a forwarder: the transient socket unit gate-SLUG.socket listens on one \
+port per manifest entry (30000 + i, in manifest order) on the gate's internal address, \
+and systemd starts the sandboxed forwarder gate-SLUG.service at the first connection. \
 gatectl stop SLUG removes all of it. gatectl ssh-config SLUG prints the Host blocks \
-the agent's ssh uses.
+the agent's ssh uses. The manifest's format is in gatectl-manifest(5), the host \
+settings' in gatectl.toml(5).
 
 The template unit gatectl@.service runs gatectl start and gatectl stop for a slug: \
 systemctl enable --now gatectl@SLUG brings the gate up now and at every boot.
@@ -161,7 +167,7 @@ The environment variable \fBGATECTL_CONFIG\fR names another file.
 .TP
 \fI/etc/gatectl/bottles/\fR\fISLUG\fR\fI.toml\fR, \fI/etc/gatectl/bottles/\fR\fISLUG\fR\fI.json\fR
 The manifest of agent \fISLUG\fR: its \fBssh\fR entries (\fBHost\fR, \fBHostname\fR, \fBPort\fR, \fBUser\fR)
-and optionally \fBagent_netns\fR. An example is in \fI/usr/share/doc/gatectl/examples/\fR.
+and optionally \fBagent_netns\fR or \fBown_agent_netns\fR; see \fBgatectl\-manifest\fR(5). An example is in \fI/usr/share/doc/gatectl/examples/\fR.
 .TP
 \fI/run/gatectl/\fR
 Runtime state: one record per running gate, and locks.
@@ -170,7 +176,7 @@ Runtime state: one record per running gate, and locks.
 Template unit: \fBsystemctl enable \-\-now gatectl@\fR\fISLUG\fR starts the gate of \fISLUG\fR now and at every boot.
 .TP
 \fI/usr/lib/systemd/system/gatectl\-reconcile.service\fR
-Runs \fBgatectl reconcile\fR whenever nftables.service starts or restarts, which flushes the ruleset: the firewall rules of every running gate come back.
+Runs \fBgatectl reconcile\fR whenever nftables.service starts, reloads or restarts, which flushes the ruleset: the firewall rules of every running gate come back.
 .SH "EXIT STATUS"
 .TP
 \fB0\fR
@@ -185,7 +191,7 @@ Usage error.
 \fB3\fR
 \fBstatus\fR of a gate that is not running.
 .SH "SEE ALSO"
-\fBsystemctl\fR(1), \fBsystemd.unit\fR(5), \fBip-netns\fR(8), \fBnft\fR(8), \fBssh_config\fR(5)
+\fBgatectl.toml\fR(5), \fBgatectl\-manifest\fR(5), \fBsystemctl\fR(1), \fBsystemd.unit\fR(5), \fBip\-netns\fR(8), \fBnft\fR(8), \fBssh_config\fR(5)
 "#;
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::slug::Slug;
 
 pub mod check;
+pub mod format_pages;
 pub mod forward;
 pub mod generate;
 pub mod list;
