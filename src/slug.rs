@@ -17,18 +17,33 @@ impl Slug {
     /// Validates `raw` as a slug.
     pub fn parse(raw: &str) -> Result<Slug> {
         let fix = "a slug is 1 to 32 characters of a-z, 0-9 and '-', starting with a letter or digit";
-        let mut chars = raw.chars();
-        let Some(first) = chars.next() else {
+        let Some(first) = raw.chars().next() else {
             return Err(Error::invalid(format!("invalid slug \"\": it is empty; {fix}")));
         };
-        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-            return Err(Error::invalid(format!(
-                "invalid slug {raw:?}: it starts with {first:?}; {fix}"
-            )));
+        // Name every kind of problem at once: "NoSuch_Slug" has uppercase
+        // letters and a '_', not only a bad first character.
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        let mut problems = Vec::new();
+        if raw.chars().any(|c| c.is_ascii_uppercase()) {
+            problems.push(format!(
+                "it has uppercase letters (write {:?})",
+                raw.to_ascii_lowercase()
+            ));
         }
-        if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+        if !(first.is_ascii_lowercase() || first.is_ascii_digit() || first.is_ascii_uppercase()) {
+            problems.push(format!("it starts with {first:?}"));
+        }
+        if let Some(bad) = raw
+            .chars()
+            .skip(1)
+            .find(|c| !allowed(*c) && !c.is_ascii_uppercase() && *c != first)
+        {
+            problems.push(format!("it contains {bad:?}"));
+        }
+        if !problems.is_empty() {
             return Err(Error::invalid(format!(
-                "invalid slug {raw:?}: it contains {bad:?}; {fix}"
+                "invalid slug {raw:?}: {}; {fix}",
+                problems.join(" and ")
             )));
         }
         // Every character is ASCII now: its length in bytes is its length
@@ -102,9 +117,13 @@ mod tests {
         let cases = [
             ("", "empty"),
             ("-a", "starts with '-'"),
-            ("Alice", "starts with 'A'"),
+            ("Alice", "it has uppercase letters (write \"alice\")"),
+            (
+                "NoSuch_Slug",
+                "invalid slug \"NoSuch_Slug\": it has uppercase letters (write \"nosuch_slug\") and it contains '_';",
+            ),
+            ("../etc", "it starts with '.' and it contains '/'"),
             ("a_b", "contains '_'"),
-            ("../etc", "starts with '.'"),
             ("a/b", "contains '/'"),
             ("a b", "contains ' '"),
             ("x12345678901234567890123456789012", "33 characters"),

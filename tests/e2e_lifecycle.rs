@@ -676,3 +676,94 @@ fn an_owned_agent_netns_comes_back_with_the_enabled_units_alone() {
     ]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
+
+/// What gatectl says about gates that are not there, and to a user who is
+/// not root: each message exact, and none of it changes the host.
+#[test]
+fn messages_for_absent_gates_bad_slugs_and_non_root_users() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-messages");
+    let run = |argv: &[&str]| {
+        let out = host.exec(argv);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let g = common::gatectl::GATECTL;
+    assert_eq!(run(&[g, "status"]), (Some(0), "no gates\n".into(), String::new()));
+    assert_eq!(
+        run(&[g, "status", "--json"]),
+        (Some(0), "[]\n".into(), String::new())
+    );
+    assert_eq!(
+        run(&[g, "status", "bob"]),
+        (
+            Some(3),
+            "gate bob: not running, and /etc/gatectl/bottles has no manifest for it (write bob.toml \
+             there, or pass --manifest FILE to start)\n"
+                .into(),
+            String::new()
+        )
+    );
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
+        0o644,
+    );
+    assert_eq!(
+        run(&[g, "status", "alice"]),
+        (
+            Some(3),
+            "gate alice: not running; its manifest is /etc/gatectl/bottles/alice.toml: `gatectl start \
+             alice` starts it\n"
+                .into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        run(&[g, "stop", "bob"]),
+        (
+            Some(0),
+            String::new(),
+            "gatectl: gate bob was not running; nothing to stop\n".into()
+        )
+    );
+    // (A stop takes the slug's lock, which leaves its lock file.)
+    let before = host_state(&host);
+    let (code, _, err) = run(&[g, "start", "NoSuch_Slug"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(
+            "invalid slug \"NoSuch_Slug\": it has uppercase letters (write \"nosuch_slug\") and it \
+             contains '_'; a slug is 1 to 32 characters of a-z, 0-9 and '-'"
+        ),
+        "{err}"
+    );
+    // Not root: refused first, whatever else is wrong (here: no manifest).
+    for (command, extra) in [
+        ("start", "nobody"),
+        ("stop", "alice"),
+        ("reconcile", ""),
+        ("prune", ""),
+    ] {
+        let mut argv = vec!["runuser", "-u", "nobody", "--", g, command];
+        argv.extend([extra].into_iter().filter(|e| !e.is_empty()));
+        assert_eq!(
+            run(&argv),
+            (
+                Some(1),
+                String::new(),
+                format!(
+                    "gatectl: error: gatectl {command} needs root: it changes network namespaces, links, \
+                     firewall rules and systemd units; run it as root (e.g. with sudo)\n"
+                )
+            ),
+            "{command} as nobody"
+        );
+    }
+    assert_eq!(host_state(&host), before, "the messages changed the host");
+}

@@ -116,8 +116,23 @@ pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Resu
         .block_on(future)
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command. A command that changes the host refuses to run
+/// without root before it reads anything, so the one problem it names is
+/// the one that matters.
 pub fn run(cli: Cli) -> Result<Outcome> {
+    let changes_the_host = match &cli.command {
+        Command::Start(_) => Some("start"),
+        Command::Stop(_) => Some("stop"),
+        Command::Reconcile(_) => Some("reconcile"),
+        Command::Prune(args) if !args.dry_run => Some("prune"),
+        _ => None,
+    };
+    if let Some(command) = changes_the_host.filter(|_| !nix::unistd::geteuid().is_root()) {
+        return Err(Error::invalid(format!(
+            "gatectl {command} needs root: it changes network namespaces, links, firewall rules and \
+             systemd units; run it as root (e.g. with sudo)"
+        )));
+    }
     match cli.command {
         Command::Start(args) => start::run(args),
         Command::Stop(args) => stop::run(args),

@@ -120,7 +120,7 @@ pub fn status_text(s: &GateStatus) -> String {
         "  unit:      {} ({}/{})",
         s.unit.name, s.unit.active, s.unit.sub
     );
-    let idle = if s.forwarder.active == ActiveState::Inactive {
+    let idle = if s.unit.is_active() && s.forwarder.active == ActiveState::Inactive {
         ", starts at the first connection"
     } else {
         ""

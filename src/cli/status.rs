@@ -20,7 +20,7 @@ pub struct StatusArgs {
 }
 
 /// Runs `status`. Exits 3 when the gate (or any gate, without a slug) is
-/// not running.
+/// not running; with no gates at all, says "no gates" and exits 0.
 pub fn run(args: StatusArgs) -> Result<Outcome> {
     let host = Host::load()?;
     let statuses = block_on(async {
@@ -35,15 +35,41 @@ pub fn run(args: StatusArgs) -> Result<Outcome> {
             Some(_) => render::json(&statuses[0])?,
             None => render::json(&statuses)?,
         }
+    } else if statuses.is_empty() {
+        println!("no gates");
     } else {
         for s in &statuses {
-            print!("{}", render::status_text(s));
+            match s.state {
+                GateState::Stopped => println!("{}", not_running(&host, &s.slug)),
+                _ => print!("{}", render::status_text(s)),
+            }
         }
     }
-    let all_running = !statuses.is_empty() && statuses.iter().all(|s| s.state == GateState::Running);
+    // No gates at all is not a gate that fails to run.
+    let all_running = statuses.iter().all(|s| s.state == GateState::Running);
     Ok(if all_running {
         Outcome::Ok
     } else {
         Outcome::NotRunning
     })
+}
+
+/// The line for a gate of which nothing exists: whether it has a manifest,
+/// and so what starts it.
+fn not_running(host: &Host, slug: &Slug) -> String {
+    let manifest = ["toml", "json"]
+        .into_iter()
+        .map(|ext| host.settings.bottles_dir.join(format!("{slug}.{ext}")))
+        .find(|path| path.exists());
+    match manifest {
+        Some(path) => format!(
+            "gate {slug}: not running; its manifest is {}: `gatectl start {slug}` starts it",
+            path.display()
+        ),
+        None => format!(
+            "gate {slug}: not running, and {} has no manifest for it (write {slug}.toml there, or pass \
+             --manifest FILE to start)",
+            host.settings.bottles_dir.display()
+        ),
+    }
 }

@@ -23,7 +23,9 @@ pub struct StopArgs {
 pub fn run(args: StopArgs) -> Result<Outcome> {
     let host = Host::load()?;
     let mut timings = Timings::default();
-    block_on(host.stop(&args.slug, &mut timings))?;
+    if !block_on(host.stop(&args.slug, &mut timings))? {
+        eprintln!("gatectl: gate {} was not running; nothing to stop", args.slug);
+    }
     if args.timings {
         eprint!("{}", timings.report());
     }

@@ -109,9 +109,9 @@ impl Host {
     /// Stops the gate of `slug`: units, firewall rules, links, netns and
     /// record, then the host's own changes if it was the last gate; through
     /// `gatectl@<slug>.service` when that unit is active. A gate that is
-    /// already gone is success. Each step's duration goes to
+    /// already gone is success; returns whether anything of it existed. Each step's duration goes to
     /// `timings`.
-    pub async fn stop(&self, slug: &Slug, timings: &mut Timings) -> Result<()> {
+    pub async fn stop(&self, slug: &Slug, timings: &mut Timings) -> Result<bool> {
         let systemd = Systemd::connect().await?;
         let manager = plan::manager_unit_name(slug);
         if systemd.unit_state(&manager).await?.active == ActiveState::Active {
@@ -121,14 +121,15 @@ impl Host {
             // that is gone, and a later `systemctl start` starts it again.
             systemd.stop(&[&manager]).await?;
             timings.mark("stop the gate through its unit gatectl@SLUG.service");
-            return Ok(());
+            return Ok(true);
         }
         let _slug_lock = lock::lock_slug(&self.settings.state_dir, slug)?;
-        timings.mark("connect to systemd, lock the slug");
+        let existed = self.status(&systemd, slug).await?.state != GateState::Stopped;
+        timings.mark("connect to systemd, lock the slug, look at the gate");
         self.teardown(&systemd).gate(slug, timings).await?;
         self.host_wide.close_if_idle().await?;
         timings.mark("close the host path if no gate is left");
-        Ok(())
+        Ok(existed)
     }
 
     /// The teardown of gates on this host.
