@@ -144,15 +144,13 @@ pub fn status_text(s: &GateStatus) -> String {
 
 /// The table of `list`.
 pub fn list_table(statuses: &[GateStatus]) -> String {
-    let mut out = format!(
-        "{:<20} {:<8} {:<16} {:<10} UPSTREAMS\n",
-        "SLUG", "STATE", "ADDRESS", "PORTS"
-    );
+    let mut rows = vec![["SLUG", "STATE", "ADDRESS", "PORTS", "UPSTREAMS"].map(String::from)];
     for s in statuses {
         let (address, ports, upstreams) = match &s.plan {
             Some(p) => (
                 p.gate_internal.address.to_string(),
                 match (p.upstreams.first(), p.upstreams.last()) {
+                    (Some(a), Some(b)) if a.listen_port == b.listen_port => a.listen_port.to_string(),
                     (Some(a), Some(b)) => format!("{}-{}", a.listen_port, b.listen_port),
                     _ => "-".into(),
                 },
@@ -164,15 +162,38 @@ pub fn list_table(statuses: &[GateStatus]) -> String {
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        let _ = writeln!(
-            out,
-            "{:<20} {:<8} {:<16} {:<10} {}",
-            s.slug,
-            state_word(s.state),
+        rows.push([
+            s.slug.to_string(),
+            state_word(s.state).to_string(),
             address,
             ports,
-            upstreams
-        );
+            upstreams,
+        ]);
+    }
+    aligned(&rows)
+}
+
+/// `rows` as text, each column as wide as its widest cell (the last one
+/// unpadded), two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < N {
+                let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }
@@ -196,4 +217,25 @@ pub fn plan_text(plan: &GatePlan, socket: &[Property], forwarder: &[Property]) -
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_as_wide_as_their_cells() {
+        let row = |cells: [&str; 3]| cells.map(String::from);
+        let text = aligned(&[
+            row(["SLUG", "PORTS", "UPSTREAMS"]),
+            row(["a-rather-long-slug-name", "30000", "up"]),
+            row(["b", "30000-30012", "x,y"]),
+        ]);
+        assert_eq!(
+            text,
+            "SLUG                     PORTS        UPSTREAMS\n\
+             a-rather-long-slug-name  30000        up\n\
+             b                        30000-30012  x,y\n"
+        );
+    }
 }
