@@ -29,6 +29,24 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
     // plan is a dry run: it creates nothing.
     let plan = gatectl_ok(&host, &["plan", "alice", "--json"]);
     assert!(plan.contains("\"NetworkNamespacePath\""), "{plan}");
+    // The text says what a start changes on the host, and keeps the
+    // units' properties for --verbose.
+    let plan = gatectl_ok(&host, &["plan", "alice"]);
+    for want in [
+        "plan for gate alice (index 0: the next free one; a start takes it unless another gate starts first):\n",
+        "  host changes:\n",
+        "    table inet gatectl: gte0 may reach 10.99.2.1 . 22; 10.232.0.0/16 masqueraded\n",
+        "    table inet gatectl in gate-alice: in from 10.231.0.0 on int0 only to ports 30000; out through \
+         ext0 only to 10.99.2.1 . 22\n",
+    ] {
+        assert!(plan.contains(want), "plan lacks {want:?}:\n{plan}");
+    }
+    assert!(!plan.contains("properties:"), "{plan}");
+    let verbose = gatectl_ok(&host, &["plan", "alice", "--verbose"]);
+    assert!(
+        verbose.contains("  gate-alice.service properties:\n"),
+        "{verbose}"
+    );
     assert!(leftovers(&host, "alice").is_empty());
 
     let started = gatectl_ok(&host, &["start", "alice"]);

@@ -366,7 +366,6 @@ fn rows() -> Vec<Row> {
         },
         // The agent's network namespace does not exist.
         Row {
-            plan_refuses: false,
             ..toml_row(
                 "agent-netns-missing",
                 &format!("agent_netns = \"no-such-agent\"\n{}", entry("")),
@@ -374,7 +373,6 @@ fn rows() -> Vec<Row> {
             )
         },
         Row {
-            plan_refuses: false,
             extra: vec!["--agent-netns", "/run/netns/no-such-agent"],
             ..toml_row(
                 "agent-netns-flag-missing",

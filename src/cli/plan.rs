@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{render, GateArgs, Outcome};
 use crate::error::Result;
+use crate::gate::start::missing_agent_netns;
 use crate::gate::Host;
 use crate::plan::GatePlan;
 use crate::unit::{self, Property};
@@ -18,6 +19,10 @@ pub struct PlanArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also print the units' properties as gatectl hands them to systemd
+    /// (always in --json).
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Serialize)]
@@ -34,7 +39,17 @@ pub fn run(args: PlanArgs) -> Result<Outcome> {
     let gate = &args.gate;
     let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
     let spec = host.spec(&gate.slug, &manifest, gate.agent_netns.as_deref())?;
-    let plan = spec.place(&host.settings, host.next_index()?)?;
+    if let Some(path) = spec.agent_netns.as_deref().filter(|_| !spec.agent_netns_owned) {
+        if let Some(missing) = missing_agent_netns(path) {
+            return Err(missing);
+        }
+    }
+    // A gate with a record keeps its index; a new one takes the next free.
+    let (index, placement) = match host.records.load(&gate.slug) {
+        Ok(Some(record)) => (record.plan.index, render::Placement::Current),
+        _ => (host.next_index()?, render::Placement::Next),
+    };
+    let plan = spec.place(&host.settings, index)?;
     render::warnings(&manifest, &plan);
     let socket_properties = unit::socket_properties(&plan);
     let unit_properties = unit::properties(&plan, &host.settings);
@@ -45,10 +60,13 @@ pub fn run(args: PlanArgs) -> Result<Outcome> {
             unit_properties,
         })?;
     } else {
-        print!(
-            "{}",
-            render::plan_text(&plan, &socket_properties, &unit_properties)
-        );
+        print!("{}", render::plan_text(&plan, placement, &host.settings));
+        if args.verbose {
+            print!(
+                "{}",
+                render::unit_properties_text(&plan, &socket_properties, &unit_properties)
+            );
+        }
     }
     Ok(Outcome::Ok)
 }

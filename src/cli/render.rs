@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::check::{Finding, Verdict};
+use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::gate::{GateState, GateStatus};
 use crate::manifest::Manifest;
@@ -198,10 +199,25 @@ fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-/// The text of `plan`.
-pub fn plan_text(plan: &GatePlan, socket: &[Property], forwarder: &[Property]) -> String {
+/// Where `plan` placed a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// At the index of the gate's record: where it runs (or ran).
+    Current,
+    /// At the next free index: what a start would take now, unless another
+    /// gate starts first.
+    Next,
+}
+
+/// The text of `plan`: names, addresses, upstreams, and what a start
+/// changes on the host and in the gate netns.
+pub fn plan_text(plan: &GatePlan, placement: Placement, settings: &Settings) -> String {
+    let at = match placement {
+        Placement::Current => "the index of its record",
+        Placement::Next => "the next free one; a start takes it unless another gate starts first",
+    };
     let mut out = format!(
-        "plan for gate {} (index {}):\n  netns:     {}\n  units:     {} (listening), {} (forwarder)\n",
+        "plan for gate {} (index {}: {at}):\n  netns:     {}\n  units:     {} (listening), {} (forwarder)\n",
         plan.slug,
         plan.index,
         plan.netns_path().display(),
@@ -209,6 +225,50 @@ pub fn plan_text(plan: &GatePlan, socket: &[Property], forwarder: &[Property]) -
         plan.unit
     );
     addresses_and_upstreams(&mut out, plan);
+    let mut pairs: Vec<String> = plan
+        .upstream_pairs()
+        .map(|a| format!("{} . {}", a.ip(), a.port()))
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    let _ = writeln!(out, "  host changes:");
+    let _ = writeln!(
+        out,
+        "    IPv4 forwarding: turned on if it is off, then confined to gate traffic by gatectl's routing \
+         rules (ip rule, proto 231) and a final forward drop; restored by the last gate to stop"
+    );
+    let _ = writeln!(
+        out,
+        "    table inet gatectl: {} may reach {}; {} masqueraded",
+        plan.host_egress.name,
+        pairs.join(", "),
+        settings.egress_pool
+    );
+    let _ = writeln!(
+        out,
+        "    table inet gatectl in {}: in from {} on {} only to ports {}; out through {} only to {}",
+        plan.netns,
+        plan.agent_link.address,
+        plan.gate_internal.name,
+        plan.listen_ports()
+            .map(|port| port.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        plan.gate_egress.name,
+        pairs.join(", ")
+    );
+    if let Some(owned) = plan.owned_agent_netns() {
+        let _ = writeln!(
+            out,
+            "    agent netns {owned}: created if missing, deleted at stop"
+        );
+    }
+    out
+}
+
+/// The units' properties as `plan --verbose` prints them.
+pub fn unit_properties_text(plan: &GatePlan, socket: &[Property], forwarder: &[Property]) -> String {
+    let mut out = String::new();
     for (unit, properties) in [(plan.socket_unit(), socket), (plan.unit.clone(), forwarder)] {
         let _ = writeln!(out, "  {unit} properties:");
         for p in properties {

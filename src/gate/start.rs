@@ -437,21 +437,31 @@ pub(crate) fn overlap(setting: &str, pool: ipnet::Ipv4Net, route: ipnet::Ipv4Net
     ))
 }
 
+/// The refusal of an agent netns at `path` that does not exist, naming the
+/// command that creates it; `None` when it exists.
+pub fn missing_agent_netns(path: &Path) -> Option<Error> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return None;
+    }
+    let shown = path.display();
+    let name = path
+        .strip_prefix(plan::NETNS_DIR)
+        .ok()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.contains('/'));
+    Some(Error::invalid(match name {
+        Some(name) => format!("agent netns {shown} does not exist; create it with `ip netns add {name}`"),
+        None => format!("agent netns {shown} does not exist; fix agent_netns or --agent-netns"),
+    }))
+}
+
 /// Opens the agent's network namespace at `path` for the gate of `slug`,
 /// refusing one the agent must not have: the host's own, a gate's, or one
 /// where another gate's agent end already lives. Changes nothing.
 async fn open_agent_netns(path: &Path, slug: &crate::slug::Slug) -> Result<OwnedFd> {
     let shown = path.display();
-    if std::fs::symlink_metadata(path).is_err() {
-        let name = path
-            .strip_prefix(plan::NETNS_DIR)
-            .ok()
-            .and_then(|n| n.to_str())
-            .filter(|n| !n.contains('/'));
-        return Err(Error::invalid(match name {
-            Some(name) => format!("agent netns {shown} does not exist; create it with `ip netns add {name}`"),
-            None => format!("agent netns {shown} does not exist; fix agent_netns or --agent-netns"),
-        }));
+    if let Some(missing) = missing_agent_netns(path) {
+        return Err(missing);
     }
     let ns = netns::open(path).map_err(|e| Error::invalid(format!("agent netns: {e}")))?;
     let identity = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
