@@ -121,6 +121,18 @@ fn bash_complete(host: &TestHost, line: &str) -> Vec<String> {
     words
 }
 
+/// The words fish's completion offers for `line`, sorted.
+fn fish_complete(host: &TestHost, line: &str) -> Vec<String> {
+    let out = host.run_ok(&["fish", "-c", &format!("complete -C '{line}'")]);
+    let mut words: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .map(String::from)
+        .collect();
+    words.sort();
+    words
+}
+
 #[test]
 fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     if !require_root() {
@@ -219,11 +231,17 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n",
         0o644,
     );
+    // Slugs complete: manifests for start, existing gates for stop.
+    assert_eq!(bash_complete(&host, "gatectl start "), ["demo"]);
+    assert_eq!(bash_complete(&host, "gatectl stop "), Vec::<String>::new());
+    assert_eq!(fish_complete(&host, "gatectl plan "), ["demo"]);
     host.run_ok(&["systemctl", "start", "gatectl@demo.service"]);
     assert_eq!(
         unit_property(&host, "gatectl@demo.service", "ActiveState"),
         "active"
     );
+    assert_eq!(bash_complete(&host, "gatectl stop "), ["demo"]);
+    assert_eq!(fish_complete(&host, "gatectl status "), ["demo"]);
     assert_eq!(unit_property(&host, "gate-demo.socket", "ActiveState"), "active");
     let out = ssh_through_gate(&host, &sshd, "echo hello-through-the-package; hostname -I");
     assert_eq!(unit_property(&host, "gate-demo.service", "ActiveState"), "active");

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-use crate::cli::{format_pages, Cli, Outcome};
+use crate::cli::{format_pages, slug_completion, Cli, Outcome};
 use crate::error::{Context, Result};
 use crate::unit;
 
@@ -65,6 +65,17 @@ pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
         let mut cmd = completion_command();
         let path = clap_complete::generate_to(shell, &mut cmd, "gatectl", &completion_dir)
             .with_context(|| format!("cannot write the {shell} completion"))?;
+        let slugs = match shell {
+            Shell::Bash => Some(slug_completion::BASH),
+            Shell::Fish => Some(slug_completion::FISH),
+            _ => None,
+        };
+        if let Some(slugs) = slugs {
+            let mut script =
+                fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            script.push_str(slugs);
+            fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
+        }
         written.push(path);
     }
 

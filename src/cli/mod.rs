@@ -17,6 +17,7 @@ pub mod plan;
 pub mod prune;
 pub mod reconcile;
 mod render;
+pub mod slug_completion;
 pub mod ssh_config;
 pub mod start;
 pub mod status;
