@@ -291,6 +291,12 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     let files = host.run_ok(&["dpkg-query", "-L", "gatectl"]);
     let out = host.exec(&["dpkg", "--purge", "gatectl"]);
     assert!(out.status.success(), "dpkg --purge: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("gatectl: purge removes the manifest /etc/gatectl/bottles/demo.toml\n"),
+        "purge names the manifests it deletes: {}",
+        text(&out)
+    );
     assert_eq!(leftovers(&host, "demo"), Vec::<String>::new());
     let units = host.run_ok(&[
         "systemctl",
