@@ -789,5 +789,18 @@ fn messages_for_absent_gates_bad_slugs_and_non_root_users() {
             "{command} as nobody"
         );
     }
+    // check runs without root, and words libnftables' refusal itself.
+    let (_, out, err) = run(&["runuser", "-u", "nobody", "--", g, "check"]);
+    assert!(
+        out.contains(
+            "FAIL  nftables       could not list the nftables table `inet gatectl`: reading or changing \
+             nftables needs root (CAP_NET_ADMIN); run gatectl as root\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        err.lines().all(|l| l.starts_with("gatectl: ")),
+        "unprefixed lines: {err}"
+    );
     assert_eq!(host_state(&host), before, "the messages changed the host");
 }

@@ -47,8 +47,17 @@ struct Session {
 
 impl Session {
     /// Opens a context; `context` says what gatectl was doing, should
-    /// libnftables be unusable.
+    /// libnftables be unusable. Without root it refuses at once: libnftables
+    /// would print "Operation not permitted (you must be root)" straight to
+    /// stderr, unprefixed, before gatectl could word the problem.
     fn open(context: &str) -> Result<Session> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::Firewall {
+                context: context.to_string(),
+                message: "reading or changing nftables needs root (CAP_NET_ADMIN); run gatectl as root"
+                    .into(),
+            });
+        }
         nftlib::Context::new()
             .map(|nft| Session { nft })
             .map_err(|message| Error::Firewall {
