@@ -148,6 +148,16 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     // Install.
     let out = host.exec(&["dpkg", "-i", DEB_IN_HOST]);
     assert!(out.status.success(), "dpkg -i: {}", text(&out));
+    // Every installed file matches the package's md5sums.
+    let out = host.exec(&["dpkg", "--verify", "gatectl"]);
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "dpkg --verify: {}",
+        text(&out)
+    );
+    assert!(host
+        .run_ok(&["test", "-s", "/var/lib/dpkg/info/gatectl.md5sums"])
+        .is_empty());
     let status = host.run_ok(&["dpkg-query", "-W", "-f", "${Status} ${Version}", "gatectl"]);
     assert!(status.starts_with("install ok installed"), "{status}");
     for path in [
