@@ -147,12 +147,97 @@ pub fn man_pages(cmd: &clap::Command) -> Result<Vec<(String, Vec<u8>)>> {
     text.extend_from_slice(EXTRA_SECTIONS.as_bytes());
     pages.push((top.get_filename(), text));
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let page = man(sub.clone());
+        let page = man(without_summary(sub.clone()));
         let mut text = render(&page)?;
+        text.extend_from_slice(examples(sub.get_name()).as_bytes());
         text.extend_from_slice(b".SH \"SEE ALSO\"\n\\fBgatectl\\fR(8)\n");
         pages.push((page.get_filename(), text));
     }
     Ok(pages)
+}
+
+/// `cmd` whose long description no longer begins with its one-line
+/// summary, which the page's NAME line already gives.
+fn without_summary(cmd: clap::Command) -> clap::Command {
+    let about = cmd.get_about().map(ToString::to_string);
+    let long = cmd.get_long_about().map(ToString::to_string);
+    match (about, long) {
+        (Some(about), Some(long)) => match long.strip_prefix(&about) {
+            Some(rest) if !rest.trim_start_matches(['.', ' ', '\n']).is_empty() => {
+                let rest = rest.trim_start_matches(['.', ' ', '\n']).to_string();
+                cmd.long_about(rest)
+            }
+            _ => cmd,
+        },
+        _ => cmd,
+    }
+}
+
+/// The EXAMPLES section of the page of subcommand `name`, in roff.
+fn examples(name: &str) -> String {
+    let lines: &[(&str, &str)] = match name {
+        "start" => &[
+            (
+                "gatectl start alice",
+                "Start alice's gate from /etc/gatectl/bottles/alice.toml.",
+            ),
+            (
+                "gatectl start bob \\-\\-manifest ./bob.toml \\-\\-agent\\-netns agent\\-bob",
+                "Start bob's gate from another manifest, with its end in netns agent\\-bob.",
+            ),
+            (
+                "systemctl enable \\-\\-now gatectl@alice",
+                "The same at every boot, through the template unit.",
+            ),
+        ],
+        "stop" => &[(
+            "gatectl stop alice",
+            "Remove alice's gate; a gate that is gone is success.",
+        )],
+        "status" => &[
+            (
+                "gatectl status alice",
+                "The state of alice's gate; exit 3 if it is not running.",
+            ),
+            ("gatectl status \\-\\-json", "Every gate, as JSON."),
+        ],
+        "list" => &[("gatectl list", "One line per gate.")],
+        "plan" => &[
+            (
+                "gatectl plan alice",
+                "What gatectl start alice would create and change.",
+            ),
+            (
+                "gatectl plan alice \\-\\-verbose",
+                "The same, with the units' properties.",
+            ),
+        ],
+        "prune" => &[
+            (
+                "gatectl prune \\-\\-dry\\-run",
+                "What prune would remove, removing nothing.",
+            ),
+            ("gatectl prune", "Remove it."),
+        ],
+        "reconcile" => &[(
+            "nft flush ruleset; gatectl reconcile",
+            "Bring every gate's rules back after a flush.",
+        )],
+        "check" => &[(
+            "gatectl check",
+            "Whether this host can run gates, each problem with its fix.",
+        )],
+        "ssh\\-config" | "ssh-config" => &[(
+            "gatectl ssh\\-config alice >> ~alice/.ssh/config",
+            "Give alice's ssh the Host blocks of her gate.",
+        )],
+        _ => &[],
+    };
+    let mut text = String::from(".SH EXAMPLES\n");
+    for (command, what) in lines {
+        text.push_str(&format!(".TP\n\\fB{command}\\fR\n{what}\n"));
+    }
+    text
 }
 
 fn man(cmd: clap::Command) -> clap_mangen::Man {
@@ -208,6 +293,29 @@ Usage error.
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_subcommand_page_describes_more_than_its_name_and_has_examples() {
+        let cmd = man_command();
+        for (name, page) in man_pages(&cmd).unwrap().iter().skip(1) {
+            let page = String::from_utf8_lossy(page);
+            let description = page
+                .split(".SH DESCRIPTION\n")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{name} has no DESCRIPTION"));
+            let name_line = page.split(".SH NAME\n").nth(1).unwrap().lines().next().unwrap();
+            let summary = name_line.split(" \\- ").nth(1).unwrap();
+            assert!(
+                !description.starts_with(summary),
+                "{name}: DESCRIPTION repeats NAME"
+            );
+            let examples = page
+                .split(".SH EXAMPLES\n")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{name}: no EXAMPLES"));
+            assert!(examples.starts_with(".TP\n"), "{name}: EXAMPLES is empty");
+        }
+    }
 
     #[test]
     fn pages_cover_every_visible_subcommand_and_no_hidden_one() {

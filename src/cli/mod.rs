@@ -54,18 +54,50 @@ pub enum Command {
     /// removes gatectl's routing rules and nftables table.
     Stop(stop::StopArgs),
     /// Show the state of one gate, or of all (exit 3 if it is not running).
+    ///
+    /// Reads systemd, the kernel and the gate's record: the socket and
+    /// forwarder units, the gate netns, the addresses and the upstream
+    /// table, and for a broken gate what is wrong with it and the fix.
+    /// Changes nothing.
     Status(status::StatusArgs),
     /// List the gates on this host.
+    ///
+    /// One line per gate that has a record, a unit or a netns: its state,
+    /// address, ports and upstream aliases. Changes nothing.
     List(list::ListArgs),
     /// Show what `start` would create, creating nothing.
+    ///
+    /// Reads and validates the manifest and resolves its upstreams as start
+    /// does, then prints the names, addresses and upstreams the gate would
+    /// get and what start would change on the host and in the gate netns.
     Plan(plan::PlanArgs),
     /// Remove what gates that are gone left behind (never a running gate).
+    ///
+    /// Network namespaces without a running unit, failed units, gatectl's
+    /// links that no gate owns, allowlists of vanished links and stale
+    /// records; and, once no gate is left, the host's forwarding, routing
+    /// rules and table as the host had them. Twice is harmless.
     Prune(prune::PruneArgs),
     /// Re-apply the firewall rules of every running gate (after an nftables reload).
+    ///
+    /// gatectl's routing rules, the host table inet gatectl, each running
+    /// gate's allowlist in it and each gate netns's own table, from the
+    /// gates' records. gatectl-reconcile.service runs it whenever
+    /// nftables.service starts, reloads or restarts.
     Reconcile(reconcile::ReconcileArgs),
     /// Check that this host can run gates, and the state of what gatectl changes on it.
+    ///
+    /// One line per check: settings, the forwarder binary, systemd, the
+    /// gates and their gatectl@ units, each forwarder's sandbox, the host
+    /// table, IPv4 forwarding and its confinement, each gate netns's table,
+    /// and the address pools against the host's routes. Each problem comes
+    /// with its fix; exit 1 if a check fails. Changes nothing.
     Check(check::CheckArgs),
     /// Print the ssh_config Host blocks an agent uses to reach its upstreams.
+    ///
+    /// One Host block per manifest entry: HostName is the gate's address,
+    /// Port the entry's listen port, HostKeyAlias the real upstream (so
+    /// known_hosts keeps matching it), and User if the manifest sets one.
     SshConfig(ssh_config::SshConfigArgs),
     /// Run the forwarder (the gate unit's entrypoint).
     #[command(hide = true)]
