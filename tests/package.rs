@@ -227,7 +227,12 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     ]);
     assert_eq!(warnings, "", "the man pages render with warnings");
     // The threat model, reliability and architecture notes ship with it.
-    for doc in ["README.Debian", "security.md", "reliability.md", "architecture.md"] {
+    for doc in [
+        "README.Debian",
+        "security.md",
+        "reliability.md",
+        "architecture.md",
+    ] {
         host.run_ok(&["test", "-s", &format!("/usr/share/doc/gatectl/{doc}")]);
     }
     assert_eq!(bash_complete(&host, "gatectl st"), ["start", "status", "stop"]);
