@@ -39,7 +39,7 @@ trait Manager {
 
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
 
-    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
 
     fn get_unit_file_state(&self, name: &str) -> zbus::Result<String>;
 
@@ -494,9 +494,12 @@ impl Systemd {
     /// which includes its execution and cgroup settings), as systemd holds
     /// them now.
     pub async fn service_properties(&self, unit: &str) -> Result<HashMap<String, OwnedValue>> {
+        // LoadUnit, not GetUnit: systemd may have unloaded a forwarder that
+        // has not run yet, and loading it reads what its next start would
+        // run with (its transient file and the drop-ins).
         let path = self
             .manager
-            .get_unit(unit)
+            .load_unit(unit)
             .await
             .with_context(|| format!("cannot find {unit} in systemd"))?;
         let properties = zbus::fdo::PropertiesProxy::builder(self.manager.inner().connection())
