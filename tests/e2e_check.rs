@@ -161,6 +161,10 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
 
     // JSON: one object per check, with its verdict.
     let json = gatectl_ok(&host, &["check", "--json"]);
+    assert!(
+        json.starts_with("{\n  \"schema\": \"gatectl.check/1\",\n  \"findings\": [\n"),
+        "{json}"
+    );
     assert_eq!(
         json.matches("\"verdict\": \"ok\"").count(),
         SUBJECTS.len(),

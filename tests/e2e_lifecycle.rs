@@ -28,6 +28,10 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
 
     // plan is a dry run: it creates nothing.
     let plan = gatectl_ok(&host, &["plan", "alice", "--json"]);
+    assert!(
+        plan.starts_with("{\n  \"schema\": \"gatectl.plan/1\",\n"),
+        "{plan}"
+    );
     assert!(plan.contains("\"NetworkNamespacePath\""), "{plan}");
     // The text says what a start changes on the host, and keeps the
     // units' properties for --verbose.
@@ -136,7 +140,16 @@ fn ssh_through_a_gate_then_stop_leaves_nothing() {
         assert!(status.contains(want), "status lacks {want:?}:\n{status}");
     }
     let json = gatectl_ok(&host, &["status", "alice", "--json"]);
+    assert!(
+        json.starts_with("{\n  \"schema\": \"gatectl.status/1\",\n"),
+        "{json}"
+    );
     assert!(json.contains("\"state\": \"running\""), "{json}");
+    let json = gatectl_ok(&host, &["list", "--json"]);
+    assert!(
+        json.starts_with("{\n  \"schema\": \"gatectl.gates/1\",\n  \"gates\": [\n"),
+        "{json}"
+    );
     let list = gatectl_ok(&host, &["list"]);
     assert_eq!(
         list, "SLUG   STATE    ADDRESS     PORTS  UPSTREAMS\nalice  running  10.231.0.1  30000  up\n",
@@ -721,7 +734,11 @@ fn messages_for_absent_gates_bad_slugs_and_non_root_users() {
     assert_eq!(run(&[g, "status"]), (Some(0), "no gates\n".into(), String::new()));
     assert_eq!(
         run(&[g, "status", "--json"]),
-        (Some(0), "[]\n".into(), String::new())
+        (
+            Some(0),
+            "{\n  \"schema\": \"gatectl.gates/1\",\n  \"gates\": []\n}\n".into(),
+            String::new()
+        )
     );
     assert_eq!(
         run(&[g, "status", "bob"]),

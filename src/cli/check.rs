@@ -19,7 +19,7 @@ pub struct CheckArgs {
 pub fn run(args: CheckArgs) -> Result<Outcome> {
     let findings = block_on(async { Ok(check_host().await) })?;
     if args.json {
-        render::json(&findings)?;
+        render::json_list(render::Schema::Check, "findings", &findings)?;
     } else {
         print!("{}", render::check_table(&findings));
     }

@@ -23,7 +23,7 @@ pub fn run(args: ListArgs) -> Result<Outcome> {
         host.list(&systemd).await
     })?;
     if args.json {
-        render::json(&statuses)?;
+        render::json_list(render::Schema::Gates, "gates", &statuses)?;
     } else {
         print!("{}", render::list_table(&statuses));
     }

@@ -54,11 +54,14 @@ pub fn run(args: PlanArgs) -> Result<Outcome> {
     let socket_properties = unit::socket_properties(&plan);
     let unit_properties = unit::properties(&plan, &host.settings);
     if args.json {
-        render::json(&PlanOutput {
-            plan: &plan,
-            socket_properties,
-            unit_properties,
-        })?;
+        render::json(
+            render::Schema::Plan,
+            &PlanOutput {
+                plan: &plan,
+                socket_properties,
+                unit_properties,
+            },
+        )?;
     } else {
         print!("{}", render::plan_text(&plan, placement, &host.settings));
         if args.verbose {

@@ -23,7 +23,7 @@ pub fn run(args: PruneArgs) -> Result<Outcome> {
     let host = Host::load()?;
     let found = block_on(Prune { host: &host }.run(args.dry_run))?;
     if args.json {
-        render::json(&found)?;
+        render::json_list(render::Schema::Prune, "leftovers", &found)?;
     } else {
         let verb = if args.dry_run { "would remove" } else { "removed" };
         for f in &found {

@@ -32,8 +32,8 @@ pub fn run(args: StatusArgs) -> Result<Outcome> {
     })?;
     if args.json {
         match &args.slug {
-            Some(_) => render::json(&statuses[0])?,
-            None => render::json(&statuses)?,
+            Some(_) => render::json(render::Schema::Status, &statuses[0])?,
+            None => render::json_list(render::Schema::Gates, "gates", &statuses)?,
         }
     } else if statuses.is_empty() {
         println!("no gates");
