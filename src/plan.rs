@@ -174,6 +174,20 @@ impl GateSpec {
                 path.display()
             )));
         }
+        // gate-* names are gatectl's gate netns: an agent netns of that
+        // name would be another gate's (or, owned, would be deleted as one).
+        if let Some(name) = agent_netns
+            .as_ref()
+            .filter(|p| p.parent() == Some(Path::new(NETNS_DIR)))
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .filter(|n| n.starts_with(GATE_PREFIX))
+        {
+            return Err(Error::invalid(format!(
+                "agent_netns {name}: names starting with {GATE_PREFIX} are gatectl's gate netns; give the \
+                 agent's netns another name (e.g. agent-{slug})"
+            )));
+        }
         let mut upstreams = Vec::with_capacity(manifest.ssh.len());
         for (i, entry) in manifest.ssh.iter().enumerate() {
             let entry_name = format!("ssh entry {} ({})", i + 1, entry.alias);
@@ -617,5 +631,16 @@ mod tests {
         );
         let plain = plan(&format!("agent_netns = \"a\"\n{TWO}"), 0);
         assert_eq!(plain.owned_agent_netns(), None);
+        for text in [
+            format!("agent_netns = \"gate-bob\"\n{TWO}"),
+            format!("agent_netns = \"gate-bob\"\n{text}"),
+        ] {
+            let err = spec("alice", &text, &settings, None).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "agent_netns gate-bob: names starting with gate- are gatectl's gate netns; give the agent's \
+                 netns another name (e.g. agent-alice)"
+            );
+        }
     }
 }

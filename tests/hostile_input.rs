@@ -392,14 +392,39 @@ fn rows() -> Vec<Row> {
                 ],
             )
         },
+        toml_row(
+            "agent-netns-gate-name",
+            &format!("agent_netns = \"gate-alice\"\n{}", entry("")),
+            &[
+                "agent_netns gate-alice: names starting with gate- are gatectl's gate netns",
+                "give the agent's netns another name (e.g. agent-bob)",
+            ],
+        ),
+        // The same netns by another path: the netns itself is recognised.
         Row {
             plan_refuses: false,
             ..toml_row(
                 "agent-netns-gate",
-                &format!("agent_netns = \"gate-alice\"\n{}", entry("")),
+                &format!("agent_netns = \"/var/run/netns/gate-alice\"\n{}", entry("")),
                 &[
-                    "agent netns /run/netns/gate-alice is the network namespace of a gatectl gate",
+                    "agent netns /var/run/netns/gate-alice is the network namespace of a gatectl gate",
                     "give the agent a namespace of its own (`ip netns add agent-bob`)",
+                ],
+            )
+        },
+        // gatectl owns (and deletes at stop) only a netns it created.
+        Row {
+            plan_refuses: false,
+            input: Input::Script(
+                "ip netns add spare && printf 'agent_netns = \"spare\"\\nown_agent_netns = true\\n\
+                 [[ssh]]\\nHost = \"up\"\\nHostname = \"192.0.2.1\"\\n' > \"$M\"",
+            ),
+            ..toml_row(
+                "own-agent-netns-existing",
+                "",
+                &[
+                    "agent netns /run/netns/spare exists and gatectl did not create it for bob",
+                    "remove own_agent_netns, or name a netns that does not exist yet",
                 ],
             )
         },

@@ -55,6 +55,19 @@ impl Start<'_> {
         let host = self.host;
         let slug = &spec.slug;
         host.settings.check_forwarder_binary()?;
+        // gatectl deletes an agent netns it owns at stop, so it owns only
+        // one it created: an existing one must be in this slug's record.
+        if let (true, Some(path)) = (spec.agent_netns_owned, spec.agent_netns.as_deref()) {
+            let ours = matches!(host.records.load(slug), Ok(Some(r))
+                if r.plan.agent_netns_owned && r.plan.agent_netns.as_deref() == Some(path));
+            if path.exists() && !ours {
+                return Err(Error::invalid(format!(
+                    "agent netns {} exists and gatectl did not create it for {slug}, yet it would delete it at \
+                     stop; remove own_agent_netns, or name a netns that does not exist yet",
+                    path.display()
+                )));
+            }
+        }
         // An agent netns gatectl owns and that is missing is created by a
         // step below; any other is checked and opened now.
         let owned_and_missing = |path: &Path| spec.agent_netns_owned && !path.exists();
