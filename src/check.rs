@@ -146,21 +146,17 @@ pub async fn check_host() -> Vec<Finding> {
 /// `units` pairs each unit with its unit file state; `running_gates` are
 /// the slugs whose gates run.
 pub fn manager_unit_finding(units: &[(UnitState, String)], running_gates: &[&str]) -> Finding {
-    let running = |slug: &str| running_gates.contains(&slug);
     let mut failed = Vec::new();
     let mut stale = Vec::new();
     let mut not_started = Vec::new();
     for (unit, file_state) in units {
-        let slug = unit
-            .name
-            .strip_prefix("gatectl@")
-            .and_then(|n| n.strip_suffix(".service"))
-            .unwrap_or_default();
+        let gate_runs = crate::plan::slug_of_manager_unit(&unit.name)
+            .is_some_and(|slug| running_gates.contains(&slug.as_str()));
         if unit.has_failed() {
             failed.push(unit.name.as_str());
-        } else if unit.is_active() && !running(slug) {
+        } else if unit.is_active() && !gate_runs {
             stale.push(unit.name.as_str());
-        } else if !unit.is_up() && file_state == "enabled" && !running(slug) {
+        } else if !unit.is_up() && file_state == "enabled" && !gate_runs {
             not_started.push(unit.name.as_str());
         }
     }

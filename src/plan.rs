@@ -343,6 +343,11 @@ pub fn manager_unit_name(slug: &Slug) -> String {
     format!("gatectl@{slug}.service")
 }
 
+/// The slug whose manager unit is `unit` (`gatectl@<slug>.service`).
+pub fn slug_of_manager_unit(unit: &str) -> Option<Slug> {
+    Slug::parse(unit.strip_prefix("gatectl@")?.strip_suffix(".service")?).ok()
+}
+
 /// The slug whose forwarder or socket unit is `unit` (`gate-<slug>.service`,
 /// `gate-<slug>.socket`).
 pub fn slug_of_unit(unit: &str) -> Option<Slug> {

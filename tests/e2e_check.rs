@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::gatectl::{detail, gatectl, gatectl_ok, gatectl_rules, host_state, not_ok, setup, text, GATECTL};
+use common::gatectl::{
+    detail, gatectl, gatectl_ok, gatectl_rules, host_state, install_unit, not_ok, setup, text, GATECTL,
+};
 use common::require_root;
 
 /// Every subject a report covers, in its order.
@@ -191,10 +193,7 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
     // gatectl@ units out of step with their gates: one enabled that never
     // ran, one failed (no manifest), one active over a gate stopped behind
     // its back. Each is named with its fix.
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/gatectl@.service"))
-        .unwrap()
-        .replace("/usr/bin/gatectl", GATECTL);
-    host.write_file("/etc/systemd/system/gatectl@.service", unit.as_bytes(), 0o644);
+    install_unit(&host, "units/gatectl@.service");
     host.run_ok(&["systemctl", "daemon-reload"]);
     host.run_ok(&[
         "systemctl",

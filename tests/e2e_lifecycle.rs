@@ -9,8 +9,8 @@
 mod common;
 
 use common::gatectl::{
-    bash_in, connect, gatectl, gatectl_ok, host_state, ip_forward, leftovers, serve, setup, ssh_via_gate,
-    text,
+    bash_in, connect, gatectl, gatectl_ok, host_state, install_unit, ip_forward, leftovers, serve, setup,
+    ssh_via_gate, text,
 };
 use common::{require_root, ssh_args, TestHost};
 
@@ -513,10 +513,7 @@ fn hand_and_unit_starts_and_stops_interleave_cleanly() {
         return;
     }
     let (host, sshd) = setup("e2e-units");
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/gatectl@.service"))
-        .unwrap()
-        .replace("/usr/bin/gatectl", gatectl_path());
-    host.write_file("/etc/systemd/system/gatectl@.service", unit.as_bytes(), 0o644);
+    install_unit(&host, "units/gatectl@.service");
     host.run_ok(&["systemctl", "daemon-reload"]);
     let manifest =
         "agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n";
@@ -593,11 +590,6 @@ fn hand_and_unit_starts_and_stops_interleave_cleanly() {
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
 
-/// Where the tests install gatectl inside a host.
-fn gatectl_path() -> &'static str {
-    common::gatectl::GATECTL
-}
-
 /// The boot story: with `own_agent_netns = true`, the enabled units
 /// `gatectl@alice` and the example `agent@alice` are all a boot needs. The
 /// gate creates the agent's netns, the agent unit runs in it and sees only
@@ -610,17 +602,8 @@ fn an_owned_agent_netns_comes_back_with_the_enabled_units_alone() {
         return;
     }
     let (host, sshd) = setup("e2e-boot");
-    for name in ["gatectl@.service", "agent@.service"] {
-        let dir = if name == "agent@.service" {
-            "examples"
-        } else {
-            "units"
-        };
-        let text = std::fs::read_to_string(format!("{}/{dir}/{name}", env!("CARGO_MANIFEST_DIR")))
-            .unwrap()
-            .replace("/usr/bin/gatectl", gatectl_path());
-        host.write_file(&format!("/etc/systemd/system/{name}"), text.as_bytes(), 0o644);
-    }
+    install_unit(&host, "units/gatectl@.service");
+    install_unit(&host, "examples/agent@.service");
     // The agent's command: note what network it sees, then stay.
     host.write_file(
         "/etc/systemd/system/agent@.service.d/command.conf",

@@ -57,40 +57,26 @@ impl Schema {
     }
 }
 
-/// A JSON output: its `schema`, then the fields of `body` (an object),
-/// or `body` under `list` (an array).
+/// A JSON output: its `schema`, then the fields of `body` (an object).
 #[derive(Serialize)]
 struct Versioned<'a, T: Serialize> {
     schema: &'static str,
     #[serde(flatten)]
-    body: Body<'a, T>,
-}
-
-/// How the body of a [`Versioned`] output sits in it.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Body<'a, T: Serialize> {
-    /// The fields of an object, beside `schema`.
-    Fields(&'a T),
-    /// A list, under a named field.
-    Named(std::collections::BTreeMap<&'static str, &'a T>),
+    body: &'a T,
 }
 
 /// Prints object `value` as pretty JSON on stdout, with its `schema`.
 pub fn json(schema: Schema, value: &impl Serialize) -> Result<()> {
     print_json(&Versioned {
         schema: schema.id(),
-        body: Body::Fields(value),
+        body: value,
     })
 }
 
 /// Prints list `value` as pretty JSON on stdout, under the field `name`,
 /// with its `schema`.
 pub fn json_list(schema: Schema, name: &'static str, value: &impl Serialize) -> Result<()> {
-    print_json(&Versioned {
-        schema: schema.id(),
-        body: Body::Named([(name, value)].into()),
-    })
+    json(schema, &std::collections::BTreeMap::from([(name, value)]))
 }
 
 fn print_json(value: &impl Serialize) -> Result<()> {
@@ -356,7 +342,7 @@ mod tests {
         }
         let one = serde_json::to_value(Versioned {
             schema: Schema::Status.id(),
-            body: Body::Fields(&Gate { slug: "alice" }),
+            body: &Gate { slug: "alice" },
         })
         .unwrap();
         assert_eq!(
@@ -366,7 +352,7 @@ mod tests {
         let list = vec![Gate { slug: "alice" }];
         let many = serde_json::to_value(Versioned {
             schema: Schema::Gates.id(),
-            body: Body::Named([("gates", &list)].into()),
+            body: &std::collections::BTreeMap::from([("gates", &list)]),
         })
         .unwrap();
         assert_eq!(
@@ -375,7 +361,7 @@ mod tests {
         );
         let text = serde_json::to_string_pretty(&Versioned {
             schema: Schema::Check.id(),
-            body: Body::Named([("findings", &Vec::<Gate>::new())].into()),
+            body: &std::collections::BTreeMap::from([("findings", &Vec::<Gate>::new())]),
         })
         .unwrap();
         assert!(

@@ -370,3 +370,16 @@ pub fn detail<'a>(report: &'a str, subject: &str) -> &'a str {
 pub fn not_ok(report: &str) -> Vec<&str> {
     report.lines().filter(|l| !l.starts_with("ok ")).collect()
 }
+
+/// Installs the unit file at `repo_path` (relative to the repository, e.g.
+/// `units/gatectl@.service`) into the host's /etc/systemd/system, running
+/// the binary the tests install ([`GATECTL`]) where the package's runs
+/// /usr/bin/gatectl. The caller runs `systemctl daemon-reload`.
+pub fn install_unit(host: &TestHost, repo_path: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(repo_path);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .replace("/usr/bin/gatectl", GATECTL);
+    let name = path.file_name().unwrap().to_str().unwrap();
+    host.write_file(&format!("/etc/systemd/system/{name}"), text.as_bytes(), 0o644);
+}
