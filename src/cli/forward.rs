@@ -3,6 +3,7 @@
 //! arguments).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Context, Result};
@@ -18,8 +19,12 @@ pub struct ForwardArgs {
     #[arg(long, value_name = "IPADDR")]
     pub listen: IpAddr,
     /// A route, PORT,ALIAS,ADDR:PORT[,ADDR:PORT...]; repeat for each host.
-    #[arg(long = "route", value_name = "ROUTE", required = true)]
+    #[arg(long = "route", value_name = "ROUTE", required_unless_present = "routes_file")]
     pub routes: Vec<ForwardRoute>,
+    /// Read the routes from this file instead (what `gatectl start` writes),
+    /// and read it again at each SIGHUP.
+    #[arg(long, value_name = "PATH", conflicts_with = "routes")]
+    pub routes_file: Option<PathBuf>,
     /// Connections open at once, across all routes; the excess is closed.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_connections: usize,
@@ -40,6 +45,8 @@ impl From<ForwardArgs> for ForwardConfig {
             slug: args.slug,
             listen: args.listen,
             routes: args.routes,
+            routes_file: args.routes_file,
+            generation: None,
             max_connections: args.max_connections,
             connect_timeout: Duration::from_secs(args.connect_timeout),
             pipe_size: args.pipe_size,

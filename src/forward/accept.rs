@@ -68,43 +68,68 @@ impl Forwarder {
     }
 }
 
-/// Accepts connections on `listener` for `route` until `stop` turns true,
-/// serving each in its own task while the connection limit allows and closing
-/// the excess at once. Accept errors (`EMFILE`, ...) are logged and retried.
+/// Why the connections of one route end early: the forwarder stops, or a
+/// reload removed the route (its sessions are cut: revocation takes effect).
+#[derive(Debug, Clone)]
+pub struct Ends {
+    /// Turns true when the forwarder stops.
+    pub stop: watch::Receiver<bool>,
+    /// Turns true when a reload removes the route.
+    pub revoked: watch::Receiver<bool>,
+}
+
+impl Ends {
+    /// Waits until the forwarder stops or the route is revoked, and says
+    /// which, as the outcome of a connection cut by it.
+    async fn reached(&mut self) -> Outcome {
+        tokio::select! {
+            _ = self.stop.wait_for(|stopping| *stopping) => Outcome::Aborted,
+            _ = self.revoked.wait_for(|revoked| *revoked) => Outcome::Revoked,
+        }
+    }
+}
+
+/// Accepts connections on `listener` until the forwarder stops or the route
+/// is revoked (see [`Ends`]), serving each with the route as `route` holds
+/// it at that moment (a reload may change its upstreams), in its own task
+/// while the connection limit allows, and closing the excess at once.
+/// Accept errors (`EMFILE`, ...) are logged and retried. Returns the
+/// listen port.
 pub async fn accept_loop(
-    listener: TcpListener,
-    route: ForwardRoute,
+    listener: Arc<TcpListener>,
+    route: watch::Receiver<Arc<ForwardRoute>>,
     forwarder: Arc<Forwarder>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let route = Arc::new(route);
+    mut ends: Ends,
+) -> u16 {
+    let port = route.borrow().listen_port;
     let mut refusals = RefusalWarnings::default();
     loop {
         let accepted = tokio::select! {
-            _ = stop.wait_for(|stopping| *stopping) => return,
+            _ = ends.reached() => return port,
             accepted = listener.accept() => accepted,
         };
+        let current = Arc::clone(&route.borrow());
         match accepted {
             Ok((client, peer)) => match Arc::clone(&forwarder.limit).try_acquire_owned() {
                 Ok(permit) => {
                     forwarder.total.fetch_add(1, Ordering::Relaxed);
-                    let (route, forwarder, stop) = (Arc::clone(&route), Arc::clone(&forwarder), stop.clone());
-                    tokio::spawn(serve_connection(client, peer, route, forwarder, stop, permit));
+                    let (forwarder, ends) = (Arc::clone(&forwarder), ends.clone());
+                    tokio::spawn(serve_connection(client, peer, current, forwarder, ends, permit));
                 }
                 Err(_) => {
                     drop(client);
                     forwarder.refused.fetch_add(1, Ordering::Relaxed);
-                    refusals.refused(&forwarder, &route, peer);
+                    refusals.refused(&forwarder, &current, peer);
                 }
             },
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-                tracing::debug!(alias = route.alias.as_str(), error = %e, "a client went away before it was accepted");
+                tracing::debug!(alias = current.alias.as_str(), error = %e, "a client went away before it was accepted");
             }
             Err(e) => {
                 tracing::warn!(
                     slug = forwarder.slug,
-                    alias = route.alias.as_str(),
-                    port = route.listen_port,
+                    alias = current.alias.as_str(),
+                    port,
                     error = %e,
                     "accepting a connection failed; retrying in {} ms",
                     ACCEPT_BACKOFF.as_millis(),
@@ -115,20 +140,21 @@ pub async fn accept_loop(
     }
 }
 
-/// Serves one accepted connection until it ends or `stop` turns true, then
-/// logs its audit event and gives back `permit` (its slot of the limit).
+/// Serves one accepted connection until it ends or one of `ends` is
+/// reached, then logs its audit event and gives back `permit` (its slot of
+/// the limit).
 async fn serve_connection(
     client: TcpStream,
     peer: SocketAddr,
     route: Arc<ForwardRoute>,
     forwarder: Arc<Forwarder>,
-    mut stop: watch::Receiver<bool>,
+    mut ends: Ends,
     permit: OwnedSemaphorePermit,
 ) {
     let mut log = ConnectionLog::new(&forwarder.slug, route.alias.as_str(), peer);
     let outcome = tokio::select! {
         outcome = forward(client, &route, &forwarder, &mut log) => outcome,
-        _ = stop.wait_for(|stopping| *stopping) => Outcome::Aborted,
+        outcome = ends.reached() => outcome,
     };
     log.finish(outcome);
     drop(permit);

@@ -22,6 +22,8 @@ pub enum Outcome {
     Failed(io::Error),
     /// The forwarder stopped while the connection was open.
     Aborted,
+    /// A reload removed the connection's route while it was open.
+    Revoked,
 }
 
 impl Outcome {
@@ -32,6 +34,7 @@ impl Outcome {
             Outcome::ConnectFailed(_) => "connect_failed",
             Outcome::Failed(_) => "error",
             Outcome::Aborted => "aborted",
+            Outcome::Revoked => "revoked",
         }
     }
 
@@ -42,6 +45,7 @@ impl Outcome {
             Outcome::ConnectFailed(e) => Some(e.to_string()),
             Outcome::Failed(e) => Some(e.to_string()),
             Outcome::Aborted => Some("the forwarder is stopping".to_string()),
+            Outcome::Revoked => Some("a reload removed its entry from the manifest".to_string()),
         }
     }
 }
@@ -156,6 +160,11 @@ mod tests {
         let failed = Outcome::Failed(io::Error::from(io::ErrorKind::ConnectionReset));
         assert_eq!(failed.keyword(), "error");
         assert_eq!(Outcome::Aborted.keyword(), "aborted");
+        assert_eq!(Outcome::Revoked.keyword(), "revoked");
+        assert_eq!(
+            Outcome::Revoked.reason().as_deref(),
+            Some("a reload removed its entry from the manifest")
+        );
         assert_eq!(
             Outcome::Aborted.reason().as_deref(),
             Some("the forwarder is stopping")

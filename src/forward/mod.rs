@@ -2,11 +2,13 @@
 //! systemd inside the gate's network namespace.
 //!
 //! It serves the listening sockets systemd passes from the gate's socket
-//! unit (or binds them itself when run by hand): the gate's internal address
-//! only, one port per route. It relays each connection to that route's
-//! upstream (see `relay`), logging one audit event per connection (see
-//! `audit`). It tells systemd it is ready once it serves every listener (see
-//! `status`).
+//! unit (or binds them itself when run by hand, or for a route added since
+//! the gate started): the gate's internal address only, one port per route.
+//! Its routes come from the gate's routes file (see [`routes_file`]), read
+//! again at SIGHUP and applied in place (see `served`), or from the command
+//! line. It relays each connection to that route's upstream (see `relay`),
+//! logging one audit event per connection (see `audit`). It tells systemd it
+//! is ready once it serves every route (see `status`).
 //!
 //! On SIGTERM or SIGINT it stops accepting and closes the connections still
 //! open at once, logging each as aborted, then exits successfully: a gate is
@@ -18,25 +20,30 @@ mod audit;
 mod pipe;
 mod relay;
 mod route;
+pub mod routes_file;
+mod served;
 mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, watch};
 
 use self::accept::Forwarder;
 pub use self::pipe::DEFAULT_PIPE_SIZE;
 pub use self::route::ForwardRoute;
+pub use self::routes_file::RoutesFile;
+use self::served::Served;
+use self::status::Shown;
 use crate::error::{Context, Error, Result};
 use crate::slug::Slug;
 
@@ -54,6 +61,11 @@ pub struct ForwardConfig {
     pub listen: IpAddr,
     /// One listener per route.
     pub routes: Vec<ForwardRoute>,
+    /// Where the routes come from instead, re-read at SIGHUP (see
+    /// [`routes_file`]).
+    pub routes_file: Option<PathBuf>,
+    /// The generation of the routes file read, shown in the status line.
+    pub generation: Option<u64>,
     /// Connections open at once, across all routes; the excess is closed.
     pub max_connections: usize,
     /// Time allowed for each connect attempt to an upstream address.
@@ -117,19 +129,23 @@ impl ForwardConfig {
     }
 }
 
-/// Runs the forwarder until SIGTERM or SIGINT: binds every listener, tells
-/// systemd it is ready, serves connections, and returns `Ok` once stopped.
+/// Runs the forwarder until SIGTERM or SIGINT: reads its routes file (if
+/// it has one), serves every route, tells systemd it is ready, re-reads the
+/// routes file at each SIGHUP, and returns `Ok` once stopped.
 ///
 /// Fails if the settings are invalid or a listener cannot be bound (the error
 /// names the address).
-pub async fn run(config: ForwardConfig) -> Result<()> {
+pub async fn run(mut config: ForwardConfig) -> Result<()> {
+    if let Some(path) = &config.routes_file {
+        let file = RoutesFile::read(path)?;
+        config.routes = file.routes;
+        config.generation = Some(file.generation);
+    }
     config.validate()?;
-    let listeners = match inherited_sockets()? {
-        Some(sockets) => match_listeners(&config, sockets)?,
-        None => bind(&config).await?,
-    };
+    let passed = inherited_sockets()?;
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let slug = config.slug.clone();
     let stop = async move {
         let name = tokio::select! {
@@ -138,102 +154,55 @@ pub async fn run(config: ForwardConfig) -> Result<()> {
         };
         tracing::info!(slug, "received {name}; stopping");
     };
-    serve(&config, listeners, stop).await
+    let (reload_tx, reloads) = mpsc::channel(1);
+    if let Some(path) = config.routes_file.clone() {
+        tokio::spawn(read_at_hangup(hangup, path, reload_tx));
+    }
+    serve(&config, passed, stop, reloads).await
+}
+
+/// Reads the routes file at `path` at every SIGHUP and sends what it read
+/// (or why it could not) to the serving loop.
+async fn read_at_hangup(mut hangup: Signal, path: PathBuf, reloads: mpsc::Sender<Result<RoutesFile>>) {
+    while hangup.recv().await.is_some() {
+        tracing::info!(path = %path.display(), "received SIGHUP; reading the routes file again");
+        if reloads.send(RoutesFile::read(&path)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The listening sockets systemd passed (socket activation: `LISTEN_FDS`
-/// for this process), or `None` when it passed none.
-fn inherited_sockets() -> Result<Option<Vec<std::net::TcpListener>>> {
+/// for this process); none when it passed none.
+fn inherited_sockets() -> Result<Vec<std::net::TcpListener>> {
     let fds: Vec<RawFd> = sd_notify::listen_fds()
         .context("reading the sockets systemd passed (LISTEN_FDS)")?
         .collect();
-    if fds.is_empty() {
-        return Ok(None);
-    }
-    let sockets = fds
+    Ok(fds
         .into_iter()
         // SAFETY: LISTEN_PID names this process, so systemd passed these
         // descriptors to it and nothing else in it owns them; each is taken
         // over exactly once, here.
         .map(|fd| std::net::TcpListener::from(unsafe { OwnedFd::from_raw_fd(fd) }))
-        .collect();
-    Ok(Some(sockets))
+        .collect())
 }
 
-/// Pairs passed listening `sockets` with `config`'s routes by their port,
-/// in the order of the routes. Fails, naming the socket or route, unless
-/// each route has exactly one socket on the internal address.
-pub fn match_listeners(
-    config: &ForwardConfig,
-    sockets: Vec<std::net::TcpListener>,
-) -> Result<Vec<TcpListener>> {
-    let mut by_port = HashMap::new();
-    for socket in sockets {
-        let addr = socket
-            .local_addr()
-            .context("reading the address of a socket systemd passed")?;
-        if addr.ip() != config.listen || by_port.insert(addr.port(), socket).is_some() {
-            return Err(Error::invalid(format!(
-                "systemd passed a socket on {addr}, which no route listens on; \
-                 the socket unit does not match the forwarder's routes: restart the gate"
-            )));
-        }
-    }
-    let mut listeners = Vec::with_capacity(config.routes.len());
-    for route in &config.routes {
-        let socket = by_port.remove(&route.listen_port).ok_or_else(|| {
-            Error::invalid(format!(
-                "systemd passed no socket for port {} (route {}); restart the gate",
-                route.listen_port, route.alias
-            ))
-        })?;
-        socket
-            .set_nonblocking(true)
-            .context("making a passed socket non-blocking")?;
-        listeners.push(TcpListener::from_std(socket).context("registering a passed socket")?);
-    }
-    if let Some(port) = by_port.keys().next() {
-        return Err(Error::invalid(format!(
-            "systemd passed a socket on port {port}, which no route listens on; restart the gate"
-        )));
-    }
-    Ok(listeners)
-}
-
-/// Binds one listener per route of `config`, on the internal address only,
-/// in the order of the routes. Used when systemd passed no sockets, e.g.
-/// when `gatectl forward` is run by hand.
-pub async fn bind(config: &ForwardConfig) -> Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(config.routes.len());
-    for route in &config.routes {
-        let addr = SocketAddr::new(config.listen, route.listen_port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr} for route {}", route.alias))?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
-}
-
-/// Serves `config`'s routes on `listeners` (one per route, in order, as
-/// [`bind`] returns them) until `stop` completes, then closes every
-/// connection and returns.
+/// Serves `config`'s routes until `stop` completes, then closes every
+/// connection and returns. A route is served on the `passed` socket of its
+/// port (socket activation), or on one bound here; a passed socket of no
+/// route is kept for a route a reload may add. Each routes file from
+/// `reloads` replaces the routes in place (see [`served`]).
 ///
-/// Sends `READY=1` to systemd at once: the listeners are already bound. Fails
-/// if an accept loop ends unexpectedly, so that systemd restarts the unit.
+/// Sends `READY=1` to systemd once every route is served. Fails if a passed
+/// socket is not on the internal address, if a port cannot be bound, or if
+/// an accept loop ends unexpectedly, so that systemd restarts the unit.
 pub async fn serve(
     config: &ForwardConfig,
-    listeners: Vec<TcpListener>,
+    passed: Vec<std::net::TcpListener>,
     stop: impl Future<Output = ()>,
+    mut reloads: mpsc::Receiver<Result<RoutesFile>>,
 ) -> Result<()> {
     config.validate()?;
-    if listeners.len() != config.routes.len() {
-        return Err(Error::failed(format!(
-            "the forwarder got {} listeners for {} routes",
-            listeners.len(),
-            config.routes.len()
-        )));
-    }
     let forwarder = Arc::new(Forwarder::new(
         config.slug.clone(),
         config.connection_limit()?,
@@ -241,44 +210,61 @@ pub async fn serve(
         config.pipe_size,
     ));
     let (stopping, stop_rx) = watch::channel(false);
-    let mut accept_loops = JoinSet::new();
-    for (listener, route) in listeners.into_iter().zip(&config.routes) {
-        let addr = listener.local_addr().context("reading a listener's address")?;
-        let upstreams: Vec<String> = route.upstreams.iter().map(ToString::to_string).collect();
-        tracing::info!(
-            slug = config.slug,
-            alias = route.alias.as_str(),
-            listen = %addr,
-            "listening on {addr} for {}, forwarding to {}",
-            route.alias,
-            upstreams.join(" or "),
-        );
-        let forwarder = Arc::clone(&forwarder);
-        accept_loops.spawn(accept::accept_loop(
-            listener,
-            route.clone(),
-            forwarder,
-            stop_rx.clone(),
-        ));
+    let mut served = Served::new(&config.slug, config.listen, Arc::clone(&forwarder), stop_rx);
+    for socket in passed {
+        let addr = socket
+            .local_addr()
+            .context("reading the address of a socket systemd passed")?;
+        if addr.ip() != config.listen {
+            return Err(Error::invalid(format!(
+                "systemd passed a socket on {addr}, not on the gate's internal address {};                  the socket unit does not match the forwarder: restart the gate",
+                config.listen
+            )));
+        }
+        socket
+            .set_nonblocking(true)
+            .context("making a passed socket non-blocking")?;
+        served.hold(TcpListener::from_std(socket).context("registering a passed socket")?)?;
     }
-    status::ready(config.routes.len(), forwarder.counters());
+    for route in &config.routes {
+        served.serve(route.clone()).await?;
+    }
+    let (shown_tx, shown) = watch::channel(Shown {
+        routes: served.len(),
+        generation: config.generation,
+        reload_error: None,
+    });
+    status::ready(&shown.borrow(), forwarder.counters());
     tracing::info!(
         slug = config.slug,
-        routes = config.routes.len(),
+        routes = served.len(),
+        generation = config.generation,
         "forwarder ready"
     );
 
-    let result = tokio::select! {
-        () = stop => Ok(()),
-        never = status::report(&forwarder, config.routes.len()) => match never {},
-        Some(ended) = accept_loops.join_next() => Err(Error::failed(format!(
-            "an accept loop of the forwarder ended unexpectedly: {ended:?}"
-        ))),
+    let mut reloading = true;
+    let result = {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break Ok(()),
+                never = status::report(&forwarder, shown.clone()) => match never {},
+                error = served.loop_ended() => break Err(error),
+                reload = reloads.recv(), if reloading => match reload {
+                    None => reloading = false,
+                    Some(file) => {
+                        let now = reload_routes(config, &mut served, file).await;
+                        shown_tx.send_replace(now);
+                        status::show(&shown.borrow(), forwarder.counters());
+                    }
+                },
+            }
+        }
     };
 
     status::stopping();
     stopping.send_replace(true);
-    while accept_loops.join_next().await.is_some() {}
+    served.join().await;
     if !forwarder.drained(STOP_GRACE).await {
         tracing::warn!(
             slug = config.slug,
@@ -293,4 +279,46 @@ pub async fn serve(
         "forwarder stopped"
     );
     result
+}
+
+/// Applies one routes file read at SIGHUP, or keeps the routes served when
+/// it is unreadable or invalid; returns what the status line shows then.
+async fn reload_routes(config: &ForwardConfig, served: &mut Served, file: Result<RoutesFile>) -> Shown {
+    let applied = async {
+        let file = file?;
+        let wanted = ForwardConfig {
+            routes: file.routes.clone(),
+            ..config.clone()
+        };
+        wanted.validate()?;
+        let changes = served.apply(&file.routes).await?;
+        Ok::<_, Error>((file.generation, changes))
+    };
+    match applied.await {
+        Ok((generation, changes)) => {
+            for change in &changes {
+                tracing::info!(slug = config.slug, generation, "reload: {change}");
+            }
+            tracing::info!(
+                slug = config.slug,
+                generation,
+                routes = served.len(),
+                "reloaded the routes file: {} change(s)",
+                changes.len()
+            );
+            Shown {
+                routes: served.len(),
+                generation: Some(generation),
+                reload_error: None,
+            }
+        }
+        Err(e) => {
+            tracing::error!(slug = config.slug, error = %e, "reload failed; still serving the routes I had: {e}");
+            Shown {
+                routes: served.len(),
+                generation: None,
+                reload_error: Some(e.to_string()),
+            }
+        }
+    }
 }

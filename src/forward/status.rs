@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+use tokio::sync::watch;
 
 use super::accept::Forwarder;
 
@@ -23,12 +24,28 @@ pub struct Counters {
     pub refused: u64,
 }
 
+/// What the status line says besides the counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    /// Routes served.
+    pub routes: usize,
+    /// The generation of the routes file served, if the routes came from one.
+    pub generation: Option<u64>,
+    /// Why the last reload failed, until one succeeds.
+    pub reload_error: Option<String>,
+}
+
 /// Tells systemd the forwarder is ready, with its first status line.
-pub fn ready(routes: usize, counters: Counters) {
+pub fn ready(shown: &Shown, counters: Counters) {
     notify(&[
         NotifyState::Ready,
-        NotifyState::Status(&status_line(routes, counters)),
+        NotifyState::Status(&status_line(shown, counters)),
     ]);
+}
+
+/// Sends the status line now (after a reload).
+pub fn show(shown: &Shown, counters: Counters) {
+    notify(&[NotifyState::Status(&status_line(shown, counters))]);
 }
 
 /// Tells systemd the forwarder is stopping.
@@ -37,30 +54,41 @@ pub fn stopping() {
 }
 
 /// Sends the status line whenever the counters have changed, checking once
-/// per [`STATUS_INTERVAL`]. Never returns.
-pub async fn report(forwarder: &Forwarder, routes: usize) -> Infallible {
-    let mut shown = forwarder.counters();
+/// per [`STATUS_INTERVAL`], with what `shown` holds then. Never returns.
+pub async fn report(forwarder: &Forwarder, shown: watch::Receiver<Shown>) -> Infallible {
+    let mut counted = forwarder.counters();
     let mut ticks = tokio::time::interval(STATUS_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let now = forwarder.counters();
-        if now != shown {
-            notify(&[NotifyState::Status(&status_line(routes, now))]);
-            shown = now;
+        if now != counted {
+            show(&shown.borrow(), now);
+            counted = now;
         }
     }
 }
 
-/// The `STATUS=` text, e.g. `serving 2 routes, 1 active, 5 total connections`.
-fn status_line(routes: usize, counters: Counters) -> String {
+/// The `STATUS=` text, e.g. `serving 2 routes (generation 3), 1 active, 5
+/// total connections`. `gatectl reload` waits for `(generation N)` to learn
+/// that the forwarder applied routes file N, and reports a `reload failed:`
+/// reason.
+fn status_line(shown: &Shown, counters: Counters) -> String {
+    let routes = shown.routes;
     let plural = if routes == 1 { "" } else { "s" };
-    let mut line = format!(
-        "serving {routes} route{plural}, {} active, {} total connections",
+    let mut line = format!("serving {routes} route{plural}");
+    if let Some(generation) = shown.generation {
+        line.push_str(&format!(" (generation {generation})"));
+    }
+    line.push_str(&format!(
+        ", {} active, {} total connections",
         counters.active, counters.total
-    );
+    ));
     if counters.refused > 0 {
         line.push_str(&format!(", {} refused at the limit", counters.refused));
+    }
+    if let Some(error) = &shown.reload_error {
+        line.push_str(&format!("; reload failed: {error}"));
     }
     line
 }
@@ -77,8 +105,13 @@ mod tests {
 
     #[test]
     fn status_line_counts_routes_and_connections() {
+        let shown = |routes, generation, reload_error: Option<&str>| Shown {
+            routes,
+            generation,
+            reload_error: reload_error.map(String::from),
+        };
         assert_eq!(
-            status_line(2, Counters::default()),
+            status_line(&shown(2, None, None), Counters::default()),
             "serving 2 routes, 0 active, 0 total connections"
         );
         let counters = Counters {
@@ -87,8 +120,12 @@ mod tests {
             refused: 3,
         };
         assert_eq!(
-            status_line(1, counters),
-            "serving 1 route, 1 active, 7 total connections, 3 refused at the limit"
+            status_line(&shown(1, Some(4), None), counters),
+            "serving 1 route (generation 4), 1 active, 7 total connections, 3 refused at the limit"
+        );
+        assert_eq!(
+            status_line(&shown(1, None, Some("bad file")), Counters::default()),
+            "serving 1 route, 0 active, 0 total connections; reload failed: bad file"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Tests of the whole forwarder on 127.0.0.1 ephemeral ports (no root).
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,38 +43,84 @@ fn config(max_connections: usize, routes: Vec<ForwardRoute>) -> ForwardConfig {
         slug: "test".to_string(),
         listen: "127.0.0.1".parse().unwrap(),
         routes,
+        routes_file: None,
+        generation: None,
         max_connections,
         connect_timeout: TIMEOUT,
         pipe_size: DEFAULT_PIPE_SIZE,
     }
 }
 
-/// A running forwarder: where its single route listens, how to stop it, and
-/// its result.
+/// An upstream that sends `tag` on every connection, then echoes until end
+/// of file: which upstream a connection reached shows in its first bytes.
+async fn tagged_upstream(tag: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                stream.write_all(tag).await.unwrap();
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A free port on 127.0.0.1 (bound and let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn route(port: u16, alias: &str, upstreams: Vec<SocketAddr>) -> ForwardRoute {
+    ForwardRoute {
+        listen_port: port,
+        alias: alias.parse().unwrap(),
+        upstreams,
+    }
+}
+
+/// A running forwarder: where its first route listens, how to reload and
+/// stop it, and its result.
 struct Running {
     addr: SocketAddr,
+    reload: mpsc::Sender<Result<RoutesFile>>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<()>>,
 }
 
 impl Running {
     async fn start(max_connections: usize, upstreams: Vec<SocketAddr>) -> Running {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let route = ForwardRoute {
-            listen_port: addr.port(),
-            alias: "echo".parse().unwrap(),
-            upstreams,
-        };
-        let config = config(max_connections, vec![route]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Running::serve(
+            config(max_connections, vec![route(port, "echo", upstreams)]),
+            vec![listener],
+        )
+    }
+
+    fn serve(config: ForwardConfig, passed: Vec<std::net::TcpListener>) -> Running {
+        let addr = SocketAddr::new(config.listen, config.routes[0].listen_port);
         let (stop, stopped) = oneshot::channel::<()>();
+        let (reload, reloads) = mpsc::channel(1);
         let task = tokio::spawn(async move {
             let stopped = async {
                 let _ = stopped.await;
             };
-            serve(&config, vec![listener], stopped).await
+            serve(&config, passed, stopped, reloads).await
         });
-        Running { addr, stop, task }
+        Running {
+            addr,
+            reload,
+            stop,
+            task,
+        }
     }
 
     async fn stop(self) -> Result<()> {
@@ -170,62 +217,145 @@ async fn a_connect_failure_closes_the_client_promptly() {
 }
 
 #[tokio::test]
-async fn bind_names_the_address_it_could_not_listen_on() {
+async fn a_port_it_cannot_bind_is_named() {
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = taken.local_addr().unwrap().port();
-    let route = ForwardRoute {
-        listen_port: port,
-        alias: "busy".parse().unwrap(),
-        upstreams: vec![closed_port().await],
-    };
-    let error = bind(&config(8, vec![route])).await.unwrap_err().to_string();
+    let config = config(8, vec![route(port, "busy", vec![closed_port().await])]);
+    let error = serve(&config, Vec::new(), std::future::pending(), mpsc::channel(1).1)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         error.starts_with(&format!("listening on 127.0.0.1:{port} for route busy: ")),
         "{error}"
     );
 }
 
+/// Connects to `port` on 127.0.0.1 and reads the upstream's tag.
+async fn tagged_session(port: u16, tag: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut got = vec![0; tag.len()];
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut got))
+        .await
+        .expect("no tag from the upstream")
+        .unwrap();
+    assert_eq!(got, tag, "reached another upstream");
+    stream
+}
+
+/// Waits until a new connection to `port` reaches the upstream tagged `tag`
+/// (a reload is applied by the serving loop, a moment after it is sent).
+async fn reaches(port: u16, tag: &[u8]) -> TcpStream {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let attempt = async {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+            let mut got = vec![0; tag.len()];
+            stream.read_exact(&mut got).await?;
+            io::Result::Ok((stream, got))
+        };
+        match tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            Ok(Ok((stream, got))) if got == tag => return stream,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!(
+                "port {port} does not reach {tag:?}: {:?}",
+                other.map(|r| r.map(|(_, got)| got))
+            ),
+        }
+    }
+}
+
 #[tokio::test]
-async fn passed_sockets_are_paired_with_routes_by_port() {
+async fn passed_sockets_serve_their_routes_by_port_and_one_of_no_route_is_kept() {
+    let one = tagged_upstream(b"one").await;
     let sockets: Vec<std::net::TcpListener> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
     let ports: Vec<u16> = sockets.iter().map(|s| s.local_addr().unwrap().port()).collect();
-    let route = |port: u16, alias: &str| ForwardRoute {
-        listen_port: port,
-        alias: alias.parse().unwrap(),
-        upstreams: vec!["127.0.0.1:22".parse().unwrap()],
-    };
-    // Routes in another order than the sockets: each gets its own port.
-    let routes = vec![route(ports[2], "c"), route(ports[0], "a"), route(ports[1], "b")];
-    let listeners = match_listeners(&config(8, routes.clone()), sockets).unwrap();
-    let got: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
-    assert_eq!(got, [ports[2], ports[0], ports[1]]);
+    // Routes in another order than the sockets, and none for the third.
+    let routes = vec![route(ports[1], "b", vec![one]), route(ports[0], "a", vec![one])];
+    let forwarder = Running::serve(config(8, routes), sockets);
+    tagged_session(ports[0], b"one").await;
+    tagged_session(ports[1], b"one").await;
+    forwarder.stop().await.unwrap();
 
-    let one = || vec![std::net::TcpListener::bind("127.0.0.1:0").unwrap()];
-    let mut two = one();
-    two.extend(one());
-    let port = two[0].local_addr().unwrap().port();
-    let error = match_listeners(&config(8, vec![route(port, "a")]), two)
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("which no route listens on"), "{error}");
-    let socket = one();
-    let port = socket[0].local_addr().unwrap().port();
-    let error = match_listeners(&config(8, vec![route(port, "a"), route(1, "gone")]), socket)
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("no socket for port 1 (route gone)"), "{error}");
+    let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = elsewhere.local_addr().unwrap().port();
+    let config = config(8, vec![route(port, "a", vec![one])]);
+    let error = serve(
+        &config,
+        vec![elsewhere],
+        std::future::pending(),
+        mpsc::channel(1).1,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("not on the gate's internal address 127.0.0.1"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_adds_changes_and_revokes_routes_in_place() {
+    let (one, two) = (tagged_upstream(b"one").await, tagged_upstream(b"two").await);
+    let (kept, revoked, added) = (free_port(), free_port(), free_port());
+    let forwarder = Running::serve(
+        config(
+            8,
+            vec![route(kept, "kept", vec![one]), route(revoked, "gone", vec![one])],
+        ),
+        Vec::new(),
+    );
+    let mut old_session = reaches(kept, b"one").await;
+    let mut revoked_session = tagged_session(revoked, b"one").await;
+
+    let routes = vec![route(kept, "kept", vec![two]), route(added, "added", vec![one])];
+    forwarder
+        .reload
+        .send(Ok(RoutesFile {
+            generation: 2,
+            routes,
+        }))
+        .await
+        .unwrap();
+    // The changed route takes new connections to its new upstream...
+    reaches(kept, b"two").await;
+    // ...while its established session goes on; the added route serves; the
+    // removed route's session is cut.
+    round_trip(&mut old_session, b"still here").await;
+    reaches(added, b"one").await;
+    assert!(closed_by_forwarder(&mut revoked_session).await.is_empty());
+
+    // A file that cannot be read changes nothing; a port removed and added
+    // again is served by the socket kept for it.
+    forwarder
+        .reload
+        .send(Err(Error::invalid("unreadable")))
+        .await
+        .unwrap();
+    let routes = vec![route(kept, "kept", vec![two]), route(revoked, "back", vec![two])];
+    forwarder
+        .reload
+        .send(Ok(RoutesFile {
+            generation: 3,
+            routes,
+        }))
+        .await
+        .unwrap();
+    reaches(revoked, b"two").await;
+    round_trip(&mut old_session, b"and still").await;
+    forwarder.stop().await.unwrap();
 }
 
 #[test]
 fn validate_refuses_bad_settings() {
-    let route = |port| ForwardRoute {
-        listen_port: port,
-        alias: "a".parse().unwrap(),
-        upstreams: vec!["127.0.0.1:22".parse().unwrap()],
-    };
-    let good = config(8, vec![route(30000), route(30001)]);
+    let upstream = || vec!["127.0.0.1:22".parse().unwrap()];
+    let good = config(
+        8,
+        vec![route(30000, "a", upstream()), route(30001, "a", upstream())],
+    );
     good.validate().unwrap();
     type Change = fn(&mut ForwardConfig);
     let cases: [(&str, Change); 7] = [
