@@ -30,6 +30,7 @@ pub struct GateRecord {
 /// an index creates one symlink (atomically, so two starts never get the
 /// same index) instead of reading every record.
 pub struct Records {
+    state_dir: PathBuf,
     dir: PathBuf,
     indexes: PathBuf,
     hint: PathBuf,
@@ -39,10 +40,16 @@ impl Records {
     /// The store under `state_dir`.
     pub fn new(state_dir: &Path) -> Records {
         Records {
+            state_dir: state_dir.to_path_buf(),
             dir: state_dir.join("gates"),
             indexes: state_dir.join("indexes"),
             hint: state_dir.join("next-index"),
         }
+    }
+
+    /// The directory of `slug`'s routes file.
+    pub fn routes_dir(&self, slug: &Slug) -> PathBuf {
+        routes_dir(&self.state_dir, slug)
     }
 
     fn path(&self, slug: &Slug) -> PathBuf {
@@ -207,10 +214,16 @@ impl Records {
         }
     }
 
-    /// Removes the record of `slug` and releases its index; a missing
-    /// record is success.
+    /// Removes the record of `slug` and its routes directory, and releases
+    /// its index; a missing record is success.
     pub fn remove(&self, slug: &Slug) -> Result<()> {
         self.release_indexes(slug)?;
+        let routes = self.routes_dir(slug);
+        match std::fs::remove_dir_all(&routes) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", routes.display())),
+        }
         let path = self.path(slug);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -241,6 +254,12 @@ impl Records {
             .filter_map(|s| self.load(s).ok().flatten())
             .collect()
     }
+}
+
+/// The directory of `slug`'s routes file (see
+/// [`crate::forward::routes_file`]) under `state_dir`.
+pub fn routes_dir(state_dir: &Path, slug: &Slug) -> PathBuf {
+    state_dir.join("forward").join(slug.as_str())
 }
 
 /// The gate indexes below `capacity` in the order a free one is searched

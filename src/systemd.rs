@@ -37,6 +37,17 @@ trait Manager {
 
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Value<'_>)],
+    ) -> zbus::Result<()>;
+
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
 
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
@@ -433,6 +444,47 @@ impl Systemd {
             }
         }
         Ok(())
+    }
+
+    /// Starts unit `name` and waits for its start job; fails, naming the
+    /// unit and the job's result, unless it is `done`.
+    pub async fn start(&self, name: &str) -> Result<()> {
+        let mut watch = JobWatch::new(&self.manager).await?;
+        let job = watch
+            .during(self.manager.start_unit(name, "replace"))
+            .await?
+            .with_context(|| format!("cannot start {name}"))?;
+        let results = watch.wait(std::slice::from_ref(&job)).await?.ok_or_else(|| {
+            Error::failed(format!(
+                "{name} did not start within {}s; see `journalctl -u {name}`",
+                JOB_TIMEOUT.as_secs()
+            ))
+        })?;
+        match results[0].as_str() {
+            "done" => Ok(()),
+            result => Err(Error::failed(format!(
+                "{name} failed to start (job result: {result}); see `journalctl -u {name}`"
+            ))),
+        }
+    }
+
+    /// Sends `signal` to the main process of unit `name`.
+    pub async fn signal_main(&self, name: &str, signal: i32) -> Result<()> {
+        self.manager
+            .kill_unit(name, "main", signal)
+            .await
+            .with_context(|| format!("cannot signal {name}"))
+    }
+
+    /// Sets `properties` of unit `name` at run time (as `systemctl
+    /// set-property --runtime` does: a list property is added to).
+    pub async fn set_runtime_properties(&self, name: &str, properties: &[Property]) -> Result<()> {
+        let values: Vec<(&str, Value<'static>)> =
+            properties.iter().map(|p| (p.name, p.value.to_value())).collect();
+        self.manager
+            .set_unit_properties(name, true, &values)
+            .await
+            .with_context(|| format!("cannot change the properties of {name}"))
     }
 
     /// The state of unit `name` (inactive/dead when systemd has not

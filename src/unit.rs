@@ -22,8 +22,10 @@ use zbus::zvariant::{OwnedValue, Value};
 
 use crate::config::Settings;
 use crate::error::{Context, Result};
-use crate::forward::ForwardRoute;
-use crate::plan::GatePlan;
+use crate::forward::routes_file::MOUNT;
+use crate::forward::{ForwardRoute, RoutesFile};
+use crate::plan::{GatePlan, MAX_ENTRIES};
+use crate::state;
 
 /// `AF_INET` as systemd's `IPAddressAllow=` wire format wants it.
 const AF_INET: i32 = libc::AF_INET;
@@ -148,9 +150,10 @@ fn text(name: &'static str, value: &str) -> Property {
     prop(name, PropertyValue::Str(value.to_string()))
 }
 
-/// The argv of `gatectl forward` for this plan.
+/// The argv of `gatectl forward` for this plan: its routes come from the
+/// gate's routes file (see [`forward_routes`]), bound into its sandbox.
 pub fn forwarder_argv(plan: &GatePlan, settings: &Settings) -> Vec<String> {
-    let mut argv = vec![
+    vec![
         settings.forwarder_binary.display().to_string(),
         "forward".to_string(),
         "--slug".to_string(),
@@ -161,17 +164,22 @@ pub fn forwarder_argv(plan: &GatePlan, settings: &Settings) -> Vec<String> {
         settings.max_connections.to_string(),
         "--connect-timeout".to_string(),
         settings.connect_timeout_secs.to_string(),
-    ];
-    for u in &plan.upstreams {
-        let route = ForwardRoute {
+        "--routes-file".to_string(),
+        RoutesFile::mounted_path().display().to_string(),
+    ]
+}
+
+/// The forwarder's routes for this plan: one per upstream, on its listen
+/// port, to its resolved addresses in order.
+pub fn forward_routes(plan: &GatePlan) -> Vec<ForwardRoute> {
+    plan.upstreams
+        .iter()
+        .map(|u| ForwardRoute {
             listen_port: u.listen_port,
             alias: u.alias.clone(),
             upstreams: u.addresses.iter().map(|a| (*a, u.port).into()).collect(),
-        };
-        argv.push("--route".to_string());
-        argv.push(route.to_string());
-    }
-    argv
+        })
+        .collect()
 }
 
 /// Addresses the forwarder's sockets may talk to: the internal /31 and every
@@ -185,6 +193,35 @@ pub fn allowed_prefixes(plan: &GatePlan) -> Vec<IpNet> {
         }
     }
     allowed
+}
+
+/// The prefixes of an `IPAddressAllow=` value as systemd reports it
+/// (`a(iayu)`); an entry that is no address is skipped.
+pub fn prefixes_of(value: &OwnedValue) -> Vec<IpNet> {
+    let Ok(entries) = value
+        .try_clone()
+        .map_err(zbus::zvariant::Error::from)
+        .and_then(<Vec<(i32, Vec<u8>, u32)>>::try_from)
+    else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|(family, bytes, len)| {
+            let address = match (family, bytes.len()) {
+                (AF_INET, 4) => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+                (AF_INET6, 16) => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+                _ => return None,
+            };
+            IpNet::new(address, u8::try_from(len).ok()?).ok()
+        })
+        .collect()
+}
+
+/// The `IPAddressAllow=` property that adds `prefixes` to what a running
+/// unit allows (set at run time, a list is added to).
+pub fn allow_also(prefixes: Vec<IpNet>) -> Property {
+    prop("IPAddressAllow", PropertyValue::Prefixes(prefixes))
 }
 
 /// Bytes of memory the forwarder may use: a base plus a per-connection share.
@@ -216,15 +253,23 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
         text("CollectMode", "inactive-or-failed"),
         text("NetworkNamespacePath", &path_str(&netns_path)),
         prop("IPAddressAllow", PropertyValue::Prefixes(allowed_prefixes(plan))),
-        // The listening sockets it is handed, then two sockets and up to two
-        // splice pipes (two descriptors each) per connection.
+        // As many listening sockets as a gate may have entries (a reload may
+        // add some), then two sockets and up to two splice pipes (two
+        // descriptors each) per connection.
         prop(
             "LimitNOFILE",
-            PropertyValue::U64(plan.upstreams.len() as u64 + u64::from(settings.max_connections) * 6 + 64),
+            PropertyValue::U64(MAX_ENTRIES as u64 + u64::from(settings.max_connections) * 6 + 64),
         ),
         prop("MemoryMax", PropertyValue::U64(memory_max(settings))),
     ];
     properties.extend(hardening().into_iter().map(|h| h.property));
+    // Its own gate's routes directory, read-only, and nothing else of the
+    // state directory (a second assignment adds to the list).
+    let routes_dir = path_str(&state::routes_dir(&settings.state_dir, &plan.slug));
+    properties.push(prop(
+        "BindReadOnlyPaths",
+        PropertyValue::Binds(vec![(routes_dir, MOUNT.to_string(), false, libc::MS_REC)]),
+    ));
     properties
 }
 
@@ -346,6 +391,10 @@ pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
         let actual = properties.get(name).map(|v| Value::from(v.clone()));
         let holds = match &actual {
             None => false,
+            // The gate's routes directory is bound too, at its mount point.
+            Some(actual) if name == "BindReadOnlyPaths" => bind_destinations(actual)
+                .iter()
+                .all(|d| HOST_SOCKETS.contains(&d.as_str()) || d == MOUNT),
             Some(actual) if name == "SystemCallFilter" => {
                 let text = canonical(actual);
                 // An allow list, without a call of @privileged or @resources.
@@ -365,6 +414,26 @@ pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
         }
     }
     drift
+}
+
+/// The destinations of a `BindReadOnlyPaths=` value (`a(ssbt)`).
+fn bind_destinations(value: &Value<'_>) -> Vec<String> {
+    let Value::Array(array) = value else {
+        return match value {
+            Value::Value(inner) => bind_destinations(inner),
+            _ => vec![String::new()],
+        };
+    };
+    array
+        .iter()
+        .map(|bind| match bind {
+            Value::Structure(fields) => match fields.fields().get(1) {
+                Some(Value::Str(destination)) => destination.to_string(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        })
+        .collect()
 }
 
 /// A D-Bus value as text, with the items of every array sorted and without
@@ -592,7 +661,7 @@ mod tests {
         let mut names: Vec<_> = props
             .iter()
             .map(|p| p.name)
-            .filter(|n| *n != "SystemCallFilter")
+            .filter(|n| !["SystemCallFilter", "BindReadOnlyPaths"].contains(n))
             .collect();
         let count = names.len();
         names.sort();
@@ -600,12 +669,12 @@ mod tests {
         assert_eq!(
             names.len(),
             count,
-            "no property but SystemCallFilter is set twice"
+            "no property but SystemCallFilter and BindReadOnlyPaths is set twice"
         );
     }
 
     #[test]
-    fn exec_start_is_an_argument_vector_with_resolved_routes() {
+    fn exec_start_is_an_argument_vector_reading_the_bound_routes_file() {
         let props = properties(&plan(), &Settings::default());
         let PropertyValue::Exec(cmds) = &props.iter().find(|p| p.name == "ExecStart").unwrap().value else {
             panic!("ExecStart is not an exec list");
@@ -613,13 +682,24 @@ mod tests {
         let argv = &cmds[0].argv;
         assert_eq!(cmds[0].path, argv[0]);
         assert_eq!(argv[1], "forward");
-        let pos = argv.iter().position(|a| a == "--listen").unwrap();
-        assert_eq!(argv[pos + 1], "10.231.0.5");
-        let routes: Vec<_> = argv
-            .windows(2)
-            .filter(|w| w[0] == "--route")
-            .map(|w| w[1].as_str())
+        let after = |flag: &str| &argv[argv.iter().position(|a| a == flag).unwrap() + 1];
+        assert_eq!(after("--listen"), "10.231.0.5");
+        assert_eq!(after("--routes-file"), "/run/gatectl-forward/routes.json");
+        assert!(!argv.contains(&"--route".to_string()), "{argv:?}");
+        let binds: Vec<_> = props
+            .iter()
+            .filter_map(|p| match &p.value {
+                PropertyValue::Binds(binds) if p.name == "BindReadOnlyPaths" => Some(binds.clone()),
+                _ => None,
+            })
+            .flatten()
+            .map(|(source, destination, ..)| (source, destination))
             .collect();
+        assert!(
+            binds.contains(&("/run/gatectl/forward/alice".into(), "/run/gatectl-forward".into())),
+            "{binds:?}"
+        );
+        let routes: Vec<String> = forward_routes(&plan()).iter().map(ToString::to_string).collect();
         assert_eq!(
             routes,
             [
@@ -775,6 +855,45 @@ mod tests {
     }
 
     #[test]
+    fn allowed_prefixes_read_back_as_systemd_reports_them() {
+        let prefixes = allowed_prefixes(&plan());
+        let reported = OwnedValue::try_from(allow_also(prefixes.clone()).value.to_value()).unwrap();
+        assert_eq!(prefixes_of(&reported), prefixes);
+        assert_eq!(prefixes.len(), 5, "{prefixes:?}");
+        let not_a_list = OwnedValue::try_from(Value::from(7u32)).unwrap();
+        assert_eq!(prefixes_of(&not_a_list), Vec::<IpNet>::new());
+    }
+
+    #[test]
+    fn the_routes_bind_is_no_drift_and_another_bind_is() {
+        let bind = |destination: &str| {
+            let mut live = live_with_dropin();
+            let PropertyValue::Binds(mut binds) = hardening()
+                .into_iter()
+                .find(|h| h.property.name == "BindReadOnlyPaths")
+                .unwrap()
+                .property
+                .value
+            else {
+                panic!("not binds")
+            };
+            binds.push(("/run/gatectl/forward/alice".into(), destination.into(), false, 0));
+            live.insert(
+                "BindReadOnlyPaths".into(),
+                OwnedValue::try_from(PropertyValue::Binds(binds).to_value()).unwrap(),
+            );
+            sandbox_drift(&live)
+        };
+        assert_eq!(bind(MOUNT), Vec::<String>::new());
+        let drift = bind("/run/dbus");
+        assert_eq!(drift.len(), 1, "{drift:?}");
+        assert!(
+            drift[0].starts_with("BindReadOnlyPaths=[") && drift[0].contains("/run/dbus"),
+            "{drift:?}"
+        );
+    }
+
+    #[test]
     fn the_descriptor_limit_counts_the_listening_sockets() {
         let plan = plan();
         let settings = Settings::default();
@@ -782,7 +901,7 @@ mod tests {
             .into_iter()
             .find(|p| p.name == "LimitNOFILE")
             .unwrap();
-        assert_eq!(limit.value, PropertyValue::U64(2 + 256 * 6 + 64));
+        assert_eq!(limit.value, PropertyValue::U64(1024 + 256 * 6 + 64));
     }
 
     #[test]

@@ -562,7 +562,7 @@ fn hand_and_unit_starts_and_stops_interleave_cleanly() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim_end(),
         "gatectl: error: gate alice is already running (gate-alice.socket is active) with another manifest or \
-         other upstream addresses; to apply them, run `gatectl stop alice`, then `gatectl start alice`"
+         other upstream addresses; to apply them without dropping its sessions, run `gatectl reload alice`"
     );
     assert_eq!(host_state(&host), before, "a refused start changed the host");
     host.write_file("/etc/gatectl/bottles/alice.toml", manifest.as_bytes(), 0o644);

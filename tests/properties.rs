@@ -664,18 +664,13 @@ fn check_plan(
         prop_assert_eq!(block, &want);
     }
 
-    // The forwarder's argv: plain strings, and each route round-trips.
+    // The forwarder's argv: plain strings; each route round-trips.
     let argv = unit::forwarder_argv(&plan, settings);
     prop_assert!(
         argv.iter().all(|a| !a.is_empty() && !a.contains('\0')),
         "{argv:?}"
     );
-    let routes: Vec<ForwardRoute> = argv
-        .windows(2)
-        .filter(|w| w[0] == "--route")
-        .map(|w| w[1].parse::<ForwardRoute>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| TestCaseError::fail(format!("route does not parse: {e}")))?;
+    let routes = unit::forward_routes(&plan);
     prop_assert_eq!(routes.len(), plan.upstreams.len());
     for (r, u) in routes.iter().zip(&plan.upstreams) {
         prop_assert_eq!(r.listen_port, u.listen_port);

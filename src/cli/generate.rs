@@ -190,6 +190,16 @@ fn examples(name: &str) -> String {
                 "The same at every boot, through the template unit.",
             ),
         ],
+        "reload" => &[
+            (
+                "gatectl reload alice",
+                "Apply the edited /etc/gatectl/bottles/alice.toml to alice's running gate.",
+            ),
+            (
+                "systemctl reload gatectl@alice",
+                "The same, for a gate that gatectl@alice.service manages.",
+            ),
+        ],
         "stop" => &[(
             "gatectl stop alice",
             "Remove alice's gate; a gate that is gone is success.",
@@ -353,7 +363,7 @@ mod tests {
             assert!(written.contains(&dir.join(want)), "{written:?}");
         }
         let bash = fs::read_to_string(dir.join("completions/gatectl.bash")).unwrap();
-        assert!(bash.contains(" start stop status "), "{bash}");
+        assert!(bash.contains(" start reload stop status "), "{bash}");
         for hidden in ["forward", "generate"] {
             for file in ["gatectl.bash", "_gatectl", "gatectl.fish"] {
                 let text = fs::read_to_string(dir.join("completions").join(file)).unwrap();

@@ -16,6 +16,7 @@ pub mod list;
 pub mod plan;
 pub mod prune;
 pub mod reconcile;
+pub mod reload;
 mod render;
 pub mod slug_completion;
 pub mod ssh_config;
@@ -45,8 +46,18 @@ pub enum Command {
     /// Validates everything before it changes anything, and rolls back what
     /// it created when a step fails. A gate already running with the same
     /// manifest and upstream addresses is left as it is (exit 0); one
-    /// running with another manifest is refused: stop it, then start it.
+    /// running with another manifest is refused: reload it instead.
     Start(start::StartArgs),
+    /// Apply a changed manifest to a running gate, keeping its sessions.
+    ///
+    /// Reads and validates the manifest and resolves its upstreams as start
+    /// does; a manifest that fails changes nothing. Then an added entry
+    /// starts listening, a changed entry forwards new connections to its new
+    /// upstream, an unchanged entry keeps its port and its sessions, and a
+    /// removed entry stops listening and has its sessions cut. Ports stay
+    /// numbered by entry order: a reorder moves entries, and reload says
+    /// which. `systemctl reload gatectl@SLUG` runs it.
+    Reload(reload::ReloadArgs),
     /// Stop a gate and remove everything it created (idempotent).
     ///
     /// A gate that gatectl@SLUG.service manages is stopped through that
@@ -156,6 +167,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     let changes_the_host = match &cli.command {
         Command::Start(_) => Some("start"),
         Command::Stop(_) => Some("stop"),
+        Command::Reload(_) => Some("reload"),
         Command::Reconcile(_) => Some("reconcile"),
         Command::Prune(args) if !args.dry_run => Some("prune"),
         _ => None,
@@ -169,6 +181,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Start(args) => start::run(args),
         Command::Stop(args) => stop::run(args),
+        Command::Reload(args) => reload::run(args),
         Command::Status(args) => status::run(args),
         Command::List(args) => list::run(args),
         Command::Plan(args) => plan::run(args),

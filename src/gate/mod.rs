@@ -1,8 +1,11 @@
 //! The gate lifecycle. [`Host`] gathers facts and applies decisions; the
 //! decisions themselves are pure and live beside it: a gate's state
 //! ([`state`]), the steps of a start and what undoes each ([`steps`],
-//! [`start`]), and the teardown ([`stop`]).
+//! [`start`]), the teardown ([`stop`]), and what a reload changes
+//! ([`changes`], [`reload`]).
 
+pub mod changes;
+pub mod reload;
 pub mod start;
 pub mod state;
 pub mod steps;
@@ -104,6 +107,14 @@ impl Host {
     /// duration goes to `timings`.
     pub async fn start(&self, spec: &GateSpec, timings: &mut Timings) -> Result<start::Started> {
         start::Start { host: self }.run(spec, timings).await
+    }
+
+    /// Applies `spec` to its running gate without a restart: added entries
+    /// listen, changed ones forward elsewhere from now on, removed ones stop
+    /// and have their sessions cut, unchanged ones keep their sessions.
+    /// Refuses a gate that is not running, or a change of agent netns.
+    pub async fn reload(&self, spec: &GateSpec) -> Result<reload::Reloaded> {
+        reload::Reload { host: self }.run(spec).await
     }
 
     /// Stops the gate of `slug`: units, firewall rules, links, netns and

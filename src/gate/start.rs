@@ -10,6 +10,7 @@ use std::path::Path;
 use super::steps::{Part, StepError, Steps, Undo};
 use super::{gate_rules, link_alias, slug_of_link_alias, Host};
 use crate::error::{Error, Result};
+use crate::forward::RoutesFile;
 use crate::lock;
 use crate::net::firewall::gate::GateTable;
 use crate::net::link::{Created, Netlink, VethEnd};
@@ -154,9 +155,20 @@ impl Start<'_> {
                             )))
                         }
                     }
+                    Ok(Some(r))
+                        if r.plan.agent_netns == spec.agent_netns
+                            && r.plan.agent_netns_owned == spec.agent_netns_owned =>
+                    {
+                        Err(Error::failed(format!(
+                            "gate {slug} is already running ({} is {}) with another manifest or other \
+                             upstream addresses; to apply them without dropping its sessions, run \
+                             `gatectl reload {slug}`",
+                            unit.name, unit.active
+                        )))
+                    }
                     Ok(Some(_)) => Err(Error::failed(format!(
-                        "gate {slug} is already running ({} is {}) with another manifest or other upstream \
-                         addresses; to apply them, run `gatectl stop {slug}`, then `gatectl start {slug}`",
+                        "gate {slug} is already running ({} is {}) with another agent netns; to move it, \
+                         run `gatectl stop {slug}`, then `gatectl start {slug}`",
                         unit.name, unit.active
                     ))),
                     _ => Err(Error::failed(format!(
@@ -350,9 +362,15 @@ async fn settle_gate_netns(plan: &GatePlan, gate_ns: &OwnedFd) -> Result<()> {
 }
 
 /// Starts the gate's socket unit, with its service defined in the same
-/// call, after making sure the hardening drop-in is in place.
+/// call, after making sure the hardening drop-in is in place and writing
+/// the forwarder's routes file (removed with the record).
 async fn start_units(systemd: &Systemd, plan: &GatePlan, settings: &crate::config::Settings) -> Result<()> {
     unit::ensure_hardening_dropin()?;
+    let routes = RoutesFile {
+        generation: 1,
+        routes: unit::forward_routes(plan),
+    };
+    routes.write_in(&state::routes_dir(&settings.state_dir, &plan.slug))?;
     let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
     let service = unit::properties(plan, settings);
     let aux = [(plan.unit.as_str(), service.as_slice())];

@@ -134,10 +134,27 @@ impl Firewall {
         let Some(listing) = session.list_table()? else {
             return Ok(());
         };
-        match removal_batch(&set_elements(&listing), egress_if) {
-            Some(batch) => session.apply(&batch, context),
-            None => Ok(()),
+        let mut batch = Batch::new();
+        if delete_elements(&mut batch, &set_elements(&listing), egress_if) {
+            session.apply(&batch.to_nftables(), context)
+        } else {
+            Ok(())
         }
+    }
+
+    /// Makes `gate`'s allowlist exactly its pairs, in one atomic batch that
+    /// deletes the elements its egress link has and adds the new ones: a
+    /// packet sees the old allowlist or the new one, never a mix or none.
+    /// Fails if the table or its sets are missing.
+    pub fn replace_gate(&self, gate: &GateRules) -> Result<()> {
+        let mut session = Session::open(&gate_context(gate))?;
+        let listing = session
+            .list_table()?
+            .ok_or_else(|| Error::failed(format!("{}: the table is missing", gate_context(gate))))?;
+        let mut batch = Batch::new();
+        delete_elements(&mut batch, &set_elements(&listing), &gate.egress_if);
+        add_elements(&mut batch, gate)?;
+        session.apply(&batch.to_nftables(), gate_context(gate))
     }
 
     /// Deletes the whole table `inet gatectl`; success when it is gone.
@@ -403,9 +420,9 @@ fn set_elements(listing: &Nftables<'static>) -> Vec<SetElement> {
     out
 }
 
-/// The batch deleting `egress_if`'s elements, or `None` when it has none.
-fn removal_batch(elements: &[SetElement], egress_if: &str) -> Option<Nftables<'static>> {
-    let mut batch = Batch::new();
+/// Adds to `batch` the deletion of `egress_if`'s `elements`; returns
+/// whether it has any.
+fn delete_elements(batch: &mut Batch<'static>, elements: &[SetElement], egress_if: &str) -> bool {
     let mut any = false;
     for set in [ALLOW4_SET, ALLOW6_SET] {
         let elem: Vec<Expression<'static>> = elements
@@ -424,7 +441,7 @@ fn removal_batch(elements: &[SetElement], egress_if: &str) -> Option<Nftables<'s
             elem: elem.into(),
         }));
     }
-    any.then(|| batch.to_nftables())
+    any
 }
 
 #[cfg(test)]
@@ -715,10 +732,15 @@ mod tests {
         assert_eq!(names.into_iter().collect::<Vec<_>>(), ["gte1", "gte2"]);
     }
 
+    /// The commands deleting `egress_if`'s listed elements, if any.
+    fn removal(egress_if: &str) -> Option<Nftables<'static>> {
+        let mut batch = Batch::new();
+        delete_elements(&mut batch, &set_elements(&listing()), egress_if).then(|| batch.to_nftables())
+    }
+
     #[test]
     fn removal_deletes_exactly_the_listed_elements_of_one_gate() {
-        let batch = removal_batch(&set_elements(&listing()), "gte1").unwrap();
-        let v = serde_json::to_value(batch).unwrap();
+        let v = serde_json::to_value(removal("gte1").unwrap()).unwrap();
         assert_eq!(
             v,
             json!({"nftables": [
@@ -733,7 +755,7 @@ mod tests {
 
     #[test]
     fn removal_of_a_gate_without_elements_is_nothing_to_do() {
-        assert!(removal_batch(&set_elements(&listing()), "gte9").is_none());
-        assert!(removal_batch(&[], "gte1").is_none());
+        assert!(removal("gte9").is_none());
+        assert!(!delete_elements(&mut Batch::new(), &[], "gte1"));
     }
 }

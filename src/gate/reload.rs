@@ -1,0 +1,248 @@
+//! `reload`: applies a changed manifest (or newly resolved upstream
+//! addresses) to a running gate without restarting it, so that every entry
+//! that did not change keeps its port, its listener and its sessions.
+//!
+//! Everything that only reads comes first (the spec was built and checked by
+//! the caller; here the record, the units and the routes file). Then, in
+//! this order, so that each layer allows a new upstream before the
+//! forwarder uses it:
+//!
+//! 1. the forwarder's `IPAddressAllow=` gets the new addresses (set at run
+//!    time; an address that is no longer used stays there, so its
+//!    established sessions go on, while both nftables tables refuse new
+//!    connections to it);
+//! 2. the host table's allowlist of the gate is replaced in one batch;
+//! 3. the gate netns's table (listen ports and upstream pairs) is replaced
+//!    in one batch;
+//! 4. the routes file is rewritten with the next generation, and the
+//!    forwarder told (SIGHUP), or started when the gate gained a port and
+//!    its forwarder was not running; `reload` waits until the forwarder's
+//!    status line shows the new generation;
+//! 5. the record is saved.
+//!
+//! A failure after step 1 re-applies the old plan the same way and reports
+//! both. Running `reload` again after a crash applies the same changes
+//! again: every step is idempotent.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use super::changes::{entry_changes, EntryChange};
+use super::{gate_rules, Host};
+use crate::error::{Error, Result};
+use crate::forward::RoutesFile;
+use crate::lock;
+use crate::net::firewall::gate::GateTable;
+use crate::net::netns;
+use crate::plan::{GatePlan, GateSpec};
+use crate::state::GateRecord;
+use crate::systemd::{ActiveState, Systemd};
+use crate::unit;
+
+/// How long `reload` waits for the forwarder to confirm a routes file.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the forwarder's status is read meanwhile.
+const CONFIRM_POLL: Duration = Duration::from_millis(20);
+
+/// What a `reload` did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The running gate already had this spec: nothing changed.
+    Unchanged(GatePlan),
+    /// The gate now runs `plan`; `changes` says what changed, by port.
+    Changed {
+        /// The gate's plan now.
+        plan: GatePlan,
+        /// What changed.
+        changes: Vec<EntryChange>,
+    },
+}
+
+/// One `reload` on a host.
+pub struct Reload<'h> {
+    /// The host.
+    pub host: &'h Host,
+}
+
+impl Reload<'_> {
+    /// Applies `spec` to its running gate; see [`Host::reload`].
+    pub async fn run(&self, spec: &GateSpec) -> Result<Reloaded> {
+        let host = self.host;
+        let slug = &spec.slug;
+        let _slug_lock = lock::lock_slug(&host.settings.state_dir, slug)?;
+        let systemd = Systemd::connect().await?;
+        let not_running = || {
+            Error::invalid(format!(
+                "gate {slug} is not running, so there is nothing to reload; start it with `gatectl start {slug}`"
+            ))
+        };
+        let record = match host.records.load(slug)? {
+            Some(record) if record.complete => record,
+            _ => return Err(not_running()),
+        };
+        let units = systemd.gate_units(slug).await?;
+        if !units.socket.as_ref().is_some_and(|u| u.is_active()) || !netns::exists(&record.plan.netns) {
+            return Err(not_running());
+        }
+        let old = record.plan;
+        if (&old.agent_netns, old.agent_netns_owned) != (&spec.agent_netns, spec.agent_netns_owned) {
+            let shown = |netns: &Option<std::path::PathBuf>| {
+                netns
+                    .as_ref()
+                    .map_or("none (the host's)".to_string(), |p| p.display().to_string())
+            };
+            return Err(Error::invalid(format!(
+                "the agent netns of {slug} changed (from {} to {}), which a reload cannot apply: the agent's \
+                 end of the gate would move; run `gatectl stop {slug}`, then `gatectl start {slug}`",
+                shown(&old.agent_netns),
+                shown(&spec.agent_netns)
+            )));
+        }
+        let routes_dir = host.records.routes_dir(slug);
+        let Some(current) = RoutesFile::read_in(&routes_dir)? else {
+            return Err(Error::invalid(format!(
+                "gate {slug} was started by an older gatectl, whose forwarder cannot take new routes; \
+                 restart the gate once to apply the manifest: `gatectl stop {slug} && gatectl start {slug}`"
+            )));
+        };
+        let new = GatePlan {
+            upstreams: spec.upstreams.clone(),
+            ..old.clone()
+        };
+        let changes = entry_changes(&old.upstreams, &new.upstreams);
+        if changes.is_empty() && current.routes == unit::forward_routes(&new) {
+            return Ok(Reloaded::Unchanged(old));
+        }
+        let apply = Apply {
+            host,
+            systemd: &systemd,
+        };
+        if let Err(error) = apply.plan(&old, &new, current.generation + 1).await {
+            let undone = apply.plan(&new, &old, current.generation + 2).await;
+            return Err(match undone {
+                Ok(()) => Error::failed(format!(
+                    "cannot reload gate {slug}: {error}; the gate runs its previous manifest still"
+                )),
+                Err(undo) => Error::failed(format!(
+                    "cannot reload gate {slug}: {error}; putting the previous manifest back failed too \
+                     ({undo}): run `gatectl stop {slug}`, then `gatectl start {slug}`"
+                )),
+            });
+        }
+        host.records.save(&GateRecord {
+            plan: new.clone(),
+            complete: true,
+        })?;
+        Ok(Reloaded::Changed { plan: new, changes })
+    }
+}
+
+/// Applies one plan change to a running gate.
+struct Apply<'a> {
+    host: &'a Host,
+    systemd: &'a Systemd,
+}
+
+impl Apply<'_> {
+    /// Moves the running gate from `old` to `new`, writing routes file
+    /// `generation`; see the module's steps.
+    async fn plan(&self, old: &GatePlan, new: &GatePlan, generation: u64) -> Result<()> {
+        self.allow_addresses(new).await?;
+        let (firewall, rules) = (self.host.host_firewall(), gate_rules(new));
+        tokio::task::spawn_blocking(move || firewall.replace_gate(&rules))
+            .await
+            .unwrap_or_else(|e| Err(Error::failed(format!("a gatectl task failed: {e}"))))?;
+        let gate_ns = netns::open(&new.netns_path())?;
+        let table = GateTable::of(new);
+        netns::run_in(&gate_ns, move || table.apply())?;
+        let routes = RoutesFile {
+            generation,
+            routes: unit::forward_routes(new),
+        };
+        routes.write_in(&self.host.records.routes_dir(&new.slug))?;
+        let old_ports: BTreeSet<u16> = old.listen_ports().collect();
+        let gains_a_port = new.listen_ports().any(|port| !old_ports.contains(&port));
+        self.tell_forwarder(&new.unit, generation, gains_a_port).await
+    }
+
+    /// Adds to the forwarder's `IPAddressAllow=` the prefixes of `plan` it
+    /// does not have yet.
+    async fn allow_addresses(&self, plan: &GatePlan) -> Result<()> {
+        let live = self.systemd.service_properties(&plan.unit).await?;
+        let allowed: Vec<IpNet> = live
+            .get("IPAddressAllow")
+            .map(unit::prefixes_of)
+            .unwrap_or_default();
+        let missing: Vec<IpNet> = unit::allowed_prefixes(plan)
+            .into_iter()
+            .filter(|p| !allowed.contains(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.systemd
+            .set_runtime_properties(&plan.unit, &[unit::allow_also(missing)])
+            .await
+    }
+
+    /// Has the forwarder of `unit` serve routes file `generation`: a
+    /// running one re-reads it at SIGHUP; one that is not running reads it
+    /// when it starts, which happens now if the gate gained a port (only a
+    /// running forwarder listens on it). Waits for the forwarder's status to
+    /// show the generation.
+    async fn tell_forwarder(&self, unit: &str, generation: u64, gains_a_port: bool) -> Result<()> {
+        let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        let before = loop {
+            match self.systemd.unit_state(unit).await?.active {
+                ActiveState::Active | ActiveState::Reloading => {
+                    let before = self.status_text(unit).await?;
+                    self.systemd.signal_main(unit, libc::SIGHUP).await?;
+                    break before;
+                }
+                // Starting (a connection arrived): it may have read the old
+                // file, and it handles SIGHUP only once it is ready.
+                ActiveState::Activating if Instant::now() < deadline => {
+                    tokio::time::sleep(CONFIRM_POLL).await;
+                }
+                _ if gains_a_port => {
+                    self.systemd.start(unit).await?;
+                    break String::new();
+                }
+                _ => return Ok(()),
+            }
+        };
+        let wanted = format!("(generation {generation})");
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            last = self.status_text(unit).await?;
+            if last.contains(&wanted) {
+                return Ok(());
+            }
+            // A failure it reports after this SIGHUP (not an earlier one).
+            if let Some((_, why)) = last.split_once("reload failed: ").filter(|_| last != before) {
+                return Err(Error::failed(format!(
+                    "the forwarder {unit} refused the new routes: {why}"
+                )));
+            }
+            tokio::time::sleep(CONFIRM_POLL).await;
+        }
+        Err(Error::failed(format!(
+            "the forwarder {unit} did not confirm the new routes within {}s (its status: {last:?}); \
+             see `journalctl -u {unit}`",
+            CONFIRM_TIMEOUT.as_secs()
+        )))
+    }
+
+    /// The `STATUS=` line the forwarder of `unit` last sent.
+    async fn status_text(&self, unit: &str) -> Result<String> {
+        let live = self.systemd.service_properties(unit).await?;
+        Ok(live
+            .get("StatusText")
+            .and_then(|v| <&str>::try_from(v).ok())
+            .unwrap_or_default()
+            .to_string())
+    }
+}
