@@ -1,0 +1,334 @@
+//! End to end, in a throwaway systemd host: `gatectl reload` (and
+//! `systemctl reload gatectl@SLUG`) applies an edited manifest to a running
+//! gate while real `ssh` sessions run through it. A session through an
+//! unchanged or changed entry stays alive; an added entry works at once; a
+//! changed entry takes new connections to its new upstream; a session
+//! through a removed entry is cut and its port refuses; a manifest that
+//! fails validation changes nothing.
+//!
+//! Needs root; skipped otherwise (fails under `CI`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use common::gatectl::{
+    add_host_name, connect, gatectl, gatectl_ok, host_state, install_unit, leftovers, setup, text,
+};
+use common::{require_root, ssh_args, SshFixture, TestHost};
+
+/// The agent's files: its known_hosts vouches for both upstream daemons.
+const KNOWN_HOSTS: &str = "/root/agent/known_hosts";
+const SSH_CONFIG: &str = "/root/agent/alice.ssh_config";
+const GATE: &str = "10.231.0.1";
+
+/// The manifest of alice with `entries` (`Host`, `Hostname`, `Port`).
+fn manifest(entries: &[(&str, &str, u16)]) -> String {
+    let mut text = String::from("agent_netns = \"agent\"\n");
+    for (alias, hostname, port) in entries {
+        text.push_str(&format!(
+            "[[ssh]]\nHost = \"{alias}\"\nHostname = \"{hostname}\"\nPort = {port}\nUser = \"root\"\n"
+        ));
+    }
+    text
+}
+
+fn write_manifest(host: &TestHost, entries: &[(&str, &str, u16)]) {
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        manifest(entries).as_bytes(),
+        0o644,
+    );
+}
+
+/// Writes the agent's ssh config as `gatectl ssh-config` prints it now.
+fn refresh_ssh_config(host: &TestHost) {
+    let config = gatectl_ok(host, &["ssh-config", "alice"]);
+    host.write_file(SSH_CONFIG, config.as_bytes(), 0o600);
+}
+
+/// What `alias` answers over a new ssh session from the agent netns: the
+/// server's address and port as sshd sees them (`SSH_CONNECTION`).
+fn server_of(host: &TestHost, sshd: &SshFixture, alias: &str) -> Result<String, String> {
+    let argv = ssh_args(
+        Some("agent"),
+        Some(SSH_CONFIG),
+        &sshd.identity,
+        KNOWN_HOSTS,
+        alias,
+        "set -- $SSH_CONNECTION; echo $3:$4",
+    );
+    let out = host.exec(&argv);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(text(&out))
+    }
+}
+
+/// A long ssh session from the agent netns running `cat` upstream: each line
+/// sent comes back while the session lives.
+struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl Session {
+    fn open(host: &TestHost, sshd: &SshFixture, alias: &str) -> Session {
+        let argv = ssh_args(
+            Some("agent"),
+            Some(SSH_CONFIG),
+            &sshd.identity,
+            KNOWN_HOSTS,
+            alias,
+            "cat",
+        );
+        let mut child = host
+            .command(&argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run ssh");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut session = Session { child, stdin, lines };
+        session
+            .echo("hello")
+            .unwrap_or_else(|e| panic!("session through {alias}: {e}"));
+        session
+    }
+
+    /// Sends `line` and waits for it to come back.
+    fn echo(&mut self, line: &str) -> Result<(), String> {
+        writeln!(self.stdin, "{line}").map_err(|e| format!("the session is closed: {e}"))?;
+        match self.lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(got) if got == line => Ok(()),
+            Ok(got) => Err(format!("got {got:?} back instead of {line:?}")),
+            Err(e) => Err(format!("no echo: {e}")),
+        }
+    }
+
+    /// Waits until ssh exits (the session was cut); `false` if it still runs
+    /// after `limit`.
+    fn ends_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A second sshd on the upstream (10.99.2.1:2222, named `upstream2.test`),
+/// known to the agent under that name.
+fn second_upstream(host: &TestHost, first: &SshFixture) -> SshFixture {
+    let second = host.start_sshd("upstream", "10.99.2.1", 2222);
+    // One client key for both daemons.
+    host.run_ok(&["cp", &format!("{}.pub", first.identity), &second.authorized_keys]);
+    add_host_name(host, "10.99.2.1", "upstream2.test");
+    let known = first.known_hosts_for("upstream.test") + &second.known_hosts_for("upstream2.test");
+    host.write_file(KNOWN_HOSTS, known.as_bytes(), 0o600);
+    second
+}
+
+#[test]
+fn reload_adds_changes_and_removes_entries_while_sessions_run() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-reload");
+    second_upstream(&host, &sshd);
+    let v1 = [
+        ("up", "upstream.test", 22),
+        ("chg", "upstream.test", 22),
+        ("gone", "upstream.test", 22),
+    ];
+    write_manifest(&host, &v1);
+    gatectl_ok(&host, &["start", "alice"]);
+    refresh_ssh_config(&host);
+    assert_eq!(server_of(&host, &sshd, "chg"), Ok("10.99.2.1:22".into()));
+    let mut kept = Session::open(&host, &sshd, "up");
+    let mut changed = Session::open(&host, &sshd, "chg");
+    let mut revoked = Session::open(&host, &sshd, "gone");
+
+    // A manifest that fails validation changes nothing, and says why.
+    let before = host_state(&host);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        (manifest(&v1) + "[[ssh]]\nHost = \"bad\"\nHostname = \"upstream.test\"\nPort = 0\n").as_bytes(),
+        0o644,
+    );
+    let out = gatectl(&host, &["reload", "alice"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "gatectl: error: manifest /etc/gatectl/bottles/alice.toml: ssh entry 4 (Port): port 0 is not a number \
+         from 1 to 65535"
+    );
+    assert_eq!(host_state(&host), before, "a refused reload changed the host");
+
+    // Add one entry and change another.
+    let v2 = [
+        ("up", "upstream.test", 22),
+        ("chg", "upstream2.test", 2222),
+        ("gone", "upstream.test", 22),
+        ("new", "upstream2.test", 2222),
+    ];
+    write_manifest(&host, &v2);
+    let out = gatectl_ok(&host, &["reload", "alice"]);
+    assert_eq!(
+        out,
+        "gate alice reloaded: 2 change(s)\n  \
+         changed chg on port 30001: upstream upstream.test:22 (10.99.2.1) -> upstream2.test:2222 (10.99.2.1)\n  \
+         added new on port 30003, forwarding to upstream2.test:2222 (10.99.2.1)\n"
+    );
+    refresh_ssh_config(&host);
+    assert_eq!(server_of(&host, &sshd, "new"), Ok("10.99.2.1:2222".into()));
+    assert_eq!(server_of(&host, &sshd, "chg"), Ok("10.99.2.1:2222".into()));
+    assert_eq!(server_of(&host, &sshd, "up"), Ok("10.99.2.1:22".into()));
+    for (what, session) in [
+        ("unchanged", &mut kept),
+        ("changed", &mut changed),
+        ("kept", &mut revoked),
+    ] {
+        session
+            .echo("after the first reload")
+            .unwrap_or_else(|e| panic!("the session through the {what} entry died: {e}"));
+    }
+    // The same manifest again: nothing to do.
+    assert_eq!(
+        gatectl_ok(&host, &["reload", "alice"]),
+        "gate alice unchanged: it already runs this manifest\n"
+    );
+
+    // Remove two entries: their sessions are cut, their ports refuse, the
+    // others go on.
+    let v3 = [("up", "upstream.test", 22), ("chg", "upstream2.test", 2222)];
+    write_manifest(&host, &v3);
+    let out = gatectl_ok(&host, &["reload", "alice"]);
+    assert_eq!(
+        out,
+        "gate alice reloaded: 2 change(s)\n  \
+         removed gone: port 30002 no longer listens and its sessions are cut\n  \
+         removed new: port 30003 no longer listens and its sessions are cut\n"
+    );
+    assert!(
+        revoked.ends_within(Duration::from_secs(5)),
+        "the session through the removed entry was not cut"
+    );
+    for port in [30002, 30003] {
+        let refused = connect(&host, Some("agent"), GATE, port).unwrap_err();
+        assert!(refused.contains("refused"), "port {port}: {refused}");
+    }
+    kept.echo("after the second reload").unwrap();
+    changed.echo("after the second reload").unwrap();
+    let journal = host.run_ok(&["journalctl", "-u", "gate-alice.service", "-o", "cat"]);
+    assert!(
+        journal.contains("gone: 10.231.0.0:") && journal.contains("revoked (a reload removed its entry"),
+        "{journal}"
+    );
+
+    // An entry that comes back at a removed port is served again.
+    write_manifest(&host, &v2);
+    gatectl_ok(&host, &["reload", "alice"]);
+    refresh_ssh_config(&host);
+    assert_eq!(server_of(&host, &sshd, "gone"), Ok("10.99.2.1:22".into()));
+    assert_eq!(server_of(&host, &sshd, "new"), Ok("10.99.2.1:2222".into()));
+
+    drop((kept, changed, revoked));
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}
+
+#[test]
+fn systemctl_reload_applies_the_manifest_to_an_idle_gate_and_refuses_what_it_cannot() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-reload-unit");
+    second_upstream(&host, &sshd);
+    install_unit(&host, "units/gatectl@.service");
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    write_manifest(&host, &[("up", "upstream.test", 22)]);
+
+    // Not running: nothing to reload.
+    let out = gatectl(&host, &["reload", "alice"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "gatectl: error: gate alice is not running, so there is nothing to reload; start it with \
+         `gatectl start alice`"
+    );
+
+    host.run_ok(&["systemctl", "start", "gatectl@alice.service"]);
+    let forwarder = || {
+        host.exec(&["systemctl", "is-active", "gate-alice.service"])
+            .stdout
+    };
+    assert_eq!(forwarder(), b"inactive\n", "no connection yet, no forwarder");
+
+    // Changing an idle gate's entry starts nothing: the forwarder reads the
+    // new routes when the first connection starts it.
+    write_manifest(&host, &[("up", "upstream2.test", 2222)]);
+    host.run_ok(&["systemctl", "reload", "gatectl@alice.service"]);
+    assert_eq!(forwarder(), b"inactive\n", "a reload started the idle forwarder");
+    refresh_ssh_config(&host);
+    assert_eq!(server_of(&host, &sshd, "up"), Ok("10.99.2.1:2222".into()));
+
+    // Another agent netns is refused: the agent's end would move.
+    host.add_netns("agent2");
+    let out = gatectl(&host, &["reload", "alice", "--agent-netns", "agent2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "the agent netns of alice changed (from /run/netns/agent to /run/netns/agent2), which a reload \
+             cannot apply"
+        ),
+        "{}",
+        text(&out)
+    );
+
+    // A start with the changed manifest names reload.
+    write_manifest(
+        &host,
+        &[("up", "upstream.test", 22), ("two", "upstream2.test", 2222)],
+    );
+    let out = gatectl(&host, &["start", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run `gatectl reload alice`"),
+        "{}",
+        text(&out)
+    );
+    host.run_ok(&["systemctl", "reload", "gatectl@alice.service"]);
+    refresh_ssh_config(&host);
+    assert_eq!(server_of(&host, &sshd, "two"), Ok("10.99.2.1:2222".into()));
+    assert_eq!(server_of(&host, &sshd, "up"), Ok("10.99.2.1:22".into()));
+    let state = host.run_ok(&["systemctl", "is-active", "gatectl@alice.service"]);
+    assert_eq!(state, "active\n");
+
+    host.run_ok(&["systemctl", "stop", "gatectl@alice.service"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}
