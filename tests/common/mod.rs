@@ -175,6 +175,14 @@ impl TestHost {
         let state = Path::new(STATE_ROOT);
         fs::create_dir_all(state).unwrap_or_else(|e| panic!("cannot create {}: {e}", state.display()));
         sweep_stale_hosts();
+        // Hosts share the real /dev: a /dev/null replaced by a regular file
+        // (seen once, origin unknown) breaks every daemon() in every host.
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            fs::metadata("/dev/null").is_ok_and(|m| m.file_type().is_char_device()),
+            "/dev/null on this machine is not the null device any more (something replaced it); \
+             restore it with `rm /dev/null && mknod -m 666 /dev/null c 1 3`"
+        );
         let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/testhost-init");
         assert!(
             init.is_file(),
