@@ -198,11 +198,7 @@ pub fn allowed_prefixes(plan: &GatePlan) -> Vec<IpNet> {
 /// The prefixes of an `IPAddressAllow=` value as systemd reports it
 /// (`a(iayu)`); an entry that is no address is skipped.
 pub fn prefixes_of(value: &OwnedValue) -> Vec<IpNet> {
-    let Ok(entries) = value
-        .try_clone()
-        .map_err(zbus::zvariant::Error::from)
-        .and_then(<Vec<(i32, Vec<u8>, u32)>>::try_from)
-    else {
+    let Ok(entries) = value.try_clone().and_then(<Vec<(i32, Vec<u8>, u32)>>::try_from) else {
         return Vec::new();
     };
     entries
