@@ -699,7 +699,8 @@ fn the_sandbox_and_the_gate_netns_stay_hardened_and_check_names_each_weakening()
     }
 
     // 6. AF_UNIX: of the host's /run, the forwarder sees only the journal
-    // and notify sockets; the system bus (there on the host) is not.
+    // and notify sockets, and its own gate's routes file; the system bus
+    // (there on the host) and the rest of /run/gatectl are not.
     host.run_ok(&["test", "-S", "/run/dbus/system_bus_socket"]);
     let inside = |argv: &[&str]| {
         let mut all = vec!["nsenter", "-t", previous.as_str(), "-m", "--"];
@@ -718,6 +719,7 @@ fn the_sandbox_and_the_gate_netns_stay_hardened_and_check_names_each_weakening()
     assert_eq!(
         files,
         [
+            "regular file /run/gatectl-forward/routes.json",
             "socket /run/systemd/journal/socket",
             "socket /run/systemd/journal/stdout",
             "socket /run/systemd/notify"
