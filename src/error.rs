@@ -120,6 +120,15 @@ pub enum ErrorCode {
     Several,
 }
 
+/// The fix that ends `message`, when it has one: its last `; `-separated
+/// clause (gatectl's messages say what failed, why, then the fix).
+pub fn last_clause(message: &str) -> Option<String> {
+    message
+        .rsplit_once("; ")
+        .map(|(_, fix)| fix.trim().to_string())
+        .filter(|fix| !fix.is_empty())
+}
+
 /// The result type used throughout gatectl.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -230,10 +239,7 @@ impl Error {
     /// has one. `None` for errors of the system (I/O, netlink, D-Bus, nft).
     pub fn fix(&self) -> Option<String> {
         match self {
-            Error::Invalid(message) | Error::Failed(message) => message
-                .rsplit_once("; ")
-                .map(|(_, fix)| fix.trim().to_string())
-                .filter(|fix| !fix.is_empty()),
+            Error::Invalid(message) | Error::Failed(message) => last_clause(message),
             Error::Start { rollback, .. } if !rollback.is_empty() => Some(STOP_THE_REST.into()),
             Error::Start { source, .. } => source.fix(),
             Error::List(errors) => errors.iter().find_map(Error::fix),
@@ -245,6 +251,33 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fix_is_the_last_clause_of_gatectls_own_messages_or_the_cleanup_left_to_do() {
+        let invalid = Error::invalid("alias \"\" is empty; an alias is 1 to 64 characters");
+        assert_eq!(invalid.code(), ErrorCode::Invalid);
+        assert_eq!(invalid.fix().as_deref(), Some("an alias is 1 to 64 characters"));
+        assert_eq!(Error::failed("lock x is busy").fix(), None);
+        let io = Err::<(), _>(std::io::Error::other("a; b"))
+            .context("cannot read x")
+            .unwrap_err();
+        assert_eq!((io.code(), io.fix()), (ErrorCode::Io, None));
+        let start = |rollback| Error::Start {
+            step: "netns",
+            source: Box::new(Error::invalid("bad; fix it")),
+            rollback,
+        };
+        assert_eq!(start(vec![]).fix().as_deref(), Some("fix it"));
+        assert_eq!(
+            start(vec![Error::failed("x")]).fix().as_deref(),
+            Some("run `gatectl stop` for this slug to remove the rest")
+        );
+        let list = Error::List(vec![Error::failed("x"), Error::failed("y; do z")]);
+        assert_eq!(
+            (list.code(), list.fix().as_deref()),
+            (ErrorCode::Several, Some("do z"))
+        );
+    }
 
     #[test]
     fn a_dbus_call_that_timed_out_says_so_and_what_to_do() {

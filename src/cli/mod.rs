@@ -242,11 +242,12 @@ fn usage_error(e: clap::Error) -> ExitCode {
         e.exit();
     }
     let rendered = e.render().to_string();
-    let message = rendered.lines().next().unwrap_or_default();
+    let line = rendered.lines().next().unwrap_or_default();
+    let message = line.strip_prefix("error: ").unwrap_or(line).to_string();
     print_error(output::ErrorOutput {
         code: crate::error::ErrorCode::Usage,
-        message: message.strip_prefix("error: ").unwrap_or(message).to_string(),
-        fix: Some("see `gatectl --help`".into()),
+        fix: crate::error::last_clause(&message).or_else(|| Some("see `gatectl --help`".into())),
+        message,
     });
     ExitCode::from(EXIT_USAGE)
 }
