@@ -232,6 +232,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         "security.md",
         "reliability.md",
         "architecture.md",
+        "json.md",
     ] {
         host.run_ok(&["test", "-s", &format!("/usr/share/doc/gatectl/{doc}")]);
     }
