@@ -19,6 +19,20 @@ const FIX: &str = "an alias is 1 to 64 characters; use only letters, digits, '.'
 #[serde(try_from = "String", into = "String")]
 pub struct Alias(String);
 
+impl schemars::JsonSchema for Alias {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Alias".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The name the agent's ssh knows an upstream by (its ssh_config Host).",
+            "type": "string",
+            "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+        })
+    }
+}
+
 impl Alias {
     /// Validates `raw` as an alias. The error names the first problem:
     /// emptiness, a character outside the set, a leading '.', '_' or '-',

@@ -3,6 +3,7 @@
 //! D-Bus, the running gates, the nftables table, IPv4 forwarding and the
 //! address pools. It only reads; it changes nothing.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::config::Settings;
@@ -17,7 +18,7 @@ use crate::systemd::{Systemd, UnitState};
 use crate::unit;
 
 /// How one check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// As it should be.
@@ -29,7 +30,7 @@ pub enum Verdict {
 }
 
 /// One line of the report: what was checked and what was found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Finding {
     /// The verdict.
     pub verdict: Verdict,

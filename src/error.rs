@@ -65,12 +65,15 @@ pub enum Error {
     List(Vec<Error>),
 }
 
+/// The fix of a start whose rollback was incomplete.
+const STOP_THE_REST: &str = "run `gatectl stop` for this slug to remove the rest";
+
 fn rollback_note(rollback: &[Error]) -> String {
     if rollback.is_empty() {
         "; everything it created was removed".to_string()
     } else {
         format!(
-            "; rollback was incomplete ({}); run `gatectl stop` for this slug to remove the rest",
+            "; rollback was incomplete ({}); {STOP_THE_REST}",
             ErrorList(rollback)
         )
     }
@@ -88,6 +91,42 @@ impl fmt::Display for ErrorList<'_> {
         }
         Ok(())
     }
+}
+
+/// The `code` of an error object under `--json`: what kind of failure it
+/// was, stable across versions of `gatectl.error/1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The command line is wrong (exit 2); nothing was read or changed.
+    Usage,
+    /// Bad input: slug, manifest, settings or flags, or a missing
+    /// privilege. Nothing on the host was changed.
+    Invalid,
+    /// A system call or file operation failed.
+    Io,
+    /// A netlink request failed.
+    Netlink,
+    /// A D-Bus call to systemd failed.
+    Dbus,
+    /// The firewall (nftables) refused a change.
+    Firewall,
+    /// Something else failed; the message says what.
+    Failed,
+    /// A step of start failed; what it created was rolled back (the
+    /// message says if the rollback was incomplete).
+    Start,
+    /// Several independent steps failed (best-effort teardown).
+    Several,
+}
+
+/// The fix that ends `message`, when it has one: its last `; `-separated
+/// clause (gatectl's messages say what failed, why, then the fix).
+pub fn last_clause(message: &str) -> Option<String> {
+    message
+        .rsplit_once("; ")
+        .map(|(_, fix)| fix.trim().to_string())
+        .filter(|fix| !fix.is_empty())
 }
 
 /// The result type used throughout gatectl.
@@ -178,11 +217,67 @@ impl Error {
     pub fn failed(message: impl Into<String>) -> Self {
         Error::Failed(message.into())
     }
+
+    /// What kind of failure this is, for the error object of `--json`.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Invalid(_) => ErrorCode::Invalid,
+            Error::Io { .. } => ErrorCode::Io,
+            Error::Netlink { .. } => ErrorCode::Netlink,
+            Error::Dbus { .. } => ErrorCode::Dbus,
+            Error::Firewall { .. } => ErrorCode::Firewall,
+            Error::Failed(_) => ErrorCode::Failed,
+            Error::Start { .. } => ErrorCode::Start,
+            Error::List(_) => ErrorCode::Several,
+        }
+    }
+
+    /// What to do about this error, when gatectl's message names it: the
+    /// last `; `-separated clause of a message of gatectl's own (invalid
+    /// input, or a failure it described), the cleanup an incomplete
+    /// rollback leaves to do, or the fix of the first error of a list that
+    /// has one. `None` for errors of the system (I/O, netlink, D-Bus, nft).
+    pub fn fix(&self) -> Option<String> {
+        match self {
+            Error::Invalid(message) | Error::Failed(message) => last_clause(message),
+            Error::Start { rollback, .. } if !rollback.is_empty() => Some(STOP_THE_REST.into()),
+            Error::Start { source, .. } => source.fix(),
+            Error::List(errors) => errors.iter().find_map(Error::fix),
+            Error::Io { .. } | Error::Netlink { .. } | Error::Dbus { .. } | Error::Firewall { .. } => None,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fix_is_the_last_clause_of_gatectls_own_messages_or_the_cleanup_left_to_do() {
+        let invalid = Error::invalid("alias \"\" is empty; an alias is 1 to 64 characters");
+        assert_eq!(invalid.code(), ErrorCode::Invalid);
+        assert_eq!(invalid.fix().as_deref(), Some("an alias is 1 to 64 characters"));
+        assert_eq!(Error::failed("lock x is busy").fix(), None);
+        let io = Err::<(), _>(std::io::Error::other("a; b"))
+            .context("cannot read x")
+            .unwrap_err();
+        assert_eq!((io.code(), io.fix()), (ErrorCode::Io, None));
+        let start = |rollback| Error::Start {
+            step: "netns",
+            source: Box::new(Error::invalid("bad; fix it")),
+            rollback,
+        };
+        assert_eq!(start(vec![]).fix().as_deref(), Some("fix it"));
+        assert_eq!(
+            start(vec![Error::failed("x")]).fix().as_deref(),
+            Some("run `gatectl stop` for this slug to remove the rest")
+        );
+        let list = Error::List(vec![Error::failed("x"), Error::failed("y; do z")]);
+        assert_eq!(
+            (list.code(), list.fix().as_deref()),
+            (ErrorCode::Several, Some("do z"))
+        );
+    }
 
     #[test]
     fn a_dbus_call_that_timed_out_says_so_and_what_to_do() {

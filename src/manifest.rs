@@ -711,6 +711,93 @@ mod tests {
         }
     }
 
+    /// A bot-bottle manifest as bot-bottle writes it: sections of its own,
+    /// nested tables and lists, even an `ssh` key deeper down. gatectl
+    /// reads the top-level `ssh` entries and nothing else, and warns about
+    /// none of the rest.
+    const BOT_BOTTLE_MANIFEST: &str = r#"
+name = "alice"
+image = "ghcr.io/example/claude-bottle:2026.05"
+description = "a coding agent with two git remotes"
+
+[agent]
+model = "claude-opus"
+max_turns = 200
+allowed_tools = ["Bash", "Edit", "Read"]
+
+[agent.env]
+GIT_AUTHOR_NAME = "Alice Bot"
+HTTPS_PROXY = "http://pipelock:8888"
+
+[[mounts]]
+source = "/srv/work/alice"
+target = "/work"
+read_only = false
+
+[[mounts]]
+source = "/srv/cache"
+target = "/cache"
+read_only = true
+
+[network]
+egress = "pipelock"
+ssh = false
+
+[network.pipelock]
+allow = ["api.example.com:443", "pypi.org:443"]
+log = { level = "info", sink = "journal" }
+
+[[ssh]]
+Host = "github"
+Hostname = "github.com"
+Port = "22"
+
+[[ssh]]
+Host = "build"
+Hostname = "192.0.2.10"
+Port = "2222"
+
+[limits]
+memory = "4G"
+cpus = 2.5
+"#;
+
+    #[test]
+    fn a_bot_bottle_manifest_gives_its_ssh_entries_and_nothing_else() {
+        let entry = |alias: &str, hostname: &str, port| SshEntry {
+            alias: Alias::parse(alias).unwrap(),
+            hostname: hostname.into(),
+            port,
+            user: None,
+        };
+        let want = Manifest {
+            agent_netns: None,
+            own_agent_netns: false,
+            ssh: vec![
+                entry("github", "github.com", 22),
+                entry("build", "192.0.2.10", 2222),
+            ],
+            unknown_keys: [
+                "agent",
+                "description",
+                "image",
+                "limits",
+                "mounts",
+                "name",
+                "network",
+            ]
+            .map(String::from)
+            .into(),
+        };
+        let from_toml = toml(BOT_BOTTLE_MANIFEST).unwrap();
+        assert_eq!(from_toml, want);
+        assert_eq!(from_toml.warnings(), Vec::<String>::new());
+        // The same manifest as JSON reads the same.
+        let value: ::toml::Value = ::toml::from_str(BOT_BOTTLE_MANIFEST).unwrap();
+        let from_json = parse(&serde_json::to_string(&value).unwrap(), Format::Json).unwrap();
+        assert_eq!(from_json, want);
+    }
+
     #[test]
     fn the_shipped_example_confines_its_agent() {
         let m = toml(include_str!("../examples/bottle.toml")).unwrap();

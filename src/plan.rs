@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::alias::Alias;
@@ -56,7 +57,7 @@ pub const NO_IPV4: &str = "has no IPv4 address; gates reach upstreams over IPv4 
      so this one could never be reached: declare a host name or address with IPv4";
 
 /// One forwarder rule: listen on `listen_port`, forward to the upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Upstream {
     /// Port the forwarder listens on, `base_port + i`.
     pub listen_port: u16,
@@ -73,7 +74,7 @@ pub struct Upstream {
 }
 
 /// A link end: its interface name and address (always a /31).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LinkEnd {
     /// Interface name.
     pub name: String,
@@ -83,7 +84,7 @@ pub struct LinkEnd {
 
 /// Everything one gate consists of: its [`GateSpec`] placed at a gate
 /// index, which picks its /31s and host link names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct GatePlan {
     /// The agent's slug.
     pub slug: Slug,

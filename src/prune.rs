@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -26,7 +27,8 @@ use crate::systemd::{GateUnits, Systemd};
 use crate::timings::Timings;
 
 /// What a leftover is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum LeftoverKind {
     /// A gate netns.
     Netns,
@@ -35,6 +37,7 @@ pub enum LeftoverKind {
     /// A gate record.
     Record,
     /// A gate index claimed by a start that died before writing its record.
+    #[serde(rename = "index claim")]
     IndexClaim,
     /// A link of gatectl's.
     Link,
@@ -62,14 +65,8 @@ impl LeftoverKind {
     }
 }
 
-impl Serialize for LeftoverKind {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
 /// One leftover that prune removed (or would remove).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Leftover {
     /// What it is.
     pub kind: LeftoverKind,

@@ -13,6 +13,20 @@ pub const MAX_SLUG_LEN: usize = 32;
 #[serde(try_from = "String", into = "String")]
 pub struct Slug(String);
 
+impl schemars::JsonSchema for Slug {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Slug".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An agent's slug: 1 to 32 of a-z, 0-9 and '-', starting with a letter or digit.",
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"
+        })
+    }
+}
+
 impl Slug {
     /// Validates `raw` as a slug.
     pub fn parse(raw: &str) -> Result<Slug> {

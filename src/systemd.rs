@@ -141,11 +141,14 @@ impl serde::Serialize for ActiveState {
 }
 
 /// A unit as systemd reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct UnitState {
     /// The unit name.
     pub name: String,
-    /// `ActiveState`.
+    /// systemd's `ActiveState`: `active`, `reloading`, `inactive`,
+    /// `failed`, `activating`, `deactivating`, or a newer word systemd may
+    /// add.
+    #[schemars(with = "String")]
     pub active: ActiveState,
     /// `SubState`, which depends on the unit type (`listening`, `running`,
     /// `dead`, `auto-restart`, …): shown, never decided on.

@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::Serialize;
 use zbus::zvariant::{OwnedValue, Value};
 
@@ -33,7 +34,7 @@ const AF_INET: i32 = libc::AF_INET;
 const AF_INET6: i32 = libc::AF_INET6;
 
 /// One command line of `ExecStart=`: binary path, full argv, ignore-failure flag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ExecCommand {
     /// Absolute path of the binary.
     pub path: String,
@@ -44,7 +45,7 @@ pub struct ExecCommand {
 }
 
 /// A typed unit property value, in the D-Bus shape systemd expects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum PropertyValue {
     /// `s`
@@ -70,7 +71,7 @@ pub enum PropertyValue {
         items: Vec<String>,
     },
     /// `a(iayu)`, for `IPAddressAllow=`/`IPAddressDeny=`.
-    Prefixes(Vec<IpNet>),
+    Prefixes(#[schemars(with = "Vec<String>")] Vec<IpNet>),
     /// `a(ss)`: pairs of strings, for a socket unit's `Listen` (kind,
     /// address: (`Stream`, `10.231.0.1:30000`) for
     /// `ListenStream=10.231.0.1:30000`) and `TemporaryFileSystem=` (path,
@@ -130,7 +131,7 @@ impl PropertyValue {
 }
 
 /// A named unit property.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Property {
     /// systemd's property name, e.g. `ExecStart`.
     pub name: &'static str,

@@ -707,6 +707,9 @@ fn messages_for_absent_gates_bad_slugs_and_non_root_users() {
     let (host, _sshd) = setup("e2e-messages");
     let run = |argv: &[&str]| {
         let out = host.exec(argv);
+        if argv.contains(&"--json") {
+            common::json_schema::validate(&format!("{argv:?}"), &String::from_utf8_lossy(&out.stdout));
+        }
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -789,6 +792,29 @@ fn messages_for_absent_gates_bad_slugs_and_non_root_users() {
             "{command} as nobody"
         );
     }
+    // Under --json, an error is a gatectl.error/1 object on stdout instead
+    // of the line on stderr; the exit status stays.
+    assert_eq!(
+        run(&["runuser", "-u", "nobody", "--", g, "prune", "--json"]),
+        (
+            Some(1),
+            "{\n  \"schema\": \"gatectl.error/1\",\n  \"code\": \"invalid\",\n  \"message\": \"gatectl prune needs \
+             root: it changes network namespaces, links, firewall rules and systemd units; run it as root (e.g. \
+             with sudo)\",\n  \"fix\": \"run it as root (e.g. with sudo)\"\n}\n"
+                .into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        run(&[g, "status", "--json", "--bogus"]),
+        (
+            Some(2),
+            "{\n  \"schema\": \"gatectl.error/1\",\n  \"code\": \"usage\",\n  \"message\": \"unexpected argument \
+             '--bogus' found\",\n  \"fix\": \"see `gatectl --help`\"\n}\n"
+                .into(),
+            String::new()
+        )
+    );
     // check runs without root, and words libnftables' refusal itself.
     let (_, out, err) = run(&["runuser", "-u", "nobody", "--", g, "check"]);
     assert!(

@@ -232,8 +232,17 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         "security.md",
         "reliability.md",
         "architecture.md",
+        "json.md",
     ] {
         host.run_ok(&["test", "-s", &format!("/usr/share/doc/gatectl/{doc}")]);
+    }
+    // The JSON Schemas ship, each the same as `gatectl schema` prints.
+    for kind in ["status", "gates", "plan", "check", "prune", "error"] {
+        host.run_ok(&[
+            "sh",
+            "-c",
+            &format!("gatectl schema {kind} | cmp - /usr/share/gatectl/schema/gatectl.{kind}-1.json"),
+        ]);
     }
     assert_eq!(bash_complete(&host, "gatectl st"), ["start", "status", "stop"]);
     let all = bash_complete(&host, "gatectl ");

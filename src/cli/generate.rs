@@ -237,6 +237,16 @@ fn examples(name: &str) -> String {
             "gatectl check",
             "Whether this host can run gates, each problem with its fix.",
         )],
+        "schema" => &[
+            (
+                "gatectl schema",
+                "List the kinds of JSON output and their versions.",
+            ),
+            (
+                "gatectl schema status > status.json",
+                "The JSON Schema of status SLUG \\-\\-json, to validate it with any validator.",
+            ),
+        ],
         "ssh\\-config" | "ssh-config" => &[(
             "gatectl ssh\\-config alice >> ~alice/.ssh/config",
             "Give alice's ssh the Host blocks of her gate.",
@@ -283,16 +293,31 @@ Template unit: \fBsystemctl enable \-\-now gatectl@\fR\fISLUG\fR starts the gate
 .TP
 \fI/usr/lib/systemd/system/gatectl\-reconcile.service\fR
 Runs \fBgatectl reconcile\fR whenever nftables.service starts, reloads or restarts, which flushes the ruleset: the firewall rules of every running gate come back.
+.SH "JSON OUTPUT"
+With \fB\-\-json\fR, \fBstatus\fR, \fBlist\fR, \fBplan\fR, \fBcheck\fR and \fBprune\fR print one JSON object
+on standard output whose field \fBschema\fR names its kind and version, e.g. \fBgatectl.status/1\fR.
+Every field is always present (\fBnull\fR when it has no value).
+\fBgatectl schema\fR \fIKIND\fR prints the JSON Schema of a kind; the same files are in \fI/usr/share/gatectl/schema/\fR.
+.PP
+Versioning: adding a field keeps the version, so a program must ignore fields it does not know;
+removing or renaming a field, or changing its type or meaning, bumps the version (\fBgatectl.status/2\fR).
+.PP
+Errors: under \fB\-\-json\fR, a command that fails prints a \fBgatectl.error/1\fR object on standard output
+instead of its error line on standard error: \fBcode\fR (usage, invalid, io, netlink, dbus, firewall, failed,
+start, several), \fBmessage\fR (the line it would have printed) and \fBfix\fR (or \fBnull\fR).
+The exit status is unchanged. Warnings and notes stay on standard error, as text.
+\fBcheck \-\-json\fR with a failed check prints its findings only, and exits 1.
 .SH "EXIT STATUS"
 .TP
 \fB0\fR
 Success.
 .TP
 \fB1\fR
-Error; one line on standard error says what failed and why, then the fix where there is one.
+Error; one line on standard error says what failed and why, then the fix where there is one
+(under \fB\-\-json\fR, a \fBgatectl.error/1\fR object on standard output).
 .TP
 \fB2\fR
-Usage error.
+Usage error (under \fB\-\-json\fR, a \fBgatectl.error/1\fR object with code \fBusage\fR on standard output).
 .TP
 \fB3\fR
 \fBstatus\fR of a gate that is not running.

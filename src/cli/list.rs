@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use super::{block_on, render, Outcome};
+use super::json::{self, Kind};
+use super::{block_on, output, render, Outcome};
 use crate::error::Result;
 use crate::gate::Host;
 use crate::systemd::Systemd;
@@ -23,7 +24,7 @@ pub fn run(args: ListArgs) -> Result<Outcome> {
         host.list(&systemd).await
     })?;
     if args.json {
-        render::json_list(render::Schema::Gates, "gates", &statuses)?;
+        json::print(Kind::Gates, &output::Gates { gates: &statuses })?;
     } else {
         print!("{}", render::list_table(&statuses));
     }

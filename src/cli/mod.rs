@@ -12,12 +12,15 @@ pub mod check;
 pub mod format_pages;
 pub mod forward;
 pub mod generate;
+pub mod json;
 pub mod list;
+pub mod output;
 pub mod plan;
 pub mod prune;
 pub mod reconcile;
 pub mod reload;
 mod render;
+pub mod schema;
 pub mod slug_completion;
 pub mod ssh_config;
 pub mod start;
@@ -110,6 +113,16 @@ pub enum Command {
     /// Port the entry's listen port, HostKeyAlias the real upstream (so
     /// known_hosts keeps matching it), and User if the manifest sets one.
     SshConfig(ssh_config::SshConfigArgs),
+    /// Print the JSON Schema of a kind of --json output, or list the kinds.
+    ///
+    /// Every --json output is one object whose "schema" field names its kind
+    /// and version (gatectl.status/1); this prints that kind's JSON Schema
+    /// (draft 2020-12), the same as /usr/share/gatectl/schema/gatectl.KIND-1.json.
+    /// Adding a field keeps the version; removing or renaming one bumps it.
+    /// Under --json, a failed command prints a gatectl.error/1 object on
+    /// stdout (code, message, fix) instead of its error line on stderr, with
+    /// the same exit status.
+    Schema(schema::SchemaArgs),
     /// Run the forwarder (the gate unit's entrypoint).
     #[command(hide = true)]
     Forward(forward::ForwardArgs),
@@ -124,6 +137,9 @@ pub enum Outcome {
     Ok,
     /// Exit [`EXIT_NOT_RUNNING`].
     NotRunning,
+    /// Exit 1, the output having said why (`check --json` with a failed
+    /// check).
+    Failed,
 }
 
 /// The arguments that name a gate and its manifest, shared by `start` and
@@ -189,6 +205,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Reconcile(args) => reconcile::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Check(args) => check::run(args),
+        Command::Schema(args) => schema::run(args),
         Command::Forward(args) => forward::run(args).map(|()| Outcome::Ok),
         Command::Generate(args) => generate::run(args),
     }
@@ -205,15 +222,68 @@ fn quiet_on_closed_stdout() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
-/// The whole program: parse, run, report. Usage errors exit 2 (clap).
+impl Command {
+    /// Whether the command was asked for JSON (`--json`).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Status(args) => args.json,
+            Command::List(args) => args.json,
+            Command::Plan(args) => args.json,
+            Command::Prune(args) => args.json,
+            Command::Check(args) => args.json,
+            _ => false,
+        }
+    }
+}
+
+/// Exit code of a usage error, as clap exits.
+const EXIT_USAGE: u8 = 2;
+
+/// Prints the error object of `error` (with `code`) on stdout, where the
+/// output would have been.
+fn print_error(error: output::ErrorOutput) {
+    if json::print(json::Kind::Error, &error).is_err() {
+        eprintln!("gatectl: error: {}", error.message);
+    }
+}
+
+/// A usage error under `--json`: the error object, exit 2. Help and
+/// version requests, and usage errors without `--json`, go to clap.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let asked_for_json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if !asked_for_json || !e.use_stderr() {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let line = rendered.lines().next().unwrap_or_default();
+    let message = line.strip_prefix("error: ").unwrap_or(line).to_string();
+    print_error(output::ErrorOutput {
+        code: crate::error::ErrorCode::Usage,
+        fix: crate::error::last_clause(&message).or_else(|| Some("see `gatectl --help`".into())),
+        message,
+    });
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// The whole program: parse, run, report. Usage errors exit 2; under
+/// `--json` every error is a `gatectl.error/1` object on stdout.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     if !matches!(cli.command, Command::Forward(_)) {
         quiet_on_closed_stdout();
     }
+    let json = cli.command.json();
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::NotRunning) => ExitCode::from(EXIT_NOT_RUNNING),
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
+        Err(e) if json => {
+            print_error(output::ErrorOutput::of(&e));
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("gatectl: error: {e}");
             ExitCode::FAILURE

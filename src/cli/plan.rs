@@ -1,14 +1,13 @@
 //! `gatectl plan <slug>`: a dry run of `start`, creating nothing.
 
 use clap::Args;
-use serde::Serialize;
 
-use super::{render, GateArgs, Outcome};
+use super::json::{self, Kind};
+use super::{output, render, GateArgs, Outcome};
 use crate::error::Result;
 use crate::gate::start::missing_agent_netns;
 use crate::gate::Host;
-use crate::plan::GatePlan;
-use crate::unit::{self, Property};
+use crate::unit;
 
 /// Arguments of `plan`.
 #[derive(Args, Debug)]
@@ -23,14 +22,6 @@ pub struct PlanArgs {
     /// (always in --json).
     #[arg(long, short)]
     pub verbose: bool,
-}
-
-#[derive(Serialize)]
-struct PlanOutput<'a> {
-    #[serde(flatten)]
-    plan: &'a GatePlan,
-    socket_properties: Vec<Property>,
-    unit_properties: Vec<Property>,
 }
 
 /// Runs `plan`.
@@ -54,12 +45,12 @@ pub fn run(args: PlanArgs) -> Result<Outcome> {
     let socket_properties = unit::socket_properties(&plan);
     let unit_properties = unit::properties(&plan, &host.settings);
     if args.json {
-        render::json(
-            render::Schema::Plan,
-            &PlanOutput {
+        json::print(
+            Kind::Plan,
+            &output::Plan {
                 plan: &plan,
-                socket_properties,
-                unit_properties,
+                socket_properties: &socket_properties,
+                unit_properties: &unit_properties,
             },
         )?;
     } else {

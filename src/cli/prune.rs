@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use super::{block_on, render, Outcome};
+use super::json::{self, Kind};
+use super::{block_on, output, Outcome};
 use crate::error::Result;
 use crate::gate::Host;
 use crate::prune::Prune;
@@ -23,7 +24,7 @@ pub fn run(args: PruneArgs) -> Result<Outcome> {
     let host = Host::load()?;
     let found = block_on(Prune { host: &host }.run(args.dry_run))?;
     if args.json {
-        render::json_list(render::Schema::Prune, "leftovers", &found)?;
+        json::print(Kind::Prune, &output::Leftovers { leftovers: &found })?;
     } else {
         let verb = if args.dry_run { "would remove" } else { "removed" };
         for f in &found {

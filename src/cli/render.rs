@@ -1,12 +1,10 @@
-//! Text and JSON output of `status`, `list`, `plan` and `check`.
+//! Text output of `status`, `list`, `plan` and `check`; the JSON is in
+//! [`super::json`].
 
 use std::fmt::Write;
 
-use serde::Serialize;
-
 use crate::check::{Finding, Verdict};
 use crate::config::Settings;
-use crate::error::{Error, Result};
 use crate::gate::{GateState, GateStatus};
 use crate::manifest::Manifest;
 use crate::plan::GatePlan;
@@ -25,65 +23,6 @@ pub fn check_table(findings: &[Finding]) -> String {
         let _ = writeln!(out, "{verdict:<5} {:<14} {}", f.subject, f.detail);
     }
     out
-}
-
-/// The kinds of JSON output, each with its version: a program reading
-/// gatectl's `--json` checks `schema` first. Adding a field keeps the
-/// version; removing or renaming one bumps it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schema {
-    /// One gate (`status SLUG --json`).
-    Status,
-    /// Every gate (`status --json`, `list --json`), under `gates`.
-    Gates,
-    /// A dry run of `start` (`plan --json`).
-    Plan,
-    /// The findings of `check --json`, under `findings`.
-    Check,
-    /// What `prune --json` removed (or would remove), under `leftovers`.
-    Prune,
-}
-
-impl Schema {
-    /// The value of the output's `schema` field, e.g. `gatectl.status/1`.
-    pub fn id(self) -> &'static str {
-        match self {
-            Schema::Status => "gatectl.status/1",
-            Schema::Gates => "gatectl.gates/1",
-            Schema::Plan => "gatectl.plan/1",
-            Schema::Check => "gatectl.check/1",
-            Schema::Prune => "gatectl.prune/1",
-        }
-    }
-}
-
-/// A JSON output: its `schema`, then the fields of `body` (an object).
-#[derive(Serialize)]
-struct Versioned<'a, T: Serialize> {
-    schema: &'static str,
-    #[serde(flatten)]
-    body: &'a T,
-}
-
-/// Prints object `value` as pretty JSON on stdout, with its `schema`.
-pub fn json(schema: Schema, value: &impl Serialize) -> Result<()> {
-    print_json(&Versioned {
-        schema: schema.id(),
-        body: value,
-    })
-}
-
-/// Prints list `value` as pretty JSON on stdout, under the field `name`,
-/// with its `schema`.
-pub fn json_list(schema: Schema, name: &'static str, value: &impl Serialize) -> Result<()> {
-    json(schema, &std::collections::BTreeMap::from([(name, value)]))
-}
-
-fn print_json(value: &impl Serialize) -> Result<()> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| Error::failed(format!("cannot encode JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
 }
 
 fn state_word(state: GateState) -> &'static str {
@@ -333,42 +272,6 @@ pub fn unit_properties_text(plan: &GatePlan, socket: &[Property], forwarder: &[P
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_json_output_starts_with_its_schema() {
-        #[derive(Serialize)]
-        struct Gate {
-            slug: &'static str,
-        }
-        let one = serde_json::to_value(Versioned {
-            schema: Schema::Status.id(),
-            body: &Gate { slug: "alice" },
-        })
-        .unwrap();
-        assert_eq!(
-            one,
-            serde_json::json!({"schema": "gatectl.status/1", "slug": "alice"})
-        );
-        let list = vec![Gate { slug: "alice" }];
-        let many = serde_json::to_value(Versioned {
-            schema: Schema::Gates.id(),
-            body: &std::collections::BTreeMap::from([("gates", &list)]),
-        })
-        .unwrap();
-        assert_eq!(
-            many,
-            serde_json::json!({"schema": "gatectl.gates/1", "gates": [{"slug": "alice"}]})
-        );
-        let text = serde_json::to_string_pretty(&Versioned {
-            schema: Schema::Check.id(),
-            body: &std::collections::BTreeMap::from([("findings", &Vec::<Gate>::new())]),
-        })
-        .unwrap();
-        assert!(
-            text.starts_with("{\n  \"schema\": \"gatectl.check/1\","),
-            "{text}"
-        );
-    }
 
     #[test]
     fn columns_are_as_wide_as_their_cells() {

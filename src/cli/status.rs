@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use super::{block_on, parse_slug, render, Outcome};
+use super::json::{self, Kind};
+use super::{block_on, output, parse_slug, render, Outcome};
 use crate::error::Result;
 use crate::gate::{GateState, Host};
 use crate::slug::Slug;
@@ -32,8 +33,8 @@ pub fn run(args: StatusArgs) -> Result<Outcome> {
     })?;
     if args.json {
         match &args.slug {
-            Some(_) => render::json(render::Schema::Status, &statuses[0])?,
-            None => render::json_list(render::Schema::Gates, "gates", &statuses)?,
+            Some(_) => json::print(Kind::Status, &statuses[0])?,
+            None => json::print(Kind::Gates, &output::Gates { gates: &statuses })?,
         }
     } else if statuses.is_empty() {
         println!("no gates");

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::plan::{self, GatePlan};
@@ -52,7 +53,7 @@ pub struct GateFacts {
 }
 
 /// Whether a gate is up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GateState {
     /// Unit running, netns present, record complete.
@@ -104,7 +105,7 @@ pub fn assess(slug: &Slug, facts: &GateFacts) -> (GateState, Vec<String>) {
 }
 
 /// What `status` and `list` report for one gate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct GateStatus {
     /// The slug.
     pub slug: Slug,

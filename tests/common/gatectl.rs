@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use super::{SshFixture, TestHost};
+use super::{json_schema, SshFixture, TestHost};
 
 /// Where the tests install the freshly built binary inside a host (a system
 /// path, as `DynamicUser=` units require).
@@ -21,11 +21,19 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-/// Runs the installed gatectl with `args` inside `host`.
+/// Runs the installed gatectl with `args` inside `host`. A `--json` output
+/// (or error object) is validated against its committed JSON Schema.
 pub fn gatectl(host: &TestHost, args: &[&str]) -> Output {
     let mut argv = vec![GATECTL];
     argv.extend_from_slice(args);
-    host.exec(&argv)
+    let out = host.exec(&argv);
+    if args.contains(&"--json") {
+        json_schema::validate(
+            &format!("gatectl {args:?}"),
+            &String::from_utf8_lossy(&out.stdout),
+        );
+    }
+    out
 }
 
 /// Runs gatectl and panics (with its output) unless it succeeds; returns stdout.

@@ -12,11 +12,13 @@
 //! throwaway host's root namespace by veth pairs, and an `sshd` of the test's own in one of
 //! them ([`TestHost::start_sshd`]). Test fixtures may use `ip`; gatectl itself never does.
 //!
-//! Only `std` and the package's own dependencies (`libc`) are used.
+//! Only `std` and the package's own dependencies (`libc`, `serde_json`) are used, and the
+//! dev-dependency `jsonschema` to validate gatectl's `--json` outputs.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod gatectl;
+pub mod json_schema;
 pub mod probe;
 
 use std::ffi::{CString, OsStr};
