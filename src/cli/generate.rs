@@ -65,17 +65,9 @@ pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
         let mut cmd = completion_command();
         let path = clap_complete::generate_to(shell, &mut cmd, "gatectl", &completion_dir)
             .with_context(|| format!("cannot write the {shell} completion"))?;
-        let slugs = match shell {
-            Shell::Bash => Some(slug_completion::BASH),
-            Shell::Fish => Some(slug_completion::FISH),
-            _ => None,
-        };
-        if let Some(slugs) = slugs {
-            let mut script =
-                fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            script.push_str(slugs);
-            fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        let script = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let script = slug_completion::add_to(shell, &script)?;
+        fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }
 
