@@ -219,10 +219,16 @@ fn examples(name: &str) -> String {
             "gatectl check",
             "Whether this host can run gates, each problem with its fix.",
         )],
-        "ssh\\-config" | "ssh-config" => &[(
-            "gatectl ssh\\-config alice >> ~alice/.ssh/config",
-            "Give alice's ssh the Host blocks of her gate.",
-        )],
+        "ssh\\-config" | "ssh-config" => &[
+            (
+                "echo \"Include $(gatectl ssh\\-config alice \\-\\-include)\" >> ~alice/.ssh/config",
+                "Give alice's ssh the Host blocks of her gate, kept current by gatectl: present while the gate runs, gone when it stops.",
+            ),
+            (
+                "gatectl ssh\\-config alice",
+                "Print the blocks, e.g. to append them to a config once.",
+            ),
+        ],
         _ => &[],
     };
     let mut text = String::from(".SH EXAMPLES\n");
@@ -259,6 +265,9 @@ and optionally \fBagent_netns\fR or \fBown_agent_netns\fR; see \fBgatectl\-manif
 .TP
 \fI/run/gatectl/\fR
 Runtime state: one record per running gate, and locks.
+.TP
+\fI/run/gatectl/ssh_config/\fR\fISLUG\fR\fI.conf\fR
+The ssh_config Host blocks of the gate of \fISLUG\fR while it runs, for an \fBInclude\fR line in the agent's \fI~/.ssh/config\fR (\fBgatectl ssh\-config \-\-include\fR \fISLUG\fR prints the path): \fBstart\fR writes it, \fBstop\fR removes it, \fBreconcile\fR rewrites it.
 .TP
 \fI/usr/lib/systemd/system/gatectl@.service\fR
 Template unit: \fBsystemctl enable \-\-now gatectl@\fR\fISLUG\fR starts the gate of \fISLUG\fR now and at every boot.
