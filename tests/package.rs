@@ -213,7 +213,7 @@ fn zsh_complete(host: &TestHost, line: &str) -> Vec<String> {
         export GATECTL_MATCHES=$(mktemp)
         zmodload zsh/zpty
         zpty z zsh -f -i
-        zpty -w z 'autoload -Uz compinit; compinit -u -d /dev/null'
+        zpty -w z 'autoload -Uz compinit; compinit -u -D'  # -D: no dump file
         zpty -w z 'compadd() {
             if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return; fi
             local -a hits; builtin compadd -O hits "$@"
