@@ -24,6 +24,7 @@ pub mod prune;
 pub mod resolve;
 pub mod slug;
 pub mod ssh_config;
+pub mod ssh_include;
 pub mod state;
 pub mod systemd;
 pub mod timings;

@@ -257,6 +257,16 @@ fn reload_adds_changes_and_removes_entries_while_sessions_run() {
     refresh_ssh_config(&host);
     assert_eq!(server_of(&host, &sshd, "gone"), Ok("10.99.2.1:22".into()));
     assert_eq!(server_of(&host, &sshd, "new"), Ok("10.99.2.1:2222".into()));
+    // The file `ssh-config --include` names follows the reloads.
+    let include = gatectl_ok(&host, &["ssh-config", "alice", "--include"]);
+    assert_eq!(
+        host.read_file(include.trim_end()),
+        gatectl_ok(&host, &["ssh-config", "alice"])
+    );
+    assert!(host.read_file(include.trim_end()).contains(
+        "Host new
+"
+    ));
 
     drop((kept, changed, revoked));
     gatectl_ok(&host, &["stop", "alice"]);

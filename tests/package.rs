@@ -1,9 +1,13 @@
-//! The Debian package, end to end: build the .deb with `scripts/package`,
-//! check it with lintian, then in a fresh throwaway systemd host: install it
-//! with dpkg, verify its units, find its man page, complete `gatectl st<TAB>`
-//! in bash, run a gate through `systemctl start gatectl@demo` and ssh
-//! through it, enable it, upgrade under a running gate, stop it, and purge
-//! the package leaving nothing behind.
+//! The Debian package, end to end, following the README's Install section
+//! literally (its code blocks are read from README.md at test time): build
+//! the .deb and check it with lintian as the first block says, then in a
+//! fresh throwaway systemd host run the second block line by line (install,
+//! manifest, plan, `systemctl enable --now gatectl@alice`, the `Include`
+//! line, alice's ssh confined in her netns through the gate). Then: verify
+//! the units and the maintainer field, find the man pages, complete slugs in
+//! bash, zsh and fish, run a gate through `systemctl start gatectl@demo` and
+//! ssh through it, enable it, upgrade under a running gate, stop it, and
+//! purge the package leaving nothing behind.
 //!
 //! The package is built into `<target>/tmp/package-build` (a target
 //! directory of its own, so the nested cargo never waits for the outer
@@ -13,7 +17,7 @@
 
 mod common;
 
-use common::gatectl::{add_upstream_and_agent, leftovers, text};
+use common::gatectl::{add_upstream_and_agent, connect, leftovers, text};
 use common::{require_root, ssh_args, SshFixture, TestHost};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,29 +27,107 @@ const UNIT_DIR: &str = "/usr/lib/systemd/system";
 const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/gatectl@demo.service";
 const RECONCILE_LINK: &str = "/etc/systemd/system/nftables.service.wants/gatectl-reconcile.service";
 
-/// The .deb to test: `GATECTL_DEB`, or a fresh one from `scripts/package`.
-fn build_deb() -> PathBuf {
+/// The code blocks of the README's Install section: the build block and
+/// the host block.
+fn readme_install_blocks() -> (String, String) {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("\n## Install\n")
+        .nth(1)
+        .expect("README.md has no Install section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let blocks: Vec<String> = section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        2,
+        "README's Install: a build block and a host block"
+    );
+    (blocks[0].clone(), blocks[1].clone())
+}
+
+/// The .deb to test: `GATECTL_DEB` (checked by lintian), or the one the
+/// README's build block builds and checks, run as it stands in the source
+/// tree. The build goes to `<target>/tmp/package-build`.
+fn build_deb(block: &str) -> PathBuf {
     if let Some(deb) = std::env::var_os("GATECTL_DEB") {
+        lintian(Path::new(&deb));
         return PathBuf::from(deb);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package-build");
-    let out = Command::new(root.join("scripts/package"))
+    let script = format!("set -euo pipefail\n{block}printf '%s\\n' \"$deb\"\n");
+    let out = Command::new("bash")
+        .args(["-c", &script])
         .current_dir(root)
         .env("CARGO_TARGET_DIR", &target)
         .output()
-        .expect("cannot run scripts/package");
-    assert!(out.status.success(), "scripts/package failed: {}", text(&out));
+        .expect("cannot run bash");
+    assert!(
+        out.status.success(),
+        "README's build block failed: {}",
+        text(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let deb = PathBuf::from(
         stdout
             .lines()
             .last()
-            .expect("scripts/package printed no path")
+            .expect("the build block printed no path")
             .trim(),
     );
-    assert!(deb.is_file(), "scripts/package printed {}", deb.display());
+    assert!(deb.is_file(), "the build block built {}", deb.display());
     deb
+}
+
+/// The agent the README's host block names: a user `alice` with an ssh key
+/// the upstream accepts and its host key in her known_hosts, as the README
+/// asks; and `github`'s upstreams made reachable in the host (the example
+/// manifest names github.com and build.example.net).
+fn readme_agent(host: &TestHost, sshd: &SshFixture) {
+    host.run_ok(&["useradd", "--create-home", "alice"]);
+    host.run_ok(&["install", "-d", "-o", "alice", "-m", "700", "/home/alice/.ssh"]);
+    host.run_ok(&[
+        "install",
+        "-o",
+        "alice",
+        "-m",
+        "600",
+        &sshd.identity,
+        "/home/alice/.ssh/id_ed25519",
+    ]);
+    sshd.write_known_hosts(host, "/home/alice/.ssh/known_hosts", &["upstream.test"]);
+    host.run_ok(&["chown", "alice", "/home/alice/.ssh/known_hosts"]);
+}
+
+/// The README's "then edit it": the example's upstreams become the test's
+/// sshd (as root, whose key alice has).
+const README_EDIT: &str = "sed -i -e 's/\"github.com\"/\"upstream.test\"/' \
+     -e 's/\"build.example.net\"/\"upstream.test\"/' -e 's/User = \"git\"/User = \"root\"/' \
+     /etc/gatectl/bottles/alice.toml";
+
+/// Runs the README's host block in `host`, line by line as root, with `deb`
+/// naming the package there, and the edit after the line that says so.
+fn follow_readme_on_host(host: &TestHost, block: &str) {
+    let mut edited = false;
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        let script = format!("set -euo pipefail; deb={DEB_IN_HOST}; {line}");
+        let out = host.exec(&["bash", "-c", &script]);
+        assert!(out.status.success(), "README line `{line}`: {}", text(&out));
+        if line.contains("# then edit it") {
+            host.sh_ok(README_EDIT);
+            edited = true;
+        }
+    }
+    assert!(
+        edited,
+        "the README's host block no longer says where to edit the manifest"
+    );
 }
 
 /// lintian on the .deb (it only reads the file): no error, no warning.
@@ -121,6 +203,46 @@ fn bash_complete(host: &TestHost, line: &str) -> Vec<String> {
     words
 }
 
+/// The words zsh's completion offers for `line`, sorted: an interactive zsh
+/// in a pseudo-terminal (zpty) loads the completion from its default
+/// fpath, where the package puts it, and completes `line<TAB>`; a compadd
+/// wrapper records every match offered, and a hook run after the
+/// completion says when it is over (keys typed before would abort it).
+fn zsh_complete(host: &TestHost, line: &str) -> Vec<String> {
+    let script = r#"
+        export GATECTL_MATCHES=$(mktemp)
+        zmodload zsh/zpty
+        zpty z zsh -f -i
+        zpty -w z 'autoload -Uz compinit; compinit -u -D'  # -D: no dump file
+        zpty -w z 'compadd() {
+            if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return; fi
+            local -a hits; builtin compadd -O hits "$@"
+            (( $#hits )) && print -rl -- $hits >> $GATECTL_MATCHES
+            builtin compadd "$@"
+        }'
+        zpty -w z 'completed() { print -r -- "<completed>" >> $GATECTL_MATCHES; }; comppostfuncs=(completed)'
+        zpty -w z "print -r -- '<ready>'"
+        zpty -r -m z _ '*<ready>*<ready>*'
+        zpty -n -w z "$1"$'\t'
+        for i in {1..600}; do
+            while zpty -rt z _; do :; done  # drain the terminal, so zsh never blocks writing to it
+            grep -qx '<completed>' $GATECTL_MATCHES && break
+            sleep 0.1
+        done
+        zpty -w z $'\C-u'"print -r -- '<done>'"
+        zpty -r -m z _ '*<done>*<done>*'
+        zpty -d z
+        grep -qx '<completed>' $GATECTL_MATCHES || { echo "zsh never finished completing" >&2; exit 1; }
+        grep -vx '<completed>' $GATECTL_MATCHES
+        rm -f $GATECTL_MATCHES
+    "#;
+    let out = host.run_ok(&["zsh", "-c", script, "complete", line]);
+    let mut words: Vec<String> = out.split_whitespace().map(String::from).collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
 /// The words fish's completion offers for `line`, sorted.
 fn fish_complete(host: &TestHost, line: &str) -> Vec<String> {
     let out = host.run_ok(&["fish", "-c", &format!("complete -C '{line}'")]);
@@ -138,16 +260,64 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     if !require_root() {
         return;
     }
-    let deb = build_deb();
-    lintian(&deb);
+    let (build_block, host_block) = readme_install_blocks();
+    let deb = build_deb(&build_block);
 
     let host = TestHost::boot("package");
     let sshd = setup(&host);
     host.install_binary(&deb, DEB_IN_HOST);
 
-    // Install.
-    let out = host.exec(&["dpkg", "-i", DEB_IN_HOST]);
-    assert!(out.status.success(), "dpkg -i: {}", text(&out));
+    // Install as the README says, up to alice's ssh through her gate.
+    readme_agent(&host, &sshd);
+    let accepted = |host: &TestHost| sshd.log_text(host).matches("Accepted publickey").count();
+    let before = accepted(&host);
+    follow_readme_on_host(&host, &host_block);
+    assert_eq!(
+        accepted(&host),
+        before + 1,
+        "alice's ssh did not reach the upstream"
+    );
+    // alice is confined: through the gate her ssh runs commands upstream,
+    // and nothing else is reachable from her netns.
+    let out = host.exec(&[
+        "ip",
+        "netns",
+        "exec",
+        "agent-alice",
+        "runuser",
+        "-u",
+        "alice",
+        "--",
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "github",
+        "echo alice-through-her-gate; hostname -I",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("alice-through-her-gate") && stdout.contains("10.99.2.1"),
+        "alice's ssh through her gate: {}",
+        text(&out)
+    );
+    let direct = connect(&host, Some("agent-alice"), "10.99.2.1", 22);
+    assert!(direct.is_err(), "alice reaches the upstream around her gate");
+    // Her gate goes, and its Host blocks with it.
+    host.run_ok(&["systemctl", "disable", "--now", "gatectl@alice.service"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+    assert!(!host
+        .exec(&["test", "-e", "/run/gatectl/ssh_config/alice.conf"])
+        .status
+        .success());
+    // The maintainer is the project, not a placeholder (README.Debian).
+    let maintainer = host.run_ok(&["dpkg-query", "-W", "-f", "${Maintainer}", "gatectl"]);
+    assert_eq!(maintainer, "gatectl developers <gatectl@gatectl.invalid>");
+    let placeholders = host.exec(&["zgrep", "-r", "example.org", "/usr/share/doc/gatectl"]);
+    assert!(
+        placeholders.stdout.is_empty(),
+        "placeholder contact in the docs: {}",
+        text(&placeholders)
+    );
     // Every installed file matches the package's md5sums.
     let out = host.exec(&["dpkg", "--verify", "gatectl"]);
     assert!(
@@ -245,6 +415,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         ]);
     }
     assert_eq!(bash_complete(&host, "gatectl st"), ["start", "status", "stop"]);
+    assert_eq!(zsh_complete(&host, "gatectl st"), ["start", "status", "stop"]);
     let all = bash_complete(&host, "gatectl ");
     assert!(all.contains(&"ssh-config".to_string()), "{all:?}");
     assert!(!all.iter().any(|w| w == "forward" || w == "generate"), "{all:?}");
@@ -256,9 +427,12 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         0o644,
     );
     // Slugs complete: manifests for start, existing gates for stop.
-    assert_eq!(bash_complete(&host, "gatectl start "), ["demo"]);
+    assert_eq!(bash_complete(&host, "gatectl start "), ["alice", "demo"]);
     assert_eq!(bash_complete(&host, "gatectl stop "), Vec::<String>::new());
-    assert_eq!(fish_complete(&host, "gatectl plan "), ["demo"]);
+    assert_eq!(zsh_complete(&host, "gatectl start "), ["alice", "demo"]);
+    assert_eq!(zsh_complete(&host, "gatectl plan d"), ["demo"]);
+    assert_eq!(zsh_complete(&host, "gatectl status "), Vec::<String>::new());
+    assert_eq!(fish_complete(&host, "gatectl plan "), ["alice", "demo"]);
     host.run_ok(&["systemctl", "start", "gatectl@demo.service"]);
     assert_eq!(
         unit_property(&host, "gatectl@demo.service", "ActiveState"),
@@ -266,6 +440,7 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     );
     assert_eq!(bash_complete(&host, "gatectl stop "), ["demo"]);
     assert_eq!(fish_complete(&host, "gatectl status "), ["demo"]);
+    assert_eq!(zsh_complete(&host, "gatectl stop "), ["demo"]);
     assert_eq!(unit_property(&host, "gate-demo.socket", "ActiveState"), "active");
     let out = ssh_through_gate(&host, &sshd, "echo hello-through-the-package; hostname -I");
     assert_eq!(unit_property(&host, "gate-demo.service", "ActiveState"), "active");

@@ -65,17 +65,9 @@ pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
         let mut cmd = completion_command();
         let path = clap_complete::generate_to(shell, &mut cmd, "gatectl", &completion_dir)
             .with_context(|| format!("cannot write the {shell} completion"))?;
-        let slugs = match shell {
-            Shell::Bash => Some(slug_completion::BASH),
-            Shell::Fish => Some(slug_completion::FISH),
-            _ => None,
-        };
-        if let Some(slugs) = slugs {
-            let mut script =
-                fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            script.push_str(slugs);
-            fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        let script = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let script = slug_completion::add_to(shell, &script)?;
+        fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }
 
@@ -247,10 +239,16 @@ fn examples(name: &str) -> String {
                 "The JSON Schema of status SLUG \\-\\-json, to validate it with any validator.",
             ),
         ],
-        "ssh\\-config" | "ssh-config" => &[(
-            "gatectl ssh\\-config alice >> ~alice/.ssh/config",
-            "Give alice's ssh the Host blocks of her gate.",
-        )],
+        "ssh\\-config" | "ssh-config" => &[
+            (
+                "echo \"Include $(gatectl ssh\\-config alice \\-\\-include)\" >> ~alice/.ssh/config",
+                "Give alice's ssh the Host blocks of her gate, kept current by gatectl: present while the gate runs, gone when it stops.",
+            ),
+            (
+                "gatectl ssh\\-config alice",
+                "Print the blocks, e.g. to append them to a config once.",
+            ),
+        ],
         _ => &[],
     };
     let mut text = String::from(".SH EXAMPLES\n");
@@ -287,6 +285,9 @@ and optionally \fBagent_netns\fR or \fBown_agent_netns\fR; see \fBgatectl\-manif
 .TP
 \fI/run/gatectl/\fR
 Runtime state: one record per running gate, and locks.
+.TP
+\fI/run/gatectl/ssh_config/\fR\fISLUG\fR\fI.conf\fR
+The ssh_config Host blocks of the gate of \fISLUG\fR while it runs, for an \fBInclude\fR line in the agent's \fI~/.ssh/config\fR (\fBgatectl ssh\-config \-\-include\fR \fISLUG\fR prints the path): \fBstart\fR writes it, \fBstop\fR removes it, \fBreconcile\fR rewrites it.
 .TP
 \fI/usr/lib/systemd/system/gatectl@.service\fR
 Template unit: \fBsystemctl enable \-\-now gatectl@\fR\fISLUG\fR starts the gate of \fISLUG\fR now and at every boot.

@@ -112,6 +112,9 @@ pub enum Command {
     /// One Host block per manifest entry: HostName is the gate's address,
     /// Port the entry's listen port, HostKeyAlias the real upstream (so
     /// known_hosts keeps matching it), and User if the manifest sets one.
+    /// With --include, the path of the file that holds these blocks while
+    /// the gate runs (start writes it, stop removes it), for an Include
+    /// line in the agent's ~/.ssh/config that never goes stale.
     SshConfig(ssh_config::SshConfigArgs),
     /// Print the JSON Schema of a kind of --json output, or list the kinds.
     ///

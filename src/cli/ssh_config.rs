@@ -1,4 +1,6 @@
-//! `gatectl ssh-config <slug>`: the agent's ssh_config Host blocks.
+//! `gatectl ssh-config <slug>`: the agent's ssh_config Host blocks, or with
+//! `--include` the path of the file gatectl keeps them in while the gate
+//! runs.
 
 use clap::Args;
 
@@ -11,14 +13,24 @@ use crate::ssh_config;
 /// Arguments of `ssh-config`.
 #[derive(Args, Debug)]
 pub struct SshConfigArgs {
-    /// The agent's slug (its gate must have been started).
+    /// The agent's slug (its gate must have been started, unless --include
+    /// is given).
     #[arg(value_parser = parse_slug)]
     pub slug: Slug,
+    /// Print the path of the file that holds the gate's Host blocks while
+    /// the gate runs, for an `Include` line in the agent's ~/.ssh/config;
+    /// start writes it, stop removes it, so the blocks never go stale.
+    #[arg(long)]
+    pub include: bool,
 }
 
 /// Runs `ssh-config`, from the running gate's record.
 pub fn run(args: SshConfigArgs) -> Result<Outcome> {
     let host = Host::load()?;
+    if args.include {
+        println!("{}", host.ssh_includes.path(&args.slug).display());
+        return Ok(Outcome::Ok);
+    }
     let record = host.records.load(&args.slug)?.ok_or_else(|| {
         Error::failed(format!(
             "gate {} is not running, so it has no addresses yet; run `gatectl start {}` first",

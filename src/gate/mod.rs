@@ -24,6 +24,7 @@ use crate::net::netns;
 use crate::plan::{self, GatePlan, GateSpec};
 use crate::resolve;
 use crate::slug::Slug;
+use crate::ssh_include::SshIncludes;
 use crate::state::Records;
 use crate::systemd::{ActiveState, GateUnits, Systemd};
 use crate::timings::Timings;
@@ -48,6 +49,8 @@ pub struct Host {
     pub records: Records,
     /// Forwarding, gatectl's routing rules and the host table's base.
     pub host_wide: HostWide,
+    /// The ssh_config include of each running gate.
+    pub ssh_includes: SshIncludes,
 }
 
 impl Host {
@@ -60,6 +63,7 @@ impl Host {
     pub fn with(settings: Settings) -> Host {
         Host {
             records: Records::new(&settings.state_dir),
+            ssh_includes: SshIncludes::new(&settings.state_dir),
             host_wide: HostWide::new(&settings),
             settings,
         }
@@ -172,6 +176,7 @@ impl Host {
                 .is_some_and(|u| u.is_active());
             if record.complete && running {
                 firewall.add_elements(&gate_rules(&record.plan))?;
+                self.ssh_includes.write(&record.plan)?;
                 if netns::exists(&record.plan.netns) {
                     let gate_ns = netns::open(&record.plan.netns_path())?;
                     let table = GateTable::of(&record.plan);

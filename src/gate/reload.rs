@@ -18,7 +18,8 @@
 //!    forwarder told (SIGHUP), or started when the gate gained a port and
 //!    its forwarder was not running; `reload` waits until the forwarder's
 //!    status line shows the new generation;
-//! 5. the record is saved.
+//! 5. the record is saved, and the ssh config that `ssh-config --include`
+//!    names is rewritten.
 //!
 //! A failure after step 1 re-applies the old plan the same way and reports
 //! both. Running `reload` again after a crash applies the same changes
@@ -136,6 +137,7 @@ impl Reload<'_> {
             plan: new.clone(),
             complete: true,
         })?;
+        host.ssh_includes.write(&new)?;
         Ok(Reloaded::Changed { plan: new, changes })
     }
 }

@@ -82,7 +82,10 @@ impl Start<'_> {
         let systemd = Systemd::connect().await?;
         timings.mark("lock the slug, connect to systemd");
         let leftovers = match self.earlier_gate(&systemd, spec).await? {
-            Earlier::Same(plan) => return Ok(Started::Unchanged(*plan)),
+            Earlier::Same(plan) => {
+                host.ssh_includes.write(&plan)?;
+                return Ok(Started::Unchanged(*plan));
+            }
             Earlier::Leftovers => true,
             Earlier::Nothing => false,
         };
@@ -107,14 +110,9 @@ impl Start<'_> {
         timings.mark("allocate the gate index, check its addresses' routes, write the record");
 
         let mut steps = Steps::new(timings);
-        match self.bring_up(&mut steps, &systemd, &root, &plan, agent_ns).await {
-            Ok(()) => {
-                host.records.save(&GateRecord {
-                    plan: plan.clone(),
-                    complete: true,
-                })?;
-                Ok(Started::New(plan))
-            }
+        let brought_up = self.bring_up(&mut steps, &systemd, &root, &plan, agent_ns).await;
+        match brought_up.and_then(|()| self.finish(&plan)) {
+            Ok(()) => Ok(Started::New(plan)),
             Err(StepError { step, error }) => {
                 let undos = steps.into_undos();
                 let rollback = host.teardown(&systemd).undo(&plan, &undos).await;
@@ -125,6 +123,24 @@ impl Start<'_> {
                 })
             }
         }
+    }
+
+    /// The last step of a start: the agent's ssh_config include, then the
+    /// record that says the start is complete.
+    fn finish(&self, plan: &GatePlan) -> std::result::Result<(), StepError> {
+        let host = self.host;
+        host.ssh_includes
+            .write(plan)
+            .and_then(|()| {
+                host.records.save(&GateRecord {
+                    plan: plan.clone(),
+                    complete: true,
+                })
+            })
+            .map_err(|error| StepError {
+                step: "write the ssh_config include and the record",
+                error,
+            })
     }
 
     /// What is left of an earlier gate of the spec's slug. A gate that is

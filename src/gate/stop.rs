@@ -33,8 +33,9 @@ impl Teardown<'_> {
             Some(record) => self.plan(&record.plan, timings).await?,
             None => self.unrecorded(slug).await?,
         }
+        self.host.ssh_includes.remove(slug)?;
         self.host.records.remove(slug)?;
-        timings.mark("remove the record");
+        timings.mark("remove the ssh_config include and the record");
         Ok(())
     }
 
@@ -53,6 +54,7 @@ impl Teardown<'_> {
             };
             errors.extend(done.err());
         }
+        errors.extend(self.host.ssh_includes.remove(&plan.slug).err());
         errors.extend(self.host.records.remove(&plan.slug).err());
         errors.extend(self.host.host_wide.close_if_idle().await.err());
         errors
