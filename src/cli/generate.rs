@@ -182,6 +182,16 @@ fn examples(name: &str) -> String {
                 "The same at every boot, through the template unit.",
             ),
         ],
+        "refresh" => &[
+            (
+                "gatectl refresh",
+                "Follow the DNS of every running gate whose answers expired (what the timer runs).",
+            ),
+            (
+                "gatectl refresh \\-\\-force",
+                "Resolve every running gate's names now.",
+            ),
+        ],
         "reload" => &[
             (
                 "gatectl reload alice",
@@ -389,7 +399,7 @@ mod tests {
             assert!(written.contains(&dir.join(want)), "{written:?}");
         }
         let bash = fs::read_to_string(dir.join("completions/gatectl.bash")).unwrap();
-        assert!(bash.contains(" start reload stop status "), "{bash}");
+        assert!(bash.contains(" start reload refresh stop status "), "{bash}");
         for hidden in ["forward", "generate"] {
             for file in ["gatectl.bash", "_gatectl", "gatectl.fish"] {
                 let text = fs::read_to_string(dir.join("completions").join(file)).unwrap();
