@@ -12,12 +12,13 @@
 //! address the policy refuses, or none a gate can reach), keeps the last
 //! good addresses and warns: the refresh never empties an allowlist.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use super::reload::apply_in_place;
 use super::Host;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lock;
 use crate::net::netns;
 use crate::plan::{self, GatePlan};
@@ -26,6 +27,13 @@ use crate::resolve::{self, Answer};
 use crate::slug::Slug;
 use crate::state::GateRecord;
 use crate::systemd::Systemd;
+
+/// How long one name may take to resolve; a refresh is one short run for
+/// every gate of the host.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The answers of one refresh run by name (an error as its message).
+type Answers = HashMap<String, std::result::Result<Answer, String>>;
 
 /// What the refresh did to one gate.
 #[derive(Debug)]
@@ -83,6 +91,8 @@ impl Host {
     pub async fn refresh(&self, force: bool) -> Result<Vec<Refreshed>> {
         let systemd = Systemd::connect().await?;
         let resolver = resolve::system_resolver()?;
+        // One answer per name and run, however many gates use the name.
+        let mut answers = Answers::new();
         let mut done = Vec::new();
         for slug in self.records.slugs() {
             let now = SystemTime::now();
@@ -101,7 +111,9 @@ impl Host {
                 changes: Vec::new(),
                 warnings: Vec::new(),
             };
-            let (new, ttl) = self.resolved(&resolver, &record.plan, &mut refreshed).await;
+            let (new, ttl) = self
+                .resolved(&resolver, &mut answers, &record.plan, &mut refreshed)
+                .await;
             if let Some(ttl) = ttl {
                 self.records
                     .set_refresh_due(&slug, now + self.settings.dns_refresh_after(ttl))?;
@@ -146,26 +158,30 @@ impl Host {
     async fn resolved(
         &self,
         resolver: &hickory_resolver::TokioResolver,
+        answers: &mut Answers,
         plan: &GatePlan,
         refreshed: &mut Refreshed,
     ) -> (GatePlan, Option<Duration>) {
         let mut new = plan.clone();
         let mut ttl: Option<Duration> = None;
-        let mut answers: Vec<(String, Result<Answer>)> = Vec::new();
         for upstream in &mut new.upstreams {
             if upstream.host.parse::<IpAddr>().is_ok() {
                 continue;
             }
-            if !answers.iter().any(|(host, _)| *host == upstream.host) {
-                let answer = resolve::resolve_with_ttl(resolver, &upstream.host).await;
-                answers.push((upstream.host.clone(), answer));
+            if !answers.contains_key(&upstream.host) {
+                let lookup = resolve::resolve_with_ttl(resolver, &upstream.host);
+                let answer = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+                    Ok(answer) => answer.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!(
+                        "cannot resolve upstream {:?}: no answer within {}s",
+                        upstream.host,
+                        LOOKUP_TIMEOUT.as_secs()
+                    )),
+                };
+                answers.insert(upstream.host.clone(), answer);
             }
-            let answer = &answers
-                .iter()
-                .find(|(host, _)| *host == upstream.host)
-                .expect("resolved")
-                .1;
-            let (addresses, warnings) = addresses_from(&upstream.host, &upstream.addresses, answer, |a| {
+            let answer = answers[&upstream.host].clone().map_err(Error::failed);
+            let (addresses, warnings) = addresses_from(&upstream.host, &upstream.addresses, &answer, |a| {
                 policy::refusal(a, &self.settings)
             });
             let expires = answer.as_ref().map_or(Duration::ZERO, |a| a.ttl);
@@ -204,7 +220,6 @@ fn listed(addresses: &[IpAddr]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
 
     fn ips(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
