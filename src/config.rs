@@ -275,6 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_settings_file_shows_every_setting_with_its_default() {
+        let text = include_str!("../examples/gatectl.toml");
+        let shown: String = text
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .filter(|line| line.contains(" = "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let shown: toml::Table = toml::from_str(&shown).unwrap();
+        let defaults = toml::Table::try_from(Settings::default()).unwrap();
+        assert_eq!(shown, defaults);
+        assert_eq!(Settings::parse(text), Ok(Settings::default()), "every line is a comment");
+    }
+
+    #[test]
     fn the_dns_refresh_follows_the_ttl_between_floor_and_ceiling() {
         let settings = Settings::default();
         let after = |secs| settings.dns_refresh_after(Duration::from_secs(secs)).as_secs();
