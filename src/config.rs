@@ -286,7 +286,11 @@ mod tests {
         let shown: toml::Table = toml::from_str(&shown).unwrap();
         let defaults = toml::Table::try_from(Settings::default()).unwrap();
         assert_eq!(shown, defaults);
-        assert_eq!(Settings::parse(text), Ok(Settings::default()), "every line is a comment");
+        assert_eq!(
+            Settings::parse(text),
+            Ok(Settings::default()),
+            "every line is a comment"
+        );
     }
 
     #[test]
