@@ -7,6 +7,7 @@
 //! the data flow of each command and the invariants with their tests.
 
 pub mod alias;
+pub mod atomic_file;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -11,10 +11,10 @@
 //! slug lock, so ssh never reads half a file and two gatectl commands
 //! never interleave their writes.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use crate::atomic_file;
 use crate::error::{Context, Result};
 use crate::plan::GatePlan;
 use crate::slug::Slug;
@@ -47,26 +47,12 @@ impl SshIncludes {
             .mode(0o755)
             .create(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let path = self.path(&plan.slug);
-        let tmp = path.with_extension("conf.tmp");
         let body = format!(
             "# kept current by gatectl while gate \"{}\" runs; edits are lost\n{}",
             plan.slug,
             ssh_config::render(plan)
         );
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        // The mode given to open is filtered by the umask.
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("cannot make {} readable", tmp.display()))?;
-        file.write_all(body.as_bytes())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+        atomic_file::replace(&self.path(&plan.slug), body.as_bytes(), 0o644)
     }
 
     /// Removes the include of `slug`; a missing one is success.

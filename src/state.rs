@@ -5,13 +5,13 @@
 //! `stop`. It is a cache of the plan: `status` and `list` check the truth
 //! with systemd and the kernel.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file;
 use crate::error::{Context, Error, Result};
 use crate::plan::GatePlan;
 use crate::slug::Slug;
@@ -207,20 +207,9 @@ impl Records {
         // A directory an older gatectl created keeps its mode otherwise.
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make {} private", self.dir.display()))?;
-        let path = self.path(&record.plan.slug);
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(record)
             .map_err(|e| Error::failed(format!("cannot encode record: {e}")))?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.write_all(&body)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+        atomic_file::replace(&self.path(&record.plan.slug), &body, 0o600)
     }
 
     /// The record of `slug`, if any. A corrupt record is reported, not ignored.

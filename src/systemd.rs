@@ -342,6 +342,23 @@ fn stop_outcome(stopped: &[(&str, &str)]) -> Result<()> {
     )))
 }
 
+/// Waits for the start job `job` of `unit`; fails, naming the unit and the
+/// job's result, unless it is `done`.
+async fn started(watch: JobWatch, unit: &str, job: OwnedObjectPath) -> Result<()> {
+    let results = watch.wait(std::slice::from_ref(&job)).await?.ok_or_else(|| {
+        Error::failed(format!(
+            "{unit} did not start within {}s; see `journalctl -u {unit}`",
+            JOB_TIMEOUT.as_secs()
+        ))
+    })?;
+    match results[0].as_str() {
+        "done" => Ok(()),
+        result => Err(Error::failed(format!(
+            "{unit} failed to start (job result: {result}); see `journalctl -u {unit}`"
+        ))),
+    }
+}
+
 impl Systemd {
     /// Connects to the system bus. One connection serves every call.
     pub async fn connect() -> Result<Systemd> {
@@ -394,20 +411,7 @@ impl Systemd {
             .during(self.manager.start_transient_unit(unit, "fail", &main, &aux_refs))
             .await?
             .with_context(|| format!("cannot start {unit}"))?;
-        let results = watch.wait(std::slice::from_ref(&job)).await?.ok_or_else(|| {
-            Error::failed(format!(
-                "{unit} did not start within {}s; see `journalctl -u {unit}`",
-                JOB_TIMEOUT.as_secs()
-            ))
-        })?;
-        let result = &results[0];
-        if result == "done" {
-            Ok(())
-        } else {
-            Err(Error::failed(format!(
-                "{unit} failed to start (job result: {result}); see `journalctl -u {unit}`"
-            )))
-        }
+        started(watch, unit, job).await
     }
 
     /// Stops `units` at once and waits for them all; a unit that does not
@@ -457,18 +461,7 @@ impl Systemd {
             .during(self.manager.start_unit(name, "replace"))
             .await?
             .with_context(|| format!("cannot start {name}"))?;
-        let results = watch.wait(std::slice::from_ref(&job)).await?.ok_or_else(|| {
-            Error::failed(format!(
-                "{name} did not start within {}s; see `journalctl -u {name}`",
-                JOB_TIMEOUT.as_secs()
-            ))
-        })?;
-        match results[0].as_str() {
-            "done" => Ok(()),
-            result => Err(Error::failed(format!(
-                "{name} failed to start (job result: {result}); see `journalctl -u {name}`"
-            ))),
-        }
+        started(watch, name, job).await
     }
 
     /// Sends `signal` to the main process of unit `name`.

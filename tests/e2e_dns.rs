@@ -11,13 +11,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use common::gatectl::{gatectl, gatectl_ok, install_unit, leftovers, setup, text};
-use common::{require_root, ssh_args, SshFixture, TestHost};
+use common::session::Agent;
+use common::{require_root, TestHost};
 
 const KNOWN_HOSTS: &str = "/root/agent/known_hosts";
 const SSH_CONFIG: &str = "/root/agent/alice.ssh_config";
@@ -67,81 +65,6 @@ fn start_dns(host: &TestHost, address: &str) {
     set_dns(host, address);
 }
 
-/// The server address and port of a new ssh session to alias `mv` from
-/// the agent netns, as sshd sees them.
-fn server_of(host: &TestHost, sshd: &SshFixture) -> Result<String, String> {
-    let argv = ssh_args(
-        Some("agent"),
-        Some(SSH_CONFIG),
-        &sshd.identity,
-        KNOWN_HOSTS,
-        "mv",
-        "set -- $SSH_CONNECTION; echo $3:$4",
-    );
-    let out = host.exec(&argv);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(text(&out))
-    }
-}
-
-/// A held ssh session running `cat` upstream.
-struct Session {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Session {
-    fn open(host: &TestHost, sshd: &SshFixture) -> Session {
-        let argv = ssh_args(
-            Some("agent"),
-            Some(SSH_CONFIG),
-            &sshd.identity,
-            KNOWN_HOSTS,
-            "mv",
-            "cat",
-        );
-        let mut child = host
-            .command(&argv)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot run ssh");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut session = Session { child, stdin, lines };
-        session.echo("hello").unwrap();
-        session
-    }
-
-    fn echo(&mut self, line: &str) -> Result<(), String> {
-        writeln!(self.stdin, "{line}").map_err(|e| format!("the session is closed: {e}"))?;
-        match self.lines.recv_timeout(Duration::from_secs(10)) {
-            Ok(got) if got == line => Ok(()),
-            Ok(got) => Err(format!("got {got:?} back instead of {line:?}")),
-            Err(e) => Err(format!("no echo: {e}")),
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `gatectl refresh` with `args`: its stdout and stderr.
 fn refresh(host: &TestHost, args: &[&str]) -> (String, String) {
     let mut argv = vec!["refresh"];
@@ -181,8 +104,11 @@ fn a_running_gate_follows_its_upstream_name_and_keeps_old_sessions() {
     gatectl_ok(&host, &["start", "alice"]);
     let config = gatectl_ok(&host, &["ssh-config", "alice"]);
     host.write_file(SSH_CONFIG, config.as_bytes(), 0o600);
-    assert_eq!(server_of(&host, &sshd), Ok("10.99.2.1:22".into()));
-    let mut old = Session::open(&host, &sshd);
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("mv"),
+        Ok("10.99.2.1:22".into())
+    );
+    let mut old = Agent::of_fixture(&host, &sshd).session("mv");
 
     // The name moves: a refresh moves new connections, the old session
     // goes on.
@@ -190,18 +116,27 @@ fn a_running_gate_follows_its_upstream_name_and_keeps_old_sessions() {
     let (out, err) = refresh(&host, &["--force"]);
     assert_eq!(out, "gate alice: moving.test: 10.99.2.1 -> 10.99.3.1\n");
     assert_eq!(err, "");
-    assert_eq!(server_of(&host, &sshd), Ok("10.99.3.1:22".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("mv"),
+        Ok("10.99.3.1:22".into())
+    );
     old.echo("after the move").unwrap();
 
     // The answer holds for its TTL: a refresh before it runs out does
     // nothing, one after it moves the gate again.
     set_dns(&host, "10.99.2.1");
     assert_eq!(refresh(&host, &[]), (String::new(), String::new()));
-    assert_eq!(server_of(&host, &sshd), Ok("10.99.3.1:22".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("mv"),
+        Ok("10.99.3.1:22".into())
+    );
     std::thread::sleep(Duration::from_secs(TTL + 1));
     let (out, _) = refresh(&host, &[]);
     assert_eq!(out, "gate alice: moving.test: 10.99.3.1 -> 10.99.2.1\n");
-    assert_eq!(server_of(&host, &sshd), Ok("10.99.2.1:22".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("mv"),
+        Ok("10.99.2.1:22".into())
+    );
 
     // An answer gatectl refuses keeps the last good address.
     set_dns(&host, "127.0.0.1");
@@ -221,7 +156,10 @@ fn a_running_gate_follows_its_upstream_name_and_keeps_old_sessions() {
             && err.ends_with("; keeping 10.99.2.1\n"),
         "{err}"
     );
-    assert_eq!(server_of(&host, &sshd), Ok("10.99.2.1:22".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("mv"),
+        Ok("10.99.2.1:22".into())
+    );
     old.echo("after the failed refreshes").unwrap();
 
     // The packaged unit runs the same refresh.
@@ -236,7 +174,10 @@ fn a_running_gate_follows_its_upstream_name_and_keeps_old_sessions() {
         journal.contains("gate alice: moving.test: 10.99.2.1 -> 10.99.3.1"),
         "{journal}"
     );
-    assert_eq!(server_of(&host, &sshd), Ok("10.99.3.1:22".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("mv"),
+        Ok("10.99.3.1:22".into())
+    );
 
     drop(old);
     gatectl_ok(&host, &["stop", "alice"]);

@@ -10,15 +10,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gatectl::{
     add_host_name, connect, gatectl, gatectl_ok, host_state, install_unit, leftovers, setup, text,
 };
-use common::{require_root, ssh_args, SshFixture, TestHost};
+use common::session::Agent;
+use common::{require_root, SshFixture, TestHost};
 
 /// The agent's files: its known_hosts vouches for both upstream daemons.
 const KNOWN_HOSTS: &str = "/root/agent/known_hosts";
@@ -50,98 +48,6 @@ fn refresh_ssh_config(host: &TestHost) {
     host.write_file(SSH_CONFIG, config.as_bytes(), 0o600);
 }
 
-/// What `alias` answers over a new ssh session from the agent netns: the
-/// server's address and port as sshd sees them (`SSH_CONNECTION`).
-fn server_of(host: &TestHost, sshd: &SshFixture, alias: &str) -> Result<String, String> {
-    let argv = ssh_args(
-        Some("agent"),
-        Some(SSH_CONFIG),
-        &sshd.identity,
-        KNOWN_HOSTS,
-        alias,
-        "set -- $SSH_CONNECTION; echo $3:$4",
-    );
-    let out = host.exec(&argv);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(text(&out))
-    }
-}
-
-/// A long ssh session from the agent netns running `cat` upstream: each line
-/// sent comes back while the session lives.
-struct Session {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Session {
-    fn open(host: &TestHost, sshd: &SshFixture, alias: &str) -> Session {
-        let argv = ssh_args(
-            Some("agent"),
-            Some(SSH_CONFIG),
-            &sshd.identity,
-            KNOWN_HOSTS,
-            alias,
-            "cat",
-        );
-        let mut child = host
-            .command(&argv)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot run ssh");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut session = Session { child, stdin, lines };
-        session
-            .echo("hello")
-            .unwrap_or_else(|e| panic!("session through {alias}: {e}"));
-        session
-    }
-
-    /// Sends `line` and waits for it to come back.
-    fn echo(&mut self, line: &str) -> Result<(), String> {
-        writeln!(self.stdin, "{line}").map_err(|e| format!("the session is closed: {e}"))?;
-        match self.lines.recv_timeout(Duration::from_secs(10)) {
-            Ok(got) if got == line => Ok(()),
-            Ok(got) => Err(format!("got {got:?} back instead of {line:?}")),
-            Err(e) => Err(format!("no echo: {e}")),
-        }
-    }
-
-    /// Waits until ssh exits (the session was cut); `false` if it still runs
-    /// after `limit`.
-    fn ends_within(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A second sshd on the upstream (10.99.2.1:2222, named `upstream2.test`),
 /// known to the agent under that name.
 fn second_upstream(host: &TestHost, first: &SshFixture) -> SshFixture {
@@ -169,10 +75,13 @@ fn reload_adds_changes_and_removes_entries_while_sessions_run() {
     write_manifest(&host, &v1);
     gatectl_ok(&host, &["start", "alice"]);
     refresh_ssh_config(&host);
-    assert_eq!(server_of(&host, &sshd, "chg"), Ok("10.99.2.1:22".into()));
-    let mut kept = Session::open(&host, &sshd, "up");
-    let mut changed = Session::open(&host, &sshd, "chg");
-    let mut revoked = Session::open(&host, &sshd, "gone");
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("chg"),
+        Ok("10.99.2.1:22".into())
+    );
+    let mut kept = Agent::of_fixture(&host, &sshd).session("up");
+    let mut changed = Agent::of_fixture(&host, &sshd).session("chg");
+    let mut revoked = Agent::of_fixture(&host, &sshd).session("gone");
 
     // A manifest that fails validation changes nothing, and says why.
     let before = host_state(&host);
@@ -206,9 +115,18 @@ fn reload_adds_changes_and_removes_entries_while_sessions_run() {
          added new on port 30003, forwarding to upstream2.test:2222 (10.99.2.1)\n"
     );
     refresh_ssh_config(&host);
-    assert_eq!(server_of(&host, &sshd, "new"), Ok("10.99.2.1:2222".into()));
-    assert_eq!(server_of(&host, &sshd, "chg"), Ok("10.99.2.1:2222".into()));
-    assert_eq!(server_of(&host, &sshd, "up"), Ok("10.99.2.1:22".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("new"),
+        Ok("10.99.2.1:2222".into())
+    );
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("chg"),
+        Ok("10.99.2.1:2222".into())
+    );
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("up"),
+        Ok("10.99.2.1:22".into())
+    );
     for (what, session) in [
         ("unchanged", &mut kept),
         ("changed", &mut changed),
@@ -255,8 +173,14 @@ fn reload_adds_changes_and_removes_entries_while_sessions_run() {
     write_manifest(&host, &v2);
     gatectl_ok(&host, &["reload", "alice"]);
     refresh_ssh_config(&host);
-    assert_eq!(server_of(&host, &sshd, "gone"), Ok("10.99.2.1:22".into()));
-    assert_eq!(server_of(&host, &sshd, "new"), Ok("10.99.2.1:2222".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("gone"),
+        Ok("10.99.2.1:22".into())
+    );
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("new"),
+        Ok("10.99.2.1:2222".into())
+    );
     // The file `ssh-config --include` names follows the reloads.
     let include = gatectl_ok(&host, &["ssh-config", "alice", "--include"]);
     let included = host.read_file(include.trim_end());
@@ -303,7 +227,10 @@ fn systemctl_reload_applies_the_manifest_to_an_idle_gate_and_refuses_what_it_can
     host.run_ok(&["systemctl", "reload", "gatectl@alice.service"]);
     assert_eq!(forwarder(), b"inactive\n", "a reload started the idle forwarder");
     refresh_ssh_config(&host);
-    assert_eq!(server_of(&host, &sshd, "up"), Ok("10.99.2.1:2222".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("up"),
+        Ok("10.99.2.1:2222".into())
+    );
 
     // Another agent netns is refused: the agent's end would move.
     host.add_netns("agent2");
@@ -331,8 +258,14 @@ fn systemctl_reload_applies_the_manifest_to_an_idle_gate_and_refuses_what_it_can
     );
     host.run_ok(&["systemctl", "reload", "gatectl@alice.service"]);
     refresh_ssh_config(&host);
-    assert_eq!(server_of(&host, &sshd, "two"), Ok("10.99.2.1:2222".into()));
-    assert_eq!(server_of(&host, &sshd, "up"), Ok("10.99.2.1:22".into()));
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("two"),
+        Ok("10.99.2.1:2222".into())
+    );
+    assert_eq!(
+        Agent::of_fixture(&host, &sshd).server_of("up"),
+        Ok("10.99.2.1:22".into())
+    );
     let state = host.run_ok(&["systemctl", "is-active", "gatectl@alice.service"]);
     assert_eq!(state, "active\n");
 

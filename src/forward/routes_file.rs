@@ -16,13 +16,13 @@
 //! generation it serves in its `STATUS=` line, which is how `gatectl reload`
 //! learns that the forwarder applied a file.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::route::ForwardRoute;
+use crate::atomic_file;
 use crate::error::{Context, Error, Result};
 
 /// Where the forwarder sees its gate's routes directory.
@@ -88,21 +88,9 @@ impl RoutesFile {
             .create(dir)
             .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(FILE_NAME);
-        let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
         let text = serde_json::to_vec(self)
             .map_err(|e| Error::failed(format!("cannot serialize the routes: {e}")))?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.write_all(&text)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+        atomic_file::replace(&dir.join(FILE_NAME), &text, 0o644)
     }
 }
 

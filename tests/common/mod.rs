@@ -20,6 +20,7 @@
 pub mod gatectl;
 pub mod json_schema;
 pub mod probe;
+pub mod session;
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
