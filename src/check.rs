@@ -113,10 +113,18 @@ pub async fn check_host() -> Vec<Finding> {
             return findings;
         }
     };
-    let firewall = Firewall {
-        egress_pool: settings.egress_pool,
-        block_other_forwarding: forwarding.set_by_gatectl(),
+    let forwarding6 = match host.host_wide.forwarding6().await {
+        Ok(forwarding6) => forwarding6,
+        Err(e) => {
+            findings.push(Finding::failed("ipv6_forwarding", &e));
+            return findings;
+        }
     };
+    let firewall = Firewall::of(
+        settings,
+        forwarding.set_by_gatectl(),
+        forwarding6.set_by_gatectl(),
+    );
     let table_intact = match firewall.survey() {
         Ok(survey) => {
             findings.push(firewall_finding(&survey, &active_egress));
@@ -137,6 +145,19 @@ pub async fn check_host() -> Vec<Finding> {
         }
         .finding(forwarding.on),
     );
+    findings.push(
+        ForwardingCheck {
+            set_by_gatectl: forwarding6.set_by_gatectl(),
+            table_intact,
+            rules_complete: forwarding6.rules.complete,
+            active_gates: active.iter().filter(|p| p.egress6.is_some()).count(),
+        }
+        .finding_of("ipv6_forwarding", forwarding6.on),
+    );
+    findings.push(match host.host_wide.slaac_at_risk().await {
+        Ok(links) => slaac_finding(&links, forwarding6.on),
+        Err(e) => Finding::failed("accept_ra", &e),
+    });
     findings.extend(gate_table_findings(&active));
     findings.extend(pool_findings(settings).await);
     findings
@@ -423,9 +444,51 @@ pub struct ForwardingCheck {
     pub active_gates: usize,
 }
 
+/// The finding on the interfaces that learn their IPv6 default route by
+/// Router Advertisement with `accept_ra` below 2 (`links`), which lose that
+/// route while IPv6 forwarding is `on`.
+pub fn slaac_finding(links: &[String], on: bool) -> Finding {
+    if links.is_empty() {
+        return Finding::new(
+            Verdict::Ok,
+            "accept_ra",
+            "no IPv6 default route learned by router advertisement depends on accept_ra=1",
+        );
+    }
+    let names = links.join(", ");
+    let fix: Vec<String> = links
+        .iter()
+        .map(|l| format!("sysctl -w net.ipv6.conf.{l}.accept_ra=2"))
+        .collect();
+    if on {
+        Finding::new(
+            Verdict::Fail,
+            "accept_ra",
+            format!(
+                "{names} learned the IPv6 default route by router advertisement, but IPv6 forwarding is on                  and accept_ra is below 2, so the route goes when it expires; run `{}`",
+                fix.join("; ")
+            ),
+        )
+    } else {
+        Finding::new(
+            Verdict::Ok,
+            "accept_ra",
+            format!(
+                "{names} learn the IPv6 default route by router advertisement: while a gate with an IPv6                  upstream runs, gatectl sets their accept_ra to 2 (so IPv6 forwarding keeps the route) and                  back to 1 after the last gate"
+            ),
+        )
+    }
+}
+
 impl ForwardingCheck {
-    /// The finding for forwarding being `on` or off.
+    /// The finding for IPv4 forwarding being `on` or off.
     pub fn finding(&self, on: bool) -> Finding {
+        self.finding_of("ip_forward", on)
+    }
+
+    /// The finding named `check` for forwarding of one family being `on`
+    /// or off.
+    pub fn finding_of(&self, check: &str, on: bool) -> Finding {
         let active = self.active_gates;
         let or_prune = if active == 0 {
             ", or `gatectl prune` to turn forwarding off"
@@ -486,7 +549,7 @@ impl ForwardingCheck {
                     .to_string(),
             )
         };
-        Finding::new(verdict, "ip_forward", detail)
+        Finding::new(verdict, check, detail)
     }
 }
 
@@ -501,12 +564,23 @@ async fn pool_findings(settings: &Settings) -> Vec<Finding> {
         ("internal_pool", settings.internal_pool, AGENT_LINK_GROUP),
         ("egress_pool", settings.egress_pool, HOST_EGRESS_GROUP),
     ] {
+        let pool = ipnet::IpNet::from(pool);
         findings.push(match root.route_overlapping(pool, &[own]).await {
             Ok(None) => Finding::new(Verdict::Ok, setting, format!("{pool}: no host route overlaps it")),
             Ok(Some(route)) => Finding::failed(setting, &overlap(setting, pool, route)),
             Err(e) => Finding::failed(setting, &e),
         });
     }
+    let pool6 = ipnet::IpNet::from(settings.egress_pool6);
+    findings.push(match root.route_overlapping(pool6, &[HOST_EGRESS_GROUP]).await {
+        Ok(None) => Finding::new(
+            Verdict::Ok,
+            "egress_pool6",
+            format!("{pool6}: no host route overlaps it"),
+        ),
+        Ok(Some(route)) => Finding::failed("egress_pool6", &overlap("egress_pool6", pool6, route)),
+        Err(e) => Finding::failed("egress_pool6", &e),
+    });
     findings
 }
 

@@ -109,8 +109,20 @@ impl Reload<'_> {
                  restart the gate once to apply the manifest: `gatectl stop {slug} && gatectl start {slug}`"
             )));
         };
+        // A gate started without IPv6 egress stays IPv4: its dual-stack
+        // upstreams are reached over IPv4, and an IPv6-only one needs a restart.
+        let upstreams = if old.egress6.is_none() && spec.uses_ipv6() {
+            spec.clone()
+                .without_ipv6(&format!(
+                    "gate {slug} runs without IPv6 (no upstream of it had an IPv6 address at start); \
+                     restart it to give it IPv6: `gatectl stop {slug} && gatectl start {slug}`"
+                ))?
+                .upstreams
+        } else {
+            spec.upstreams.clone()
+        };
         let new = GatePlan {
-            upstreams: spec.upstreams.clone(),
+            upstreams,
             ..old.clone()
         };
         let changes = entry_changes(&old.upstreams, &new.upstreams);
