@@ -116,7 +116,7 @@ pub async fn check_host() -> Vec<Finding> {
     let forwarding6 = match host.host_wide.forwarding6().await {
         Ok(forwarding6) => forwarding6,
         Err(e) => {
-            findings.push(Finding::failed("ipv6_forwarding", &e));
+            findings.push(Finding::failed("ipv6_forward", &e));
             return findings;
         }
     };
@@ -152,7 +152,7 @@ pub async fn check_host() -> Vec<Finding> {
             rules_complete: forwarding6.rules.complete,
             active_gates: active.iter().filter(|p| p.egress6.is_some()).count(),
         }
-        .finding_of("ipv6_forwarding", forwarding6.on),
+        .finding_of("ipv6_forward", forwarding6.on),
     );
     findings.push(match host.host_wide.slaac_at_risk().await {
         Ok(links) => slaac_finding(&links, forwarding6.on),
