@@ -195,8 +195,8 @@ fn an_ipv6_only_upstream_is_reached_through_the_gate_and_nothing_else() {
     // default route (accept_ra=2 while it forwards), and confines
     // forwarding to the gates with its IPv6 routing rules.
     assert_eq!(ipv6_forwarding(&host), "1");
-    assert_eq!(accept_ra(&host, "rt0"), "2");
     assert!(!slaac_route(&host).is_empty(), "the SLAAC default route went");
+    assert_eq!(accept_ra(&host, "rt0"), "2");
     let rules6 = host.run_ok(&["ip", "-6", "rule", "show"]);
     assert_eq!(
         rules6.lines().filter(|l| l.contains("proto 231")).count(),
