@@ -286,8 +286,13 @@ impl HostWide {
                 }
             }
             if !forwarding6.on || !marker.exists() {
-                let mut text: String = self.accept_ra_changed()?.into_iter().map(|l| l + "\n").collect();
-                text.extend(slaac.iter().map(|l| format!("{l}\n")));
+                let mut links = self.accept_ra_changed()?;
+                for link in &slaac {
+                    if !links.contains(link) {
+                        links.push(link.clone());
+                    }
+                }
+                let text: String = links.iter().map(|l| format!("{l}\n")).collect();
                 std::fs::write(&marker, text)
                     .with_context(|| format!("cannot write {}", marker.display()))?;
             }
