@@ -382,6 +382,19 @@ fn dual_stack_upstreams_prefer_ipv6_and_fall_back_to_ipv4() {
     let allow = host.run_ok(&["systemctl", "show", "-p", "IPAddressAllow", "gate-alice.service"]);
     assert!(!allow.contains("fd99"), "{allow}");
     assert_eq!(ipv6_forwarding(&host), "0");
+    // No IPv6 at all on either end of an IPv4-only gate's egress link.
+    for netns in [None, Some("gate-alice")] {
+        let mut argv = vec!["ip"];
+        if let Some(ns) = netns {
+            argv.extend(["-n", ns]);
+        }
+        argv.extend(["-6", "-o", "addr", "show"]);
+        let addrs = host.run_ok(&argv);
+        assert!(
+            !addrs.contains(" gte0 ") && !addrs.contains(" ext0 "),
+            "{netns:?}: {addrs}"
+        );
+    }
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 

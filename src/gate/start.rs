@@ -449,14 +449,21 @@ async fn create_veth_pairs(
 }
 
 /// Gives the host's egress end and the agent end their addresses and the
-/// alias that marks them as the gate's, and brings them up.
+/// alias that marks them as the gate's, and brings them up. IPv6 is on only
+/// on a host end of a gate with IPv6 egress.
 async fn configure_outer_ends(root: &Netlink, plan: &GatePlan, agent_ns: Option<&OwnedFd>) -> Result<()> {
     let alias = link_alias(&plan.slug);
     let address = |end: &plan::LinkEnd| Some((end.address, LINK_PREFIX_LEN));
-    if let Some(egress6) = plan.egress6 {
-        sysctl::settle_host_egress_ipv6(&plan.host_egress.name)?;
-        root.add_address6(&plan.host_egress.name, egress6.host, LINK_PREFIX_LEN6)
-            .await?;
+    match plan.egress6 {
+        Some(egress6) => {
+            sysctl::settle_host_egress_ipv6(&plan.host_egress.name)?;
+            root.add_address6(&plan.host_egress.name, egress6.host, LINK_PREFIX_LEN6)
+                .await?;
+        }
+        None => sysctl::disable_link_ipv6(&plan.host_egress.name)?,
+    }
+    if plan.agent_in_root_ns() {
+        sysctl::disable_link_ipv6(&plan.agent_link.name)?;
     }
     root.configure(&plan.host_egress.name, address(&plan.host_egress), Some(&alias))
         .await?;

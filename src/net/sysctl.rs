@@ -182,6 +182,13 @@ pub fn settle_host_egress_ipv6(link: &str) -> Result<()> {
     Ok(())
 }
 
+/// Turns IPv6 off on gatectl's own host-side link `link`: the host end of
+/// a gate without IPv6 egress, or an agent end in the host namespace. It
+/// gets no link-local address, and no IPv6 crosses it.
+pub fn disable_link_ipv6(link: &str) -> Result<()> {
+    write_ipv6_conf(link, "disable_ipv6", "1", "on the host")
+}
+
 fn ipv6_conf(link: &str, setting: &str) -> String {
     format!("/proc/sys/net/ipv6/conf/{link}/{setting}")
 }
