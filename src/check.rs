@@ -769,4 +769,37 @@ mod tests {
             assert!(finding.detail.contains(phrase), "{finding:?}");
         }
     }
+
+    #[test]
+    fn slaac_links_fail_only_while_ipv6_forwarding_is_on() {
+        let links = ["eth0".to_string(), "wlan0".to_string()];
+        let on = slaac_finding(&links, true);
+        assert_eq!(on.verdict, Verdict::Fail);
+        assert_eq!(on.subject, "accept_ra");
+        assert!(
+            on.detail.ends_with(
+                "run `sysctl -w net.ipv6.conf.eth0.accept_ra=2; sysctl -w net.ipv6.conf.wlan0.accept_ra=2`"
+            ),
+            "{on:?}"
+        );
+        let off = slaac_finding(&links, false);
+        assert_eq!(off.verdict, Verdict::Ok);
+        assert!(
+            off.detail.starts_with("eth0, wlan0 learn the IPv6 default route"),
+            "{off:?}"
+        );
+        assert_eq!(slaac_finding(&[], true).verdict, Verdict::Ok);
+        // The IPv6 forwarding finding has its own name.
+        let check = ForwardingCheck {
+            set_by_gatectl: true,
+            table_intact: true,
+            rules_complete: false,
+            active_gates: 1,
+        };
+        let finding = check.finding_of("ipv6_forward", true);
+        assert_eq!(
+            (finding.subject.as_str(), finding.verdict),
+            ("ipv6_forward", Verdict::Fail)
+        );
+    }
 }

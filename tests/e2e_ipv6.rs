@@ -13,8 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::gatectl::{
-    add_host_name, bash_in, connect, detail, gatectl, gatectl_ok, ipv6_forwarding, leftovers, serve, setup,
-    ssh_via_gate, text,
+    add_host_name, bash_in, connect, detail, gatectl, gatectl_ok, ipv6_forwarding, leftovers, serve,
+    serve_echo, setup, ssh_via_gate, text,
 };
 use common::{require_root, TestHost};
 
@@ -417,6 +417,71 @@ fn dual_stack_upstreams_prefer_ipv6_and_fall_back_to_ipv4() {
     let journal = journal_with(&host, "gate-alice.service", "-> 10.99.2.1:2200");
     assert!(journal.contains("-> 10.99.2.1:2200 closed"), "{journal}");
     host.run_ok(&["ip", "-6", "route", "del", "blackhole", "fd99:2::2/128"]);
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}
+
+/// The peers of the connections the upstream's netns holds on `port`.
+fn upstream_peers(host: &TestHost, port: u16) -> String {
+    host.run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        "upstream",
+        "ss",
+        "-Htn",
+        "state",
+        "established",
+        &format!("( sport = :{port} )"),
+    ])
+}
+
+#[test]
+fn a_routed_egress_pool6_reaches_upstreams_from_the_gates_own_address() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-ipv6-routed");
+    host.add_ipv6_to_link("upstream", "up0", "fd99:2::1/64", "fd99:2::2/64");
+    host.run_ok(&["ip", "-6", "route", "add", "default", "via", UP6, "dev", "up0"]);
+    serve_echo(&host, Some("upstream"), UP6, 2200);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"six\"\nHostname = \"fd99:2::2\"\nPort = 2200\n",
+        0o644,
+    );
+    host.write_file("/etc/gatectl/gatectl.toml", b"nat66 = false\n", 0o644);
+    gatectl_ok(&host, &["start", "alice"]);
+    let postrouting = host.run_ok(&["nft", "list", "chain", "inet", "gatectl", "postrouting"]);
+    assert!(!postrouting.contains("fd23:1:2::/48"), "{postrouting}");
+    // The upstream routes the pool back to the host (its default route):
+    // it sees the gate's own address, not the host's.
+    let mut held = host
+        .command(&[
+            "ip",
+            "netns",
+            "exec",
+            "agent",
+            "timeout",
+            "20",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/10.231.0.1/30000; echo ping >&3; read -t 5 line <&3; echo \"$line\"; sleep 15",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut echoed = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(held.stdout.take().unwrap()),
+        &mut echoed,
+    )
+    .unwrap();
+    assert_eq!(echoed.trim(), "ping");
+    let peers = upstream_peers(&host, 2200);
+    assert!(peers.contains("[fd23:1:2::1]:"), "{peers}");
+    held.kill().unwrap();
+    held.wait().unwrap();
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
