@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::gatectl::{
-    add_host_name, bash_in, connect, detail, gatectl, gatectl_ok, ipv6_forwarding, leftovers, serve,
+    add_host_name, bash_in, connect, detail, gatectl, gatectl_ok, ipv6_forwarding, leftovers, not_ok, serve,
     serve_echo, setup, ssh_via_gate, text,
 };
 use common::{require_root, TestHost};
@@ -216,6 +216,9 @@ fn an_ipv6_only_upstream_is_reached_through_the_gate_and_nothing_else() {
         .find(|l| l.contains(" accept_ra "))
         .unwrap_or_default();
     assert!(slaac_line.starts_with("ok "), "{report}");
+    // Everything else holds too: the gate's tables with their IPv6 pairs,
+    // the forwarder's sandbox, the host table.
+    assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
 
     // The gate netns: IPv6 on ext0 only, its static address and its
     // link-local one, no router advertisements accepted.
