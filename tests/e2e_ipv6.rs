@@ -4,7 +4,8 @@
 //! tampered forwarder, each layer alone, other networks), the host's IPv6
 //! forwarding and a SLAAC default route kept and restored, and dual-stack
 //! upstreams: IPv6 first, IPv4 within a bounded time when the IPv6 path is
-//! blackholed, and IPv4 at once on a host without IPv6.
+//! blackholed, and IPv4 at once on a host without IPv6; a routed
+//! `egress_pool6`; and nftables.service events that let no IPv6 cross.
 //!
 //! Needs root; skipped otherwise (fails under `CI`).
 
@@ -16,6 +17,7 @@ use common::gatectl::{
     add_host_name, bash_in, connect, detail, gatectl, gatectl_ok, ipv6_forwarding, leftovers, not_ok, serve,
     serve_echo, setup, ssh_via_gate, text,
 };
+use common::probe::{Outcome, Probe, Tally};
 use common::{require_root, TestHost};
 
 /// The IPv6-only upstream (sshd on :22, a decoy on :8080).
@@ -485,6 +487,107 @@ fn a_routed_egress_pool6_reaches_upstreams_from_the_gates_own_address() {
     assert!(peers.contains("[fd23:1:2::1]:"), "{peers}");
     held.kill().unwrap();
     held.wait().unwrap();
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}
+
+/// Debian's default /etc/nftables.conf: it begins with `flush ruleset`.
+const NFTABLES_CONF: &[u8] = b"#!/usr/sbin/nft -f\n\nflush ruleset\n\n\
+table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter;\n\t}\n\
+\tchain forward {\n\t\ttype filter hook forward priority filter;\n\t}\n\
+\tchain output {\n\t\ttype filter hook output priority filter;\n\t}\n}\n";
+
+/// Installs nftables.service as Debian ships it (the harness masks it) with
+/// Debian's default /etc/nftables.conf, and gatectl-reconcile.service from
+/// this tree, enabled; then starts nftables.service and waits for its jobs.
+fn install_nftables_service(host: &TestHost) {
+    host.write_file("/etc/nftables.conf", NFTABLES_CONF, 0o755);
+    host.run_ok(&["rm", "-f", "/etc/systemd/system/nftables.service"]);
+    host.run_ok(&["cp", common::gatectl::GATECTL, "/usr/bin/gatectl"]);
+    host.write_file(
+        "/etc/systemd/system/gatectl-reconcile.service",
+        include_bytes!("../units/gatectl-reconcile.service"),
+        0o644,
+    );
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    host.run_ok(&["systemctl", "enable", "--quiet", "gatectl-reconcile.service"]);
+    nftables_event(host, "start");
+}
+
+/// `systemctl <event> nftables.service`, then waits until systemd has no
+/// job queued (gatectl-reconcile.service's included).
+fn nftables_event(host: &TestHost, event: &str) {
+    host.run_ok(&["systemctl", event, "nftables.service"]);
+    for _ in 0..200 {
+        if host
+            .run_ok(&["systemctl", "list-jobs", "--no-legend"])
+            .trim()
+            .is_empty()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("systemd jobs still queued after 5 s");
+}
+
+#[test]
+fn nftables_reload_restart_stop_start_let_no_ipv6_cross() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-ipv6-nft");
+    host.add_ipv6_to_link("upstream", "up0", "fd99:2::1/64", "fd99:2::2/64");
+    host.run_ok(&["ip", "-6", "route", "add", "default", "via", UP6, "dev", "up0"]);
+    serve(&host, Some("upstream"), UP6, 2200, "declared");
+    serve(&host, Some("upstream"), UP6, 8080, "decoy");
+    // A third network neta6 -> netb6 behind the host, routed by it when it
+    // forwards IPv6 (the positive control).
+    host.add_netns_with_link6("neta6", "na6", "fd99:6::1/64", "fd99:6::2/64");
+    host.add_netns_with_link6("netb6", "nb6", "fd99:7::1/64", "fd99:7::2/64");
+    serve(&host, Some("netb6"), "fd99:7::2", 7070, "netb6");
+    host.run_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    assert_eq!(connect(&host, Some("neta6"), "fd99:7::2", 7070), Ok(()));
+    host.run_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=0"]);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"six\"\nHostname = \"fd99:2::2\"\nPort = 2200\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "alice"]);
+    install_nftables_service(&host);
+    assert_eq!(read_via_gate(&host).0, "got:declared");
+
+    let third = Probe::start(&host, "third6", "neta6", "fd99:7::2", 7070);
+    let gate = Probe::start(&host, "gate6", "gate-alice", UP6, 8080);
+    for event in ["reload", "restart", "stop", "start"] {
+        nftables_event(&host, event);
+        if event == "stop" {
+            // No host table now: the IPv6 routing rules still confine
+            // forwarding, the gate netns's table still holds the gate.
+            let rules6 = host.run_ok(&["ip", "-6", "rule", "show"]);
+            assert_eq!(
+                rules6.lines().filter(|l| l.contains("proto 231")).count(),
+                5,
+                "{rules6}"
+            );
+        } else {
+            assert_eq!(read_via_gate(&host).0, "got:declared", "after {event}");
+        }
+        // Let the probes see the state after the event for a while.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (third, gate) = (Tally::of(&third.stop(&host)), Tally::of(&gate.stop(&host)));
+    eprintln!("third network {third}; gate netns -> decoy {gate}");
+    assert_eq!(third.crossings(), 0, "third network crossed: {third}");
+    assert_eq!(gate.crossings(), 0, "gate netns reached the decoy: {gate}");
+    assert!(third.total() >= 10 && gate.total() >= 10, "{third}; {gate}");
+    assert_eq!(
+        third.count(Outcome::Unreachable) + third.count(Outcome::TimedOut),
+        third.total(),
+        "{third}"
+    );
+    assert_eq!(gate.count(Outcome::TimedOut), gate.total(), "{gate}");
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
