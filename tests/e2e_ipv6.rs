@@ -403,8 +403,31 @@ fn dual_stack_upstreams_prefer_ipv6_and_fall_back_to_ipv4() {
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 
-    // With an IPv6 default route, both families: IPv6 first.
+    // With an IPv6 default route, a gate started with IPv4 upstreams only
+    // has no IPv6; a reload cannot give it an IPv6-only upstream.
     host.run_ok(&["ip", "-6", "route", "add", "default", "via", UP6, "dev", "up0"]);
+    let v4 = b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"v4\"\nHostname = \"10.99.2.1\"\nPort = 2200\n";
+    host.write_file("/etc/gatectl/bottles/alice.toml", v4, 0o644);
+    gatectl_ok(&host, &["start", "alice"]);
+    let dual_and_six = [
+        &dual[..],
+        b"[[ssh]]\nHost = \"six\"\nHostname = \"six.test\"\nPort = 2200\n",
+    ]
+    .concat();
+    host.write_file("/etc/gatectl/bottles/alice.toml", &dual_and_six, 0o644);
+    let refused = gatectl(&host, &["reload", "alice"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(
+            "ssh entry 2 (six): upstream six.test has IPv6 addresses only, but gate alice runs without IPv6"
+        ) && text(&refused).contains("gatectl stop alice && gatectl start alice"),
+        "{}",
+        text(&refused)
+    );
+    gatectl_ok(&host, &["stop", "alice"]);
+
+    // Started with a dual-stack upstream: IPv6, tried first.
+    host.write_file("/etc/gatectl/bottles/alice.toml", dual, 0o644);
     gatectl_ok(&host, &["start", "alice"]);
     let status: serde_json::Value =
         serde_json::from_str(&gatectl_ok(&host, &["status", "alice", "--json"])).unwrap();
@@ -422,6 +445,26 @@ fn dual_stack_upstreams_prefer_ipv6_and_fall_back_to_ipv4() {
     let journal = journal_with(&host, "gate-alice.service", "-> 10.99.2.1:2200");
     assert!(journal.contains("-> 10.99.2.1:2200 closed"), "{journal}");
     host.run_ok(&["ip", "-6", "route", "del", "blackhole", "fd99:2::2/128"]);
+    // A reload adds an IPv6-only entry to this gate: both tables and the
+    // forwarder's sandbox take its pair, and it answers over IPv6.
+    host.write_file("/etc/gatectl/bottles/alice.toml", &dual_and_six, 0o644);
+    gatectl_ok(&host, &["reload", "alice"]);
+    let out = bash_in(
+        &host,
+        "agent",
+        8,
+        "exec 3<>/dev/tcp/10.231.0.1/30001; read -t 5 line <&3; echo \"got:$line\"",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "got:via-ipv6");
+    let journal = journal_with(&host, "gate-alice.service", "six: ");
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.starts_with("six: ") && l.contains("-> [fd99:2::2]:2200 closed")),
+        "{journal}"
+    );
+    let report = gatectl_ok(&host, &["check"]);
+    assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
