@@ -261,7 +261,10 @@ fn reload_adds_changes_and_removes_entries_while_sessions_run() {
     let include = gatectl_ok(&host, &["ssh-config", "alice", "--include"]);
     assert_eq!(
         host.read_file(include.trim_end()),
-        gatectl_ok(&host, &["ssh-config", "alice"])
+        format!(
+            "# kept current by gatectl while gate \"alice\" runs; edits are lost\n{}",
+            gatectl_ok(&host, &["ssh-config", "alice"])
+        )
     );
     assert!(host.read_file(include.trim_end()).contains(
         "Host new
