@@ -7,8 +7,9 @@
 //!
 //! IPv6 is opened only for a gate with IPv6 upstreams. With
 //! `net.ipv6.conf.all.forwarding=1` an interface accepts Router
-//! Advertisements only when its `accept_ra` is 2, so a host that learned its
-//! default route by SLAAC would lose it at the route's expiry: before
+//! Advertisements only when its `accept_ra` is 2, and the kernel drops the
+//! RA-learned default routes of the others at once, so a host configured by
+//! SLAAC would lose its IPv6 default route: before
 //! turning IPv6 forwarding on, gatectl sets `accept_ra=2` on each interface
 //! with an RA-learned default route and `accept_ra=1`, names them in the
 //! IPv6 marker, and sets them back to 1 when it turns forwarding off.
