@@ -634,3 +634,53 @@ fn nftables_reload_restart_stop_start_let_no_ipv6_cross() {
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
+
+#[test]
+fn two_gates_with_ipv6_upstreams_are_isolated_from_each_other() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-ipv6-two-gates");
+    host.add_ipv6_to_link("upstream", "up0", "fd99:2::1/64", "fd99:2::2/64");
+    host.run_ok(&["ip", "-6", "route", "add", "default", "via", UP6, "dev", "up0"]);
+    host.add_netns_with_link6("upstream2", "up2", "fd99:3::1/64", "fd99:3::2/64");
+    serve(&host, Some("upstream"), UP6, 2200, "alice-upstream");
+    serve(&host, Some("upstream2"), "fd99:3::2", 2222, "bob-upstream");
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"a\"\nHostname = \"fd99:2::2\"\nPort = 2200\n",
+        0o644,
+    );
+    host.write_file(
+        "/etc/gatectl/bottles/bob.toml",
+        b"[[ssh]]\nHost = \"b\"\nHostname = \"fd99:3::2\"\nPort = 2222\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "alice"]);
+    gatectl_ok(&host, &["start", "bob"]);
+    let elements = common::gatectl::allowlist(&host);
+    assert_eq!(
+        elements, "\"gte0\" . fd99:2::2 . 2200\n\"gte1\" . fd99:3::2 . 2222\n",
+        "{elements}"
+    );
+    // Each gate reaches its own IPv6 upstream, and the other's is dropped.
+    assert_eq!(connect(&host, Some("gate-alice"), UP6, 2200), Ok(()));
+    assert_eq!(connect(&host, Some("gate-bob"), "fd99:3::2", 2222), Ok(()));
+    let dropped = |gate: &str, address: &str, port: u16| {
+        assert_eq!(
+            connect(&host, Some(gate), address, port),
+            Err("timed out".to_string()),
+            "{gate} -> [{address}]:{port}"
+        );
+    };
+    dropped("gate-alice", "fd99:3::2", 2222);
+    dropped("gate-bob", UP6, 2200);
+    // Nor can one gate reach the other gate's egress address.
+    dropped("gate-alice", "fd23:1:2::3", 22);
+    gatectl_ok(&host, &["stop", "alice"]);
+    assert_eq!(connect(&host, Some("gate-bob"), "fd99:3::2", 2222), Ok(()));
+    assert_eq!(ipv6_forwarding(&host), "1", "bob still needs IPv6 forwarding");
+    gatectl_ok(&host, &["stop", "bob"]);
+    assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+    assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
+}
