@@ -152,7 +152,7 @@ pub async fn check_host() -> Vec<Finding> {
             rules_complete: forwarding6.rules.complete,
             active_gates: active.iter().filter(|p| p.egress6.is_some()).count(),
         }
-        .finding_of("ipv6_forward", forwarding6.on),
+        .finding_of(Family::V6, forwarding6.on),
     );
     findings.push(match host.host_wide.slaac_at_risk().await {
         Ok(links) => slaac_finding(&links, forwarding6.on),
@@ -480,15 +480,31 @@ pub fn slaac_finding(links: &[String], on: bool) -> Finding {
     }
 }
 
+/// The address family a forwarding finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4: `net.ipv4.ip_forward`, every gate.
+    V4,
+    /// IPv6: `net.ipv6.conf.all.forwarding`, gates with IPv6 upstreams.
+    V6,
+}
+
 impl ForwardingCheck {
     /// The finding for IPv4 forwarding being `on` or off.
     pub fn finding(&self, on: bool) -> Finding {
-        self.finding_of("ip_forward", on)
+        self.finding_of(Family::V4, on)
     }
 
-    /// The finding named `check` for forwarding of one family being `on`
-    /// or off.
-    pub fn finding_of(&self, check: &str, on: bool) -> Finding {
+    /// The finding for forwarding of `family` being `on` or off.
+    pub fn finding_of(&self, family: Family, on: bool) -> Finding {
+        let (check, first, rules) = match family {
+            Family::V4 => ("ip_forward", "the first start", "ip rule"),
+            Family::V6 => (
+                "ipv6_forward",
+                "the first gate with an IPv6 upstream",
+                "ip -6 rule",
+            ),
+        };
         let active = self.active_gates;
         let or_prune = if active == 0 {
             ", or `gatectl prune` to turn forwarding off"
@@ -503,7 +519,7 @@ impl ForwardingCheck {
         } else if !on {
             (
                 Verdict::Ok,
-                "off; the first start turns it on and confines it to gate traffic".to_string(),
+                format!("off; {first} turns it on and confines it to gate traffic"),
             )
         } else if !self.set_by_gatectl {
             (
@@ -524,7 +540,7 @@ impl ForwardingCheck {
             (
                 Verdict::Fail,
                 format!(
-                    "on, turned on by gatectl; its routing rules (ip rule, proto 231) are missing, so \
+                    "on, turned on by gatectl; its routing rules ({rules}, proto 231) are missing, so \
                      only table inet {TABLE} confines forwarding to gate traffic; run `gatectl reconcile`{or_prune}"
                 ),
             )
@@ -796,10 +812,23 @@ mod tests {
             rules_complete: false,
             active_gates: 1,
         };
-        let finding = check.finding_of("ipv6_forward", true);
+        let finding = check.finding_of(Family::V6, true);
         assert_eq!(
             (finding.subject.as_str(), finding.verdict),
             ("ipv6_forward", Verdict::Fail)
+        );
+        assert!(
+            finding.detail.contains("(ip -6 rule, proto 231) are missing"),
+            "{finding:?}"
+        );
+        let idle = ForwardingCheck {
+            rules_complete: true,
+            active_gates: 0,
+            ..check
+        };
+        assert_eq!(
+            idle.finding_of(Family::V6, false).detail,
+            "off; the first gate with an IPv6 upstream turns it on and confines it to gate traffic"
         );
     }
 }
