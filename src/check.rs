@@ -113,10 +113,18 @@ pub async fn check_host() -> Vec<Finding> {
             return findings;
         }
     };
-    let firewall = Firewall {
-        egress_pool: settings.egress_pool,
-        block_other_forwarding: forwarding.set_by_gatectl(),
+    let forwarding6 = match host.host_wide.forwarding6().await {
+        Ok(forwarding6) => forwarding6,
+        Err(e) => {
+            findings.push(Finding::failed("ipv6_forward", &e));
+            return findings;
+        }
     };
+    let firewall = Firewall::of(
+        settings,
+        forwarding.set_by_gatectl(),
+        forwarding6.set_by_gatectl(),
+    );
     let table_intact = match firewall.survey() {
         Ok(survey) => {
             findings.push(firewall_finding(&survey, &active_egress));
@@ -137,6 +145,19 @@ pub async fn check_host() -> Vec<Finding> {
         }
         .finding(forwarding.on),
     );
+    findings.push(
+        ForwardingCheck {
+            set_by_gatectl: forwarding6.set_by_gatectl(),
+            table_intact,
+            rules_complete: forwarding6.rules.complete,
+            active_gates: active.iter().filter(|p| p.egress6.is_some()).count(),
+        }
+        .finding_of(Family::V6, forwarding6.on),
+    );
+    findings.push(match host.host_wide.slaac_at_risk().await {
+        Ok(links) => slaac_finding(&links, forwarding6.on),
+        Err(e) => Finding::failed("accept_ra", &e),
+    });
     findings.extend(gate_table_findings(&active));
     findings.extend(pool_findings(settings).await);
     findings
@@ -423,9 +444,67 @@ pub struct ForwardingCheck {
     pub active_gates: usize,
 }
 
+/// The finding on the interfaces that learn their IPv6 default route by
+/// Router Advertisement with `accept_ra` below 2 (`links`), which lose that
+/// route while IPv6 forwarding is `on`.
+pub fn slaac_finding(links: &[String], on: bool) -> Finding {
+    if links.is_empty() {
+        return Finding::new(
+            Verdict::Ok,
+            "accept_ra",
+            "no IPv6 default route learned by router advertisement depends on accept_ra=1",
+        );
+    }
+    let names = links.join(", ");
+    let fix: Vec<String> = links
+        .iter()
+        .map(|l| format!("sysctl -w net.ipv6.conf.{l}.accept_ra=2"))
+        .collect();
+    if on {
+        Finding::new(
+            Verdict::Fail,
+            "accept_ra",
+            format!(
+                "{names} learned the IPv6 default route by router advertisement, but IPv6 forwarding is on                  and accept_ra is below 2, so the route goes when it expires; run `{}`",
+                fix.join("; ")
+            ),
+        )
+    } else {
+        Finding::new(
+            Verdict::Ok,
+            "accept_ra",
+            format!(
+                "{names} learn the IPv6 default route by router advertisement: while a gate with an IPv6                  upstream runs, gatectl sets their accept_ra to 2 (so IPv6 forwarding keeps the route) and                  back to 1 after the last gate"
+            ),
+        )
+    }
+}
+
+/// The address family a forwarding finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4: `net.ipv4.ip_forward`, every gate.
+    V4,
+    /// IPv6: `net.ipv6.conf.all.forwarding`, gates with IPv6 upstreams.
+    V6,
+}
+
 impl ForwardingCheck {
-    /// The finding for forwarding being `on` or off.
+    /// The finding for IPv4 forwarding being `on` or off.
     pub fn finding(&self, on: bool) -> Finding {
+        self.finding_of(Family::V4, on)
+    }
+
+    /// The finding for forwarding of `family` being `on` or off.
+    pub fn finding_of(&self, family: Family, on: bool) -> Finding {
+        let (check, first, rules) = match family {
+            Family::V4 => ("ip_forward", "the first start", "ip rule"),
+            Family::V6 => (
+                "ipv6_forward",
+                "the first gate with an IPv6 upstream",
+                "ip -6 rule",
+            ),
+        };
         let active = self.active_gates;
         let or_prune = if active == 0 {
             ", or `gatectl prune` to turn forwarding off"
@@ -440,7 +519,7 @@ impl ForwardingCheck {
         } else if !on {
             (
                 Verdict::Ok,
-                "off; the first start turns it on and confines it to gate traffic".to_string(),
+                format!("off; {first} turns it on and confines it to gate traffic"),
             )
         } else if !self.set_by_gatectl {
             (
@@ -461,7 +540,7 @@ impl ForwardingCheck {
             (
                 Verdict::Fail,
                 format!(
-                    "on, turned on by gatectl; its routing rules (ip rule, proto 231) are missing, so \
+                    "on, turned on by gatectl; its routing rules ({rules}, proto 231) are missing, so \
                      only table inet {TABLE} confines forwarding to gate traffic; run `gatectl reconcile`{or_prune}"
                 ),
             )
@@ -486,7 +565,7 @@ impl ForwardingCheck {
                     .to_string(),
             )
         };
-        Finding::new(verdict, "ip_forward", detail)
+        Finding::new(verdict, check, detail)
     }
 }
 
@@ -501,12 +580,23 @@ async fn pool_findings(settings: &Settings) -> Vec<Finding> {
         ("internal_pool", settings.internal_pool, AGENT_LINK_GROUP),
         ("egress_pool", settings.egress_pool, HOST_EGRESS_GROUP),
     ] {
+        let pool = ipnet::IpNet::from(pool);
         findings.push(match root.route_overlapping(pool, &[own]).await {
             Ok(None) => Finding::new(Verdict::Ok, setting, format!("{pool}: no host route overlaps it")),
             Ok(Some(route)) => Finding::failed(setting, &overlap(setting, pool, route)),
             Err(e) => Finding::failed(setting, &e),
         });
     }
+    let pool6 = ipnet::IpNet::from(settings.egress_pool6);
+    findings.push(match root.route_overlapping(pool6, &[HOST_EGRESS_GROUP]).await {
+        Ok(None) => Finding::new(
+            Verdict::Ok,
+            "egress_pool6",
+            format!("{pool6}: no host route overlaps it"),
+        ),
+        Ok(Some(route)) => Finding::failed("egress_pool6", &overlap("egress_pool6", pool6, route)),
+        Err(e) => Finding::failed("egress_pool6", &e),
+    });
     findings
 }
 
@@ -694,5 +784,51 @@ mod tests {
             assert_eq!(finding.verdict, verdict, "{finding:?}");
             assert!(finding.detail.contains(phrase), "{finding:?}");
         }
+    }
+
+    #[test]
+    fn slaac_links_fail_only_while_ipv6_forwarding_is_on() {
+        let links = ["eth0".to_string(), "wlan0".to_string()];
+        let on = slaac_finding(&links, true);
+        assert_eq!(on.verdict, Verdict::Fail);
+        assert_eq!(on.subject, "accept_ra");
+        assert!(
+            on.detail.ends_with(
+                "run `sysctl -w net.ipv6.conf.eth0.accept_ra=2; sysctl -w net.ipv6.conf.wlan0.accept_ra=2`"
+            ),
+            "{on:?}"
+        );
+        let off = slaac_finding(&links, false);
+        assert_eq!(off.verdict, Verdict::Ok);
+        assert!(
+            off.detail.starts_with("eth0, wlan0 learn the IPv6 default route"),
+            "{off:?}"
+        );
+        assert_eq!(slaac_finding(&[], true).verdict, Verdict::Ok);
+        // The IPv6 forwarding finding has its own name.
+        let check = ForwardingCheck {
+            set_by_gatectl: true,
+            table_intact: true,
+            rules_complete: false,
+            active_gates: 1,
+        };
+        let finding = check.finding_of(Family::V6, true);
+        assert_eq!(
+            (finding.subject.as_str(), finding.verdict),
+            ("ipv6_forward", Verdict::Fail)
+        );
+        assert!(
+            finding.detail.contains("(ip -6 rule, proto 231) are missing"),
+            "{finding:?}"
+        );
+        let idle = ForwardingCheck {
+            rules_complete: true,
+            active_gates: 0,
+            ..check
+        };
+        assert_eq!(
+            idle.finding_of(Family::V6, false).detail,
+            "off; the first gate with an IPv6 upstream turns it on and confines it to gate traffic"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
@@ -29,6 +29,12 @@ pub struct Settings {
     pub internal_pool: Ipv4Net,
     /// Pool of egress (gate ↔ host) /31s; masqueraded on the way out.
     pub egress_pool: Ipv4Net,
+    /// Pool of IPv6 egress (gate ↔ host) /127s, one per gate by index, used
+    /// when a gate has an IPv6 upstream and the host an IPv6 default route.
+    pub egress_pool6: Ipv6Net,
+    /// Whether the host masquerades `egress_pool6` (NAT66). Off when the
+    /// pool is a routed prefix that the host's upstream routes back to it.
+    pub nat66: bool,
     /// First listen port.
     pub base_port: u16,
     /// Directory of bottle manifests.
@@ -57,6 +63,8 @@ impl Default for Settings {
         Settings {
             internal_pool: "10.231.0.0/16".parse().expect("valid default pool"),
             egress_pool: "10.232.0.0/16".parse().expect("valid default pool"),
+            egress_pool6: "fd23:1:2::/48".parse().expect("valid default pool"),
+            nat66: true,
             base_port: BASE_LISTEN_PORT,
             bottles_dir: PathBuf::from("/etc/gatectl/bottles"),
             state_dir: PathBuf::from("/run/gatectl"),
@@ -142,6 +150,18 @@ impl Settings {
                 self.internal_pool, self.egress_pool
             ));
         }
+        let pool6 = self.egress_pool6;
+        if pool6.prefix_len() > 126 {
+            return Err(format!(
+                "egress_pool6 {pool6} is too small; give a /126 or larger pool"
+            ));
+        }
+        if pool6.network() != pool6.addr() {
+            return Err(format!(
+                "egress_pool6 {pool6} has host bits set; did you mean {}?",
+                pool6.trunc()
+            ));
+        }
         if self.base_port == 0 {
             return Err("base_port must be from 1 to 65535".into());
         }
@@ -163,10 +183,17 @@ impl Settings {
         Ok(())
     }
 
-    /// How many gates the pools hold: one /31 of each pool per gate.
+    /// How many gates the pools hold: one /31 of each IPv4 pool and one
+    /// /127 of `egress_pool6` per gate.
     pub fn capacity(&self) -> u32 {
         let pairs = |p: Ipv4Net| 1u32 << (32 - u32::from(p.prefix_len()) - 1);
-        pairs(self.internal_pool).min(pairs(self.egress_pool))
+        let host_bits6 = 128 - u32::from(self.egress_pool6.prefix_len()) - 1;
+        let pairs6 = if host_bits6 >= 32 {
+            u32::MAX
+        } else {
+            1u32 << host_bits6
+        };
+        pairs(self.internal_pool).min(pairs(self.egress_pool)).min(pairs6)
     }
 
     /// Checks that `forwarder_binary` is an executable file. systemd runs it
@@ -214,6 +241,10 @@ mod tests {
         assert_eq!(s.base_port, 30000);
         assert_eq!(s.internal_pool.to_string(), "10.231.0.0/16");
         assert_eq!(s.capacity(), 32768);
+        assert_eq!(s.egress_pool6.to_string(), "fd23:1:2::/48");
+        assert!(s.nat66);
+        let small6 = Settings::parse("egress_pool6 = \"fd00::/120\"").unwrap();
+        assert_eq!(small6.capacity(), 128);
     }
 
     #[test]
@@ -259,6 +290,14 @@ mod tests {
             ("egress_pool = \"10.231.128.0/17\"", "overlap"),
             ("internal_pool = \"10.0.0.0/31\"", "too small"),
             ("base_port = 0", "base_port"),
+            (
+                "egress_pool6 = \"fd23:1:2::1/48\"",
+                "egress_pool6 fd23:1:2::1/48 has host bits",
+            ),
+            (
+                "egress_pool6 = \"fd23:1:2::/127\"",
+                "egress_pool6 fd23:1:2::/127 is too small",
+            ),
             ("bogus = 1", "unknown field `bogus`"),
             (
                 "dns_refresh_min_secs = 0",

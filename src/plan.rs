@@ -2,10 +2,10 @@
 //! and resolved upstream addresses to every name, address and port a gate
 //! uses. No I/O here.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -45,22 +45,12 @@ pub const HOST_EGRESS_GROUP: u32 = 232;
 pub const AGENT_LINK_GROUP: u32 = 233;
 /// Prefix length of every gate link address.
 pub const LINK_PREFIX_LEN: u8 = 31;
+/// Prefix length of every gate's IPv6 egress address (RFC 6164 pairs).
+pub const LINK_PREFIX_LEN6: u8 = 127;
 /// Most ssh entries one gate serves. Each is a listening socket that
 /// systemd creates when the socket unit starts (2 s for 1,024 here; more
 /// than 30 s for 10,000) and a descriptor the forwarder holds.
 pub const MAX_ENTRIES: usize = 1024;
-
-/// Why an upstream with IPv6 addresses only is refused, worded to follow
-/// "upstream X ": a gate's egress is IPv4 (IPv6 is off in the gate netns),
-/// so the gate could never reach it.
-pub const NO_IPV4: &str = "has no IPv4 address; gates reach upstreams over IPv4 only for now, \
-     so this one could never be reached: declare a host name or address with IPv4";
-
-/// Whether a gate can reach an upstream with these addresses (one of them
-/// IPv4; see [`NO_IPV4`]).
-pub fn reachable(addresses: &[IpAddr]) -> bool {
-    addresses.iter().any(IpAddr::is_ipv4)
-}
 
 /// One forwarder rule: listen on `listen_port`, forward to the upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -86,6 +76,16 @@ pub struct LinkEnd {
     pub name: String,
     /// Its IPv4 address.
     pub address: Ipv4Addr,
+}
+
+/// The IPv6 addresses of a gate's egress link: a /127 of `egress_pool6`,
+/// pair `k` for gate index `k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Egress6 {
+    /// The host's end (`gte<k>`): the gate's IPv6 default gateway.
+    pub host: Ipv6Addr,
+    /// The gate's end (`ext0`): the source of the gate's IPv6 connections.
+    pub gate: Ipv6Addr,
 }
 
 /// Everything one gate consists of: its [`GateSpec`] placed at a gate
@@ -114,6 +114,11 @@ pub struct GatePlan {
     pub gate_egress: LinkEnd,
     /// The host's end of the egress link; the gate's default gateway.
     pub host_egress: LinkEnd,
+    /// The egress link's IPv6 addresses, when an upstream has an IPv6
+    /// address (which needs an IPv6 default route on the host); `null`:
+    /// the gate has no IPv6 at all.
+    #[serde(default)]
+    pub egress6: Option<Egress6>,
     /// The forwarder's rules, in manifest order.
     pub upstreams: Vec<Upstream>,
 }
@@ -216,12 +221,6 @@ impl GateSpec {
                     return Err(Error::invalid(format!("{entry_name}: {upstream} {reason}")));
                 }
             }
-            if !reachable(&addresses) {
-                return Err(Error::invalid(format!(
-                    "{entry_name}: upstream {} {NO_IPV4}",
-                    entry.hostname
-                )));
-            }
             upstreams.push(Upstream {
                 listen_port: settings.base_port + i as u16,
                 alias: entry.alias.clone(),
@@ -237,6 +236,34 @@ impl GateSpec {
             agent_netns_owned: owned,
             upstreams,
         })
+    }
+
+    /// Whether any upstream has an IPv6 address: then the gate gets IPv6
+    /// egress.
+    pub fn uses_ipv6(&self) -> bool {
+        self.upstreams
+            .iter()
+            .flat_map(|u| &u.addresses)
+            .any(IpAddr::is_ipv6)
+    }
+
+    /// The spec without IPv6 addresses, for a gate that cannot have IPv6
+    /// egress (`reason` says why, worded to follow "but "): a dual-stack
+    /// upstream keeps its IPv4 addresses, so the forwarder never tries
+    /// IPv6; an upstream with IPv6 addresses only is refused, naming it.
+    pub fn without_ipv6(mut self, reason: &str) -> Result<GateSpec> {
+        for (i, upstream) in self.upstreams.iter_mut().enumerate() {
+            upstream.addresses.retain(IpAddr::is_ipv4);
+            if upstream.addresses.is_empty() {
+                return Err(Error::invalid(format!(
+                    "ssh entry {} ({}): upstream {} has IPv6 addresses only, but {reason}",
+                    i + 1,
+                    upstream.alias,
+                    upstream.host
+                )));
+            }
+        }
+        Ok(self)
     }
 
     /// The gate placed at gate index `index`: its egress /31 and host link
@@ -259,6 +286,10 @@ impl GateSpec {
         let internal_index = if self.agent_netns.is_some() { 0 } else { index };
         let (agent_addr, gate_int_addr) = pair(settings.internal_pool, internal_index);
         let (host_egr_addr, gate_egr_addr) = pair(settings.egress_pool, index);
+        let egress6 = self.uses_ipv6().then(|| {
+            let (host, gate) = pair6(settings.egress_pool6, index);
+            Egress6 { host, gate }
+        });
         let end = |name: String, address| LinkEnd { name, address };
         Ok(GatePlan {
             slug: self.slug.clone(),
@@ -277,6 +308,7 @@ impl GateSpec {
             gate_internal: end(GATE_INTERNAL_LINK.to_string(), gate_int_addr),
             gate_egress: end(GATE_EGRESS_LINK.to_string(), gate_egr_addr),
             host_egress: end(host_egress_link(index), host_egr_addr),
+            egress6,
             upstreams: self.upstreams.clone(),
         })
     }
@@ -307,6 +339,12 @@ impl GatePlan {
     /// The internal /31 (agent address and gate address).
     pub fn internal_net(&self) -> Ipv4Net {
         Ipv4Net::new(self.agent_link.address, LINK_PREFIX_LEN).expect("valid /31")
+    }
+
+    /// The IPv6 egress /127, when the gate has IPv6.
+    pub fn egress_net6(&self) -> Option<Ipv6Net> {
+        self.egress6
+            .map(|e| Ipv6Net::new(e.host, LINK_PREFIX_LEN6).expect("valid /127"))
     }
 
     /// Whether the agent end stays in the host's root namespace.
@@ -402,6 +440,12 @@ pub fn netns_path(ns: &str) -> PathBuf {
 fn pair(pool: Ipv4Net, index: u32) -> (Ipv4Addr, Ipv4Addr) {
     let base = u32::from(pool.network()) + 2 * index;
     (Ipv4Addr::from(base), Ipv4Addr::from(base + 1))
+}
+
+/// The /127 of gate `index` in `pool`: (even address, odd address).
+fn pair6(pool: Ipv6Net, index: u32) -> (Ipv6Addr, Ipv6Addr) {
+    let base = u128::from(pool.network()) + 2 * u128::from(index);
+    (Ipv6Addr::from(base), Ipv6Addr::from(base + 1))
 }
 
 #[cfg(test)]
@@ -587,12 +631,26 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_with_ipv6_addresses_only_is_refused() {
+    fn ipv6_upstreams_give_the_gate_an_ipv6_pair_of_its_index() {
         let settings = Settings::default();
         let v6_only = "[[ssh]]\nHost = \"six\"\nHostname = \"2001:db8::5\"\n";
-        let err = spec("alice", v6_only, &settings, None).unwrap_err().to_string();
-        assert_eq!(err, format!("ssh entry 1 (six): upstream 2001:db8::5 {NO_IPV4}"));
-        // A name with both families is accepted, and keeps both.
+        let six = spec("alice", v6_only, &settings, None).unwrap();
+        assert!(six.uses_ipv6());
+        let p = six.place(&settings, 3).unwrap();
+        let e = p.egress6.unwrap();
+        assert_eq!(e.host, "fd23:1:2::6".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(e.gate, "fd23:1:2::7".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.egress_net6().unwrap().to_string(), "fd23:1:2::6/127");
+        let p = six.place(&settings, 4464).unwrap();
+        assert_eq!(p.egress6.unwrap().gate.to_string(), "fd23:1:2::22e1");
+        // An IPv4-only gate has no IPv6 at all.
+        assert_eq!(plan(TWO, 3).egress6, None);
+        assert_eq!(plan(TWO, 3).egress_net6(), None);
+    }
+
+    #[test]
+    fn without_ipv6_keeps_dual_stack_upstreams_on_ipv4_and_refuses_ipv6_only_ones() {
+        let settings = Settings::default();
         let both = GateSpec::build(
             &Slug::parse("alice").unwrap(),
             &manifest("[[ssh]]\nHost = \"dual\"\nHostname = \"dual.example\"\n"),
@@ -602,6 +660,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(both.upstreams[0].addresses.len(), 2);
+        let v4 = both.without_ipv6("no reason").unwrap();
+        assert_eq!(
+            v4.upstreams[0].addresses,
+            ["192.0.2.5".parse::<IpAddr>().unwrap()]
+        );
+        assert!(!v4.uses_ipv6());
+        assert_eq!(v4.place(&settings, 0).unwrap().egress6, None);
+        let v6_only = "[[ssh]]\nHost = \"ok\"\nHostname = \"192.0.2.1\"\n[[ssh]]\nHost = \"six\"\nHostname = \"2001:db8::5\"\n";
+        let err = spec("alice", v6_only, &settings, None)
+            .unwrap()
+            .without_ipv6("this host has no IPv6 default route")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ssh entry 2 (six): upstream 2001:db8::5 has IPv6 addresses only, but this host has no IPv6 default route"
+        );
     }
 
     #[test]

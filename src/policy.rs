@@ -30,6 +30,15 @@ pub fn refusal(address: IpAddr, settings: &Settings) -> Option<String> {
             }
         }
     }
+    if let IpAddr::V6(v6) = address {
+        let pool = settings.egress_pool6;
+        if pool.contains(&v6) {
+            return Some(format!(
+                "is inside gatectl's egress_pool6 {pool}: it would lead into another gate; \
+                 declare the real host's address"
+            ));
+        }
+    }
     let class = match address {
         IpAddr::V4(v4) => class_v4(v4),
         IpAddr::V6(v6) if v6.is_unspecified() => Some(Class::Unspecified),
@@ -100,6 +109,11 @@ mod tests {
                 Some("inside gatectl's egress_pool 10.232.0.0/16"),
             ),
             ("::ffff:10.232.0.1", Some("egress_pool")),
+            (
+                "fd23:1:2:ffff::9",
+                Some("inside gatectl's egress_pool6 fd23:1:2::/48"),
+            ),
+            ("fd23:1:3::9", None),
             ("0.0.0.0", Some("unspecified")),
             ("0.1.2.3", Some("unspecified")),
             ("::", Some("unspecified")),

@@ -183,6 +183,24 @@ fn restored(restored: Restored) -> Vec<Leftover> {
             "gatectl's routing rules (ip rule, proto 231)",
         ));
     }
+    if restored.forwarding6_off {
+        found.push(leftover(
+            LeftoverKind::Sysctl,
+            "net.ipv6.conf.all.forwarding=1 (set by gatectl)",
+        ));
+    }
+    for link in &restored.accept_ra_restored {
+        found.push(leftover(
+            LeftoverKind::Sysctl,
+            format!("net.ipv6.conf.{link}.accept_ra=2 (set by gatectl; back to 1)"),
+        ));
+    }
+    if restored.rules6_removed {
+        found.push(leftover(
+            LeftoverKind::Rules,
+            "gatectl's IPv6 routing rules (ip -6 rule, proto 231)",
+        ));
+    }
     if restored.table_removed {
         found.push(leftover(
             LeftoverKind::Firewall,
@@ -528,6 +546,9 @@ mod tests {
         let all = Restored {
             forwarding_off: true,
             rules_removed: true,
+            forwarding6_off: true,
+            rules6_removed: true,
+            accept_ra_restored: vec!["eth0".into()],
             table_removed: true,
         };
         let json = serde_json::to_value(restored(all)).unwrap();
@@ -536,6 +557,9 @@ mod tests {
             serde_json::json!([
                 {"kind": "sysctl", "name": "net.ipv4.ip_forward=1 (set by gatectl)"},
                 {"kind": "rules", "name": "gatectl's routing rules (ip rule, proto 231)"},
+                {"kind": "sysctl", "name": "net.ipv6.conf.all.forwarding=1 (set by gatectl)"},
+                {"kind": "sysctl", "name": "net.ipv6.conf.eth0.accept_ra=2 (set by gatectl; back to 1)"},
+                {"kind": "rules", "name": "gatectl's IPv6 routing rules (ip -6 rule, proto 231)"},
                 {"kind": "firewall", "name": "table inet gatectl"}
             ])
         );

@@ -12,7 +12,7 @@ use common::gatectl::{
 use common::require_root;
 
 /// Every subject a report covers, in its order.
-const SUBJECTS: [&str; 11] = [
+const SUBJECTS: [&str; 14] = [
     "settings",
     "forwarder",
     "systemd",
@@ -21,9 +21,12 @@ const SUBJECTS: [&str; 11] = [
     "sandbox",
     "nftables",
     "ip_forward",
+    "ipv6_forward",
+    "accept_ra",
     "gate tables",
     "internal_pool",
     "egress_pool",
+    "egress_pool6",
 ];
 
 #[test]

@@ -185,7 +185,9 @@ fn gate(egress_if: &str, allowed: &[&str]) -> GateRules {
 fn firewall(block_other_forwarding: bool) -> Firewall {
     Firewall {
         egress_pool: "10.232.0.0/16".parse().expect("pool"),
+        masquerade6: Some("fd23:1:2::/48".parse().expect("pool6")),
         block_other_forwarding,
+        block_other_forwarding6: block_other_forwarding,
     }
 }
 
@@ -286,6 +288,33 @@ fn block_other_forwarding_adds_a_final_drop_and_refresh_removes_it() {
         rules[3][0]["match"],
         serde_json::json!({"op": "==", "left": {"meta": {"key": "iifgroup"}}, "right": 232}),
         "the gate drop comes before the final one"
+    );
+
+    // IPv4 only: the final drop names its family.
+    let ipv4_only = Firewall {
+        block_other_forwarding6: false,
+        ..firewall(true)
+    };
+    ipv4_only.ensure_base().expect("ensure_base blocking IPv4 only");
+    let rules = chain_rules("forward");
+    assert_eq!(rules.len(), 5, "forward chain: {rules:?}");
+    assert_eq!(
+        rules[4][0]["match"],
+        serde_json::json!({"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"})
+    );
+
+    // The kernel took the IPv6 rules: neighbour discovery from gates, NAT66.
+    let input = chain_rules("input");
+    assert_eq!(input.len(), 5, "input chain: {input:?}");
+    assert_eq!(
+        input[1][1]["match"]["right"],
+        serde_json::json!({"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]})
+    );
+    let postrouting = chain_rules("postrouting");
+    assert_eq!(postrouting.len(), 2, "postrouting chain: {postrouting:?}");
+    assert_eq!(
+        postrouting[1][0]["match"]["right"],
+        serde_json::json!({"prefix": {"addr": "fd23:1:2::", "len": 48}})
     );
 
     // The chains are rebuilt on every refresh: turning the option off drops the rule.

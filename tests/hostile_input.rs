@@ -289,7 +289,8 @@ fn rows() -> Vec<Row> {
             "upstream-ipv6-only",
             "[[ssh]]\nHost = \"six\"\nHostname = \"2001:db8::5\"\n",
             &[
-                "ssh entry 1 (six): upstream 2001:db8::5 has no IPv4 address",
+                "ssh entry 1 (six): upstream 2001:db8::5 has IPv6 addresses only, but this host has no IPv6 \
+                 default route, so no gate could reach it",
                 "declare a host name or address with IPv4",
             ],
         ),

@@ -484,7 +484,8 @@ fn refused_upstream(address: IpAddr, settings: &Settings) -> bool {
                 || v4.is_link_local()
         }
         IpAddr::V6(v6) => {
-            v6.is_unspecified()
+            settings.egress_pool6.contains(&v6)
+                || v6.is_unspecified()
                 || v6.is_loopback()
                 || v6.is_multicast()
                 || v6.segments()[0] & 0xffc0 == 0xfe80
@@ -504,14 +505,14 @@ fn check_plan(
         GateSpec::build(slug, m, settings, cli_ns, fake_resolve).and_then(|spec| spec.place(settings, index));
     let last = u32::from(settings.base_port) + m.ssh.len() as u32 - 1;
     // The first entry refused for its addresses, in manifest order: for a
-    // refused address, or for having no IPv4 address at all.
+    // refused address (an upstream with IPv6 addresses only is a matter
+    // of the host's routes, decided after the plan).
     let refused = m.ssh.iter().enumerate().find_map(|(i, e)| {
         let addresses = fake_resolve(&e.hostname).expect("the fake resolver always answers");
-        match addresses.iter().find(|a| refused_upstream(**a, settings)) {
-            Some(address) => Some((i, address.to_string())),
-            None if !addresses.iter().any(IpAddr::is_ipv4) => Some((i, "has no IPv4 address".to_string())),
-            None => None,
-        }
+        addresses
+            .iter()
+            .find(|a| refused_upstream(**a, settings))
+            .map(|address| (i, address.to_string()))
     });
     // What a refusal must say, checked in the order the plan checks.
     let expected: Option<Vec<String>> = if m.ssh.len() > MAX_ENTRIES {

@@ -9,7 +9,7 @@ use crate::manifest::{ENTRY_KEYS, TOP_LEVEL_KEYS};
 use crate::plan::MAX_ENTRIES;
 
 /// Each host setting with what it does, in the order the page lists them.
-pub const SETTINGS: [(&str, &str); 11] = [
+pub const SETTINGS: [(&str, &str); 13] = [
     (
         "internal_pool",
         "IPv4 pool of the internal /31s (agent end and gate). A gate whose agent has a netns \
@@ -22,6 +22,19 @@ pub const SETTINGS: [(&str, &str); 11] = [
          way out. It must not overlap a host route. With internal_pool it sets how many gates fit.",
     ),
     (
+        "egress_pool6",
+        "IPv6 pool of the egress /127s (host end and gate), one per gate by index. Only a gate with an \
+         upstream that has an IPv6 address gets one, and only on a host with an IPv6 default route \
+         (else such an upstream is reached over IPv4, or refused when it has IPv6 addresses only). It \
+         must not overlap a host route. The default is a ULA prefix, masqueraded (see nat66).",
+    ),
+    (
+        "nat66",
+        "Whether the host masquerades egress_pool6 on the way out (NAT66). Set it to false when \
+         egress_pool6 is a routed prefix of the host's that the network routes back to it: gates then \
+         reach their upstreams from their own addresses.",
+    ),
+    (
         "base_port",
         "First listen port of a gate: entry i of a manifest listens on base_port + i.",
     ),
@@ -31,8 +44,8 @@ pub const SETTINGS: [(&str, &str); 11] = [
     ),
     (
         "state_dir",
-        "Runtime state: gate records (0600), index claims, locks, and the marker that says gatectl \
-         turned IPv4 forwarding on. Keep it on a tmpfs such as /run, so a reboot clears it.",
+        "Runtime state: gate records (0600), index claims, locks, and the markers that say gatectl \
+         turned IPv4 or IPv6 forwarding on. Keep it on a tmpfs such as /run, so a reboot clears it.",
     ),
     (
         "forwarder_binary",
@@ -157,8 +170,9 @@ fn entry(key: &str) -> &'static str {
         "Hostname" => {
             "Required (HostName is accepted too). The real upstream: a DNS name, resolved by start on \
              the host, or an IP literal. Each address must name a remote host: not in gatectl's \
-             pools, not unspecified, broadcast, multicast or loopback, not link-local unless \
-             allow_link_local is set, and at least one must be IPv4."
+             pools, not unspecified, broadcast, multicast or loopback, and not link-local unless \
+             allow_link_local is set. An upstream with IPv6 addresses only needs an IPv6 default \
+             route on the host."
         }
         "Port" => "The upstream's port, 1 to 65535 (an integer or a string of one); 22 by default.",
         "User" => "The remote user, copied into the ssh config; letters, digits, '.', '_' and '-'.",

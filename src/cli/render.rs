@@ -81,6 +81,17 @@ fn addresses_and_upstreams(out: &mut String, plan: &GatePlan) {
         plan.host_egress.name,
         plan.host_egress.address
     );
+    if let Some(egress6) = plan.egress6 {
+        let _ = writeln!(
+            out,
+            "  gate IPv6: {} {}/{} via {} {}",
+            plan.gate_egress.name,
+            egress6.gate,
+            crate::plan::LINK_PREFIX_LEN6,
+            plan.host_egress.name,
+            egress6.host
+        );
+    }
     let _ = writeln!(out, "  upstreams:");
     let _ = writeln!(
         out,
@@ -234,6 +245,22 @@ pub fn plan_text(plan: &GatePlan, placement: Placement, settings: &Settings) -> 
         pairs.join(", "),
         settings.egress_pool
     );
+    if plan.egress6.is_some() {
+        let nat = if settings.nat66 {
+            format!("{} masqueraded (NAT66)", settings.egress_pool6)
+        } else {
+            format!(
+                "{} routed, not masqueraded (nat66 = false)",
+                settings.egress_pool6
+            )
+        };
+        let _ = writeln!(
+            out,
+            "    IPv6 forwarding: turned on if it is off, then confined to gate traffic by gatectl's IPv6 \
+             routing rules (ip -6 rule, proto 231) and a final forward drop, with accept_ra=2 on links \
+             whose default route came by router advertisement; restored by the last gate to stop; {nat}"
+        );
+    }
     let _ = writeln!(
         out,
         "    table inet gatectl in {}: in from {} on {} only to ports {}; out through {} only to {}",

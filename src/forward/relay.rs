@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use nix::errno::Errno;
 use nix::sys::socket::Shutdown;
 use tokio::io::Interest;
@@ -34,27 +35,56 @@ pub struct ByteCounts {
     pub from_upstream: u64,
 }
 
-/// Connects to the first of `upstreams` that accepts within `timeout` per
-/// attempt, trying them in order, and sets `TCP_NODELAY` on the connection.
+/// How long a connection attempt runs alone before the next one starts
+/// beside it (RFC 8305's Connection Attempt Delay, its recommended value).
+pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// The order in which [`connect`] tries `upstreams` (RFC 8305, section 4):
+/// IPv6 first, then the families alternate, each in the order given.
+pub fn attempt_order(upstreams: &[SocketAddr]) -> Vec<SocketAddr> {
+    let (v6, v4): (Vec<SocketAddr>, Vec<SocketAddr>) = upstreams.iter().partition(|a| a.is_ipv6());
+    let mut order = Vec::with_capacity(upstreams.len());
+    let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
+    loop {
+        match (v6.next(), v4.next()) {
+            (None, None) => return order,
+            (a, b) => order.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Connects to `upstreams` as Happy Eyeballs (RFC 8305) does: attempts
+/// start in [`attempt_order`], each [`ATTEMPT_DELAY`] after the one before
+/// or at once when all running ones have failed, and run side by side; the
+/// first to connect wins and the others are dropped. Each attempt is
+/// limited to `timeout`. Sets `TCP_NODELAY` on the connection.
 ///
 /// Returns the connection and the address it went to, or an error listing
 /// every attempt and why it failed.
 pub async fn connect(upstreams: &[SocketAddr], timeout: Duration) -> Result<(TcpStream, SocketAddr)> {
+    let mut next = attempt_order(upstreams).into_iter().peekable();
+    let mut running = FuturesUnordered::new();
     let mut failures = Vec::with_capacity(upstreams.len());
-    for &addr in upstreams {
-        let attempt = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(attempt) => attempt,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("timed out after {timeout:?}"),
-            )),
-        };
-        match attempt {
-            Ok(stream) => {
-                set_nodelay(&stream);
-                return Ok((stream, addr));
+    if let Some(addr) = next.next() {
+        running.push(attempt(addr, timeout));
+    }
+    while !running.is_empty() {
+        tokio::select! {
+            Some((addr, result)) = running.next() => match result {
+                Ok(stream) => {
+                    set_nodelay(&stream);
+                    return Ok((stream, addr));
+                }
+                Err(e) => {
+                    failures.push(e.into_error(format!("upstream {addr}")));
+                    if running.is_empty() {
+                        running.extend(next.next().map(|addr| attempt(addr, timeout)));
+                    }
+                }
+            },
+            () = tokio::time::sleep(ATTEMPT_DELAY), if next.peek().is_some() => {
+                running.extend(next.next().map(|addr| attempt(addr, timeout)));
             }
-            Err(e) => failures.push(e.into_error(format!("upstream {addr}"))),
         }
     }
     Err(match failures.len() {
@@ -62,6 +92,18 @@ pub async fn connect(upstreams: &[SocketAddr], timeout: Duration) -> Result<(Tcp
         1 => failures.remove(0),
         _ => Error::List(failures),
     })
+}
+
+/// One connection attempt to `addr`, limited to `timeout`.
+async fn attempt(addr: SocketAddr, timeout: Duration) -> (SocketAddr, io::Result<TcpStream>) {
+    let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(attempt) => attempt,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out after {timeout:?}"),
+        )),
+    };
+    (addr, result)
 }
 
 /// Sets `TCP_NODELAY` (ssh is interactive); a failure only costs latency, so
@@ -223,6 +265,12 @@ mod tests {
         listener.local_addr().unwrap()
     }
 
+    /// A port on ::1 that nothing listens on.
+    async fn closed_port6() -> SocketAddr {
+        let listener = TcpListener::bind("[::1]:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
     /// Accepts one client on a fresh port and relays it to `upstreams` the
     /// way the forwarder does, with pipes from a pool of at most
     /// `pipe_limit`; the task yields the relay's result.
@@ -348,6 +396,76 @@ mod tests {
         assert_eq!(used, open_addr);
     }
 
+    #[test]
+    fn attempts_prefer_ipv6_then_alternate_families() {
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        let given = addrs(&[
+            "192.0.2.1:22",
+            "192.0.2.2:22",
+            "[2001:db8::1]:22",
+            "[2001:db8::2]:22",
+            "[2001:db8::3]:22",
+        ]);
+        assert_eq!(
+            attempt_order(&given),
+            addrs(&[
+                "[2001:db8::1]:22",
+                "192.0.2.1:22",
+                "[2001:db8::2]:22",
+                "192.0.2.2:22",
+                "[2001:db8::3]:22"
+            ])
+        );
+        let v4 = addrs(&["192.0.2.2:22", "192.0.2.1:22"]);
+        assert_eq!(attempt_order(&v4), v4);
+        assert!(attempt_order(&[]).is_empty());
+    }
+
+    /// A listener whose backlog is full: a connect to it hangs like one
+    /// to a blackholed host. Keep both until the test ends.
+    async fn silent_upstream(ip: &str) -> (TcpListener, TcpStream, SocketAddr) {
+        let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+        let socket = if addr.is_ipv6() {
+            TcpSocket::new_v6()
+        } else {
+            TcpSocket::new_v4()
+        }
+        .unwrap();
+        socket.bind(addr).unwrap();
+        let full = socket.listen(0).unwrap();
+        let full_addr = full.local_addr().unwrap();
+        let queued = TcpStream::connect(full_addr).await.unwrap();
+        (full, queued, full_addr)
+    }
+
+    #[tokio::test]
+    async fn ipv6_is_tried_first_and_a_silent_one_gives_way_to_ipv4_after_the_attempt_delay() {
+        let v4 = listener().await;
+        let v4_addr = v4.local_addr().unwrap();
+        let v6 = TcpListener::bind("[::1]:0").await.unwrap();
+        let v6_addr = v6.local_addr().unwrap();
+        // Both answer: IPv6 wins, though listed last.
+        let (_stream, used) = connect(&[v4_addr, v6_addr], TIMEOUT).await.unwrap();
+        assert_eq!(used, v6_addr);
+        // IPv6 blackholed: IPv4 starts after the delay and wins long before
+        // the IPv6 attempt's timeout.
+        let (_full, _queued, silent) = silent_upstream("[::1]").await;
+        let started = Instant::now();
+        let (_stream, used) = connect(&[v4_addr, silent], TIMEOUT).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(used, v4_addr);
+        assert!(
+            elapsed >= ATTEMPT_DELAY && elapsed < ATTEMPT_DELAY * 4,
+            "{elapsed:?}"
+        );
+        // A refused IPv6 attempt starts IPv4 at once.
+        let refused = closed_port6().await;
+        let started = Instant::now();
+        let (_stream, used) = connect(&[v4_addr, refused], TIMEOUT).await.unwrap();
+        assert_eq!(used, v4_addr);
+        assert!(started.elapsed() < ATTEMPT_DELAY, "{:?}", started.elapsed());
+    }
+
     #[tokio::test]
     async fn a_refused_connect_fails_fast_naming_every_attempt() {
         let (first, second) = (closed_port().await, closed_port().await);
@@ -363,11 +481,7 @@ mod tests {
     async fn a_silent_upstream_times_out_after_the_connect_timeout() {
         // A listener with a zero backlog and one queued connection drops
         // further SYNs, so the next connect hangs like a blackholed host.
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let full = socket.listen(0).unwrap();
-        let full_addr = full.local_addr().unwrap();
-        let _queued = TcpStream::connect(full_addr).await.unwrap();
+        let (_full, _queued, full_addr) = silent_upstream("127.0.0.1").await;
 
         let timeout = Duration::from_millis(300);
         let started = Instant::now();
@@ -509,7 +623,9 @@ mod tests {
         let (addr, task) = forwarder_with(vec![upstream_addr], Arc::clone(&pipes)).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         let flood = vec![0; 16 << 20];
-        let _ = tokio::time::timeout(Duration::from_millis(500), client.write_all(&flood)).await;
+        // Long enough for the socket buffers to fill on a loaded machine,
+        // so that the pipe holds bytes when the relay is cancelled.
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.write_all(&flood)).await;
         assert!(pipes.created() >= 1);
         task.abort();
         let _ = task.await;

@@ -21,7 +21,7 @@ use crate::lock;
 use crate::manifest::{self, Manifest};
 use crate::net::firewall::gate::GateTable;
 use crate::net::firewall::{Firewall, GateRules};
-use crate::net::netns;
+use crate::net::{netns, sysctl};
 use crate::plan::{self, GatePlan, GateSpec};
 use crate::resolve;
 use crate::slug::Slug;
@@ -86,7 +86,14 @@ impl Host {
         if let Some(ns) = agent_netns {
             manifest::validate_netns_ref(ns).map_err(|e| Error::invalid(format!("--agent-netns: {e}")))?;
         }
-        GateSpec::build(slug, manifest, &self.settings, agent_netns, resolve::resolve)
+        let spec = GateSpec::build(slug, manifest, &self.settings, agent_netns, resolve::resolve)?;
+        if spec.uses_ipv6() && !sysctl::has_ipv6_default_route(&sysctl::ipv6_routes()?) {
+            return spec.without_ipv6(
+                "this host has no IPv6 default route, so no gate could reach it; give the host IPv6 \
+                 connectivity (a default route in `ip -6 route`), or declare a host name or address with IPv4",
+            );
+        }
+        Ok(spec)
     }
 
     /// The index the next gate would get: the first unclaimed one from
@@ -192,10 +199,7 @@ impl Host {
     /// The host table, for adding or removing one gate's allowlist (which
     /// leaves the base chains alone, so their shape does not matter).
     pub(crate) fn host_firewall(&self) -> Firewall {
-        Firewall {
-            egress_pool: self.settings.egress_pool,
-            block_other_forwarding: false,
-        }
+        Firewall::of(&self.settings, false, false)
     }
 
     /// The state of one gate, from systemd, the kernel and its record.

@@ -21,7 +21,7 @@ use super::Host;
 use crate::error::{Error, Result};
 use crate::lock;
 use crate::net::netns;
-use crate::plan::{self, GatePlan};
+use crate::plan::GatePlan;
 use crate::policy;
 use crate::resolve::{self, Answer};
 use crate::slug::Slug;
@@ -47,12 +47,15 @@ pub struct Refreshed {
 }
 
 /// The addresses `host` gets from `answer`: the answer's, less those the
-/// policy refuses, unless nothing usable is left, then `old`. The second
-/// value says why an answer (or part of it) was not used.
+/// policy refuses and, for a gate without IPv6 egress (`ipv6` false), its
+/// IPv6 ones (the gate stays IPv4 until restarted), unless nothing usable
+/// is left, then `old`. The second value says why an answer (or part of
+/// it) was not used.
 pub fn addresses_from(
     host: &str,
     old: &[IpAddr],
     answer: &Result<Answer>,
+    ipv6: bool,
     refused: impl Fn(IpAddr) -> Option<String>,
 ) -> (Vec<IpAddr>, Vec<String>) {
     let shown = |addresses: &[IpAddr]| {
@@ -69,13 +72,13 @@ pub fn addresses_from(
     };
     let mut warnings = Vec::new();
     let mut usable = Vec::new();
-    for address in &answer.addresses {
+    for address in answer.addresses.iter().filter(|a| ipv6 || a.is_ipv4()) {
         match refused(*address) {
             Some(reason) => warnings.push(format!("{host} resolves to {address}, which {reason}; not used")),
             None => usable.push(*address),
         }
     }
-    if usable.is_empty() || !plan::reachable(&usable) {
+    if usable.is_empty() {
         return keep(format!(
             "{host} resolves to no address a gate can use ({})",
             shown(&answer.addresses)
@@ -181,9 +184,11 @@ impl Host {
                 answers.insert(upstream.host.clone(), answer);
             }
             let answer = answers[&upstream.host].clone().map_err(Error::failed);
-            let (addresses, warnings) = addresses_from(&upstream.host, &upstream.addresses, &answer, |a| {
-                policy::refusal(a, &self.settings)
-            });
+            let ipv6 = plan.egress6.is_some();
+            let (addresses, warnings) =
+                addresses_from(&upstream.host, &upstream.addresses, &answer, ipv6, |a| {
+                    policy::refusal(a, &self.settings)
+                });
             let expires = answer.as_ref().map_or(Duration::ZERO, |a| a.ttl);
             ttl = Some(ttl.map_or(expires, |t| t.min(expires)));
             for warning in warnings {
@@ -240,7 +245,7 @@ mod tests {
     fn a_new_answer_replaces_the_addresses() {
         let old = ips(&["192.0.2.1"]);
         assert_eq!(
-            addresses_from("h", &old, &answer(&["192.0.2.2", "192.0.2.3"]), no_refusal),
+            addresses_from("h", &old, &answer(&["192.0.2.2", "192.0.2.3"]), false, no_refusal),
             (ips(&["192.0.2.2", "192.0.2.3"]), vec![])
         );
     }
@@ -250,14 +255,14 @@ mod tests {
         let old = ips(&["192.0.2.1"]);
         let failed = Err(Error::failed("cannot resolve upstream \"h\": timed out"));
         assert_eq!(
-            addresses_from("h", &old, &failed, no_refusal),
+            addresses_from("h", &old, &failed, false, no_refusal),
             (
                 old.clone(),
                 vec!["cannot resolve upstream \"h\": timed out; keeping 192.0.2.1".to_string()]
             )
         );
         assert_eq!(
-            addresses_from("h", &old, &answer(&["2001:db8::1"]), no_refusal),
+            addresses_from("h", &old, &answer(&["2001:db8::1"]), false, no_refusal),
             (
                 old.clone(),
                 vec!["h resolves to no address a gate can use (2001:db8::1); keeping 192.0.2.1".to_string()]
@@ -265,7 +270,7 @@ mod tests {
         );
         let loopback = |a: IpAddr| a.is_loopback().then(|| "is a loopback address".to_string());
         assert_eq!(
-            addresses_from("h", &old, &answer(&["127.0.0.1"]), loopback),
+            addresses_from("h", &old, &answer(&["127.0.0.1"]), false, loopback),
             (
                 old.clone(),
                 vec!["h resolves to no address a gate can use (127.0.0.1); keeping 192.0.2.1".to_string()]
@@ -274,11 +279,29 @@ mod tests {
     }
 
     #[test]
+    fn a_gate_with_ipv6_egress_takes_ipv6_answers_and_one_without_leaves_them_out() {
+        let old = ips(&["192.0.2.1"]);
+        let dual = answer(&["192.0.2.2", "2001:db8::2"]);
+        assert_eq!(
+            addresses_from("h", &old, &dual, true, no_refusal),
+            (ips(&["192.0.2.2", "2001:db8::2"]), vec![])
+        );
+        assert_eq!(
+            addresses_from("h", &old, &dual, false, no_refusal),
+            (ips(&["192.0.2.2"]), vec![])
+        );
+        assert_eq!(
+            addresses_from("h", &old, &answer(&["2001:db8::2"]), true, no_refusal),
+            (ips(&["2001:db8::2"]), vec![])
+        );
+    }
+
+    #[test]
     fn a_refused_address_is_left_out_of_an_answer_that_has_others() {
         let old = ips(&["192.0.2.1"]);
         let loopback = |a: IpAddr| a.is_loopback().then(|| "is a loopback address".to_string());
         assert_eq!(
-            addresses_from("h", &old, &answer(&["127.0.0.1", "192.0.2.9"]), loopback),
+            addresses_from("h", &old, &answer(&["127.0.0.1", "192.0.2.9"]), false, loopback),
             (
                 ips(&["192.0.2.9"]),
                 vec!["h resolves to 127.0.0.1, which is a loopback address; not used".to_string()]

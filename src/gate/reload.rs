@@ -107,8 +107,20 @@ impl Reload<'_> {
         let Some(current) = RoutesFile::read_in(&routes_dir)? else {
             return Err(older_gatectl(slug));
         };
+        // A gate started without IPv6 egress stays IPv4: its dual-stack
+        // upstreams are reached over IPv4, and an IPv6-only one needs a restart.
+        let upstreams = if old.egress6.is_none() && spec.uses_ipv6() {
+            spec.clone()
+                .without_ipv6(&format!(
+                    "gate {slug} runs without IPv6 (no upstream of it had an IPv6 address at start); \
+                     restart it to give it IPv6: `gatectl stop {slug} && gatectl start {slug}`"
+                ))?
+                .upstreams
+        } else {
+            spec.upstreams.clone()
+        };
         let new = GatePlan {
-            upstreams: spec.upstreams.clone(),
+            upstreams,
             ..old.clone()
         };
         let changes = entry_changes(&old.upstreams, &new.upstreams);

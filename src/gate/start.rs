@@ -16,8 +16,8 @@ use crate::net::firewall::gate::GateTable;
 use crate::net::link::{Created, Netlink, VethEnd};
 use crate::net::{netns, sysctl};
 use crate::plan::{
-    self, GatePlan, GateSpec, AGENT_LINK, AGENT_LINK_GROUP, GATE_LINK_GROUP, HOST_EGRESS_GROUP,
-    LINK_PREFIX_LEN,
+    self, GatePlan, GateSpec, AGENT_LINK, AGENT_LINK_GROUP, GATE_EGRESS_LINK, GATE_LINK_GROUP,
+    HOST_EGRESS_GROUP, LINK_PREFIX_LEN, LINK_PREFIX_LEN6,
 };
 use crate::state::{self, GateRecord};
 use crate::systemd::Systemd;
@@ -91,6 +91,13 @@ impl Start<'_> {
         };
         let root = Netlink::current()?;
         let first = self.check_pools_if_first(&root).await?;
+        if spec.uses_ipv6() {
+            // One dump of the IPv6 routes, for gates with IPv6 only.
+            let pool6 = host.settings.egress_pool6.into();
+            if let Some(route) = root.route_overlapping(pool6, &[HOST_EGRESS_GROUP]).await? {
+                return Err(overlap("egress_pool6", pool6, route));
+            }
+        }
         timings.mark("check the address pools against host routes");
         if leftovers {
             host.teardown(&systemd)
@@ -214,8 +221,8 @@ impl Start<'_> {
         let first = !self.host.records.any_index_claimed();
         if first {
             for (setting, pool, own) in pools(self.host) {
-                if let Some(route) = root.route_overlapping(pool, &[own]).await? {
-                    return Err(overlap(setting, pool, route));
+                if let Some(route) = root.route_overlapping(pool.into(), &[own]).await? {
+                    return Err(overlap(setting, pool.into(), route));
                 }
             }
         }
@@ -240,7 +247,7 @@ impl Start<'_> {
                         continue;
                     }
                     if let Some(route) = root.route_covering(pool, &addresses, &[own]).await? {
-                        return Err(overlap(setting, pool, route));
+                        return Err(overlap(setting, pool.into(), route));
                     }
                 }
             }
@@ -320,7 +327,8 @@ impl Start<'_> {
                 netns::create(&plan.netns)
             })
             .await?;
-        let settle = "settle the gate netns: forwarding and IPv6 off, its own allowlist";
+        let settle =
+            "settle the gate netns: forwarding, IPv6 and router advertisements off, its own allowlist";
         steps.run(settle, None, settle_gate_netns(plan, &gate_ns)).await?;
         steps
             .run(
@@ -443,10 +451,22 @@ async fn create_veth_pairs(
 }
 
 /// Gives the host's egress end and the agent end their addresses and the
-/// alias that marks them as the gate's, and brings them up.
+/// alias that marks them as the gate's, and brings them up. IPv6 is on only
+/// on a host end of a gate with IPv6 egress.
 async fn configure_outer_ends(root: &Netlink, plan: &GatePlan, agent_ns: Option<&OwnedFd>) -> Result<()> {
     let alias = link_alias(&plan.slug);
     let address = |end: &plan::LinkEnd| Some((end.address, LINK_PREFIX_LEN));
+    match plan.egress6 {
+        Some(egress6) => {
+            sysctl::settle_host_egress_ipv6(&plan.host_egress.name)?;
+            root.add_address6(&plan.host_egress.name, egress6.host, LINK_PREFIX_LEN6)
+                .await?;
+        }
+        None => sysctl::disable_link_ipv6(&plan.host_egress.name)?,
+    }
+    if plan.agent_in_root_ns() {
+        sysctl::disable_link_ipv6(&plan.agent_link.name)?;
+    }
     root.configure(&plan.host_egress.name, address(&plan.host_egress), Some(&alias))
         .await?;
     let agent = match agent_ns {
@@ -459,15 +479,25 @@ async fn configure_outer_ends(root: &Netlink, plan: &GatePlan, agent_ns: Option<
 }
 
 /// Brings up the gate netns's loopback and inner ends with their addresses,
-/// and its default route via the host's egress end.
+/// and its default route via the host's egress end; with IPv6 egress, IPv6
+/// on the egress end only, its /127 address and the IPv6 default route.
 async fn configure_gate_netns(plan: &GatePlan, gate_ns: &OwnedFd) -> Result<()> {
     let gate = Netlink::in_netns(gate_ns)?;
     gate.configure("lo", None, None).await?;
+    if let Some(egress6) = plan.egress6 {
+        netns::run_in(gate_ns, || sysctl::enable_gate_ipv6(GATE_EGRESS_LINK))?;
+        gate.add_address6(GATE_EGRESS_LINK, egress6.gate, LINK_PREFIX_LEN6)
+            .await?;
+    }
     for end in [&plan.gate_internal, &plan.gate_egress] {
         gate.configure(&end.name, Some((end.address, LINK_PREFIX_LEN)), None)
             .await?;
     }
-    gate.add_default_route(plan.host_egress.address).await
+    gate.add_default_route(plan.host_egress.address).await?;
+    if let Some(egress6) = plan.egress6 {
+        gate.add_default_route6(GATE_EGRESS_LINK, egress6.host).await?;
+    }
+    Ok(())
 }
 
 /// The address pools with their settings' names and the device group of
@@ -480,7 +510,7 @@ fn pools(host: &Host) -> [(&'static str, ipnet::Ipv4Net, u32); 2] {
 }
 
 /// The refusal of `pool`, the value of `setting`, for overlapping `route`.
-pub(crate) fn overlap(setting: &str, pool: ipnet::Ipv4Net, route: ipnet::Ipv4Net) -> Error {
+pub(crate) fn overlap(setting: &str, pool: ipnet::IpNet, route: ipnet::IpNet) -> Error {
     Error::invalid(format!(
         "{setting} {pool} overlaps the host route {route}; choose a free range for {setting} in /etc/gatectl/gatectl.toml"
     ))

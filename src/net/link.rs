@@ -4,11 +4,11 @@
 //! [`Netlink`] for a gate or agent namespace is opened on a dedicated thread
 //! that joined that namespace, then driven from the caller's runtime.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -160,6 +160,33 @@ impl Netlink {
             .with_context(|| format!("cannot set link {name} up"))
     }
 
+    /// Adds the IPv6 address `address`/`prefix` to link `name` (duplicate
+    /// address detection is off on gatectl's links, see `net::sysctl`).
+    pub async fn add_address6(&self, name: &str, address: Ipv6Addr, prefix: u8) -> Result<()> {
+        let index = self.index_of(name).await?;
+        self.handle
+            .address()
+            .add(index, IpAddr::V6(address), prefix)
+            .execute()
+            .await
+            .with_context(|| format!("cannot add address {address}/{prefix} to {name}"))
+    }
+
+    /// Adds the default IPv6 route via `gateway`, on link `name`.
+    pub async fn add_default_route6(&self, name: &str, gateway: Ipv6Addr) -> Result<()> {
+        let index = self.index_of(name).await?;
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("cannot add the IPv6 default route via {gateway}"))
+    }
+
     /// Adds the default IPv4 route via `gateway`.
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
@@ -227,15 +254,16 @@ impl Netlink {
         Ok(self.find(name).await?.and_then(link_info))
     }
 
-    /// The first IPv4 route of this namespace that overlaps `pool`, other
-    /// than a default route or one through a link in a device group of
-    /// `own_groups` (gatectl's own links). Reads every route and link.
-    pub async fn route_overlapping(&self, pool: Ipv4Net, own_groups: &[u32]) -> Result<Option<Ipv4Net>> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+    /// The first route of this namespace, of `pool`'s address family, that
+    /// overlaps `pool`, other than a default route or one through a link in
+    /// a device group of `own_groups` (gatectl's own links). Reads every
+    /// route and link.
+    pub async fn route_overlapping(&self, pool: IpNet, own_groups: &[u32]) -> Result<Option<IpNet>> {
+        let request = match pool {
+            IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut routes = self.handle.route().get(request).execute();
         let mut dump = Vec::new();
         while let Some(route) = routes.try_next().await.context("cannot list the host's routes")? {
             dump.push(route);
@@ -273,11 +301,11 @@ impl Netlink {
         pool: Ipv4Net,
         addresses: &[Ipv4Addr],
         own_groups: &[u32],
-    ) -> Result<Option<Ipv4Net>> {
+    ) -> Result<Option<IpNet>> {
         for &address in addresses {
             let route = match self.fib_match(address).await? {
                 FibMatch::Nothing => continue,
-                FibMatch::Unreported => return self.route_overlapping(pool, own_groups).await,
+                FibMatch::Unreported => return self.route_overlapping(pool.into(), own_groups).await,
                 FibMatch::Route(route) => route,
             };
             let Some((net, oif)) = destination(&route) else {
@@ -361,18 +389,19 @@ enum FibMatch {
 
 /// The destination of `route` unless it is a default route, and the index
 /// of its output link if it has one.
-fn destination(route: &RouteMessage) -> Option<(Ipv4Net, Option<u32>)> {
+fn destination(route: &RouteMessage) -> Option<(IpNet, Option<u32>)> {
     let len = route.header.destination_prefix_length;
     let mut dest = None;
     let mut oif = None;
     for attr in &route.attributes {
         match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dest = Some(*a),
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dest = Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dest = Some(IpAddr::V6(*a)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
-    let net = Ipv4Net::new(dest?, len).ok().filter(|_| len > 0)?;
+    let net = IpNet::new(dest?, len).ok().filter(|_| len > 0)?;
     Some((net, oif))
 }
 
@@ -520,6 +549,24 @@ mod tests {
             assert!(covering(&netlink, [10, 232, 8, 1]).await.is_some());
             let pool = "10.232.0.0/16".parse().unwrap();
             assert!(netlink.route_overlapping(pool, &[OURS]).await.unwrap().is_some());
+
+            // IPv6: a foreign route overlaps the pool, gatectl's own does not.
+            let pool6: IpNet = "fd23:1:2::/48".parse().unwrap();
+            netlink
+                .add_address6("gte3", "fd23:1:2::6".parse().unwrap(), 127)
+                .await
+                .unwrap();
+            netlink.configure("gte3", None, None).await.unwrap();
+            assert_eq!(netlink.route_overlapping(pool6, &[OURS]).await.unwrap(), None);
+            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix("fd23:1:2:9::".parse().unwrap(), 64)
+                .output_interface(eth0)
+                .build();
+            add_route(&netlink, route).await;
+            assert_eq!(
+                netlink.route_overlapping(pool6, &[OURS]).await.unwrap(),
+                Some("fd23:1:2:9::/64".parse().unwrap())
+            );
         });
     }
 }

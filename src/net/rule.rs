@@ -1,6 +1,7 @@
-//! gatectl's IPv4 policy-routing rules (`ip rule`), which confine the host's
-//! forwarding to gate traffic when gatectl is the one that turned IPv4
-//! forwarding on.
+//! gatectl's policy-routing rules (`ip rule`, `ip -6 rule`), which confine
+//! the host's forwarding to gate traffic when gatectl is the one that turned
+//! forwarding on: one set per address family, for that family's egress pool
+//! (`egress_pool`, `egress_pool6`).
 //!
 //! They live in the kernel's routing policy database, not in nftables, so no
 //! firewall reload, `nft flush ruleset` or stop of nftables.service removes
@@ -19,10 +20,10 @@
 //! and `unreachable` last, and removed in the opposite order, so locally
 //! sent traffic is never caught in between.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
@@ -45,9 +46,9 @@ enum Selector {
     /// Locally sent packets (`iif lo`).
     Local,
     /// Packets from this network.
-    From(Ipv4Net),
+    From(IpNet),
     /// Packets to this network.
-    To(Ipv4Net),
+    To(IpNet),
 }
 
 /// What a rule does.
@@ -70,11 +71,13 @@ struct Rule {
     action: Action,
 }
 
-/// The rules that confine forwarding to the gates of `egress_pool`.
+/// The rules that confine forwarding of one address family to the gates of
+/// `egress_pool`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardingRules {
-    /// The egress pool: a gate's traffic comes from it, replies go to it.
-    pub egress_pool: Ipv4Net,
+    /// The egress pool of the family (`egress_pool` or `egress_pool6`): a
+    /// gate's traffic comes from it, replies go to it.
+    pub egress_pool: IpNet,
 }
 
 /// What [`ForwardingRules::survey`] found of gatectl's rules.
@@ -107,7 +110,7 @@ impl ForwardingRules {
     /// Installs the rules; those already there stay, and gatectl's rules
     /// that differ (an egress pool changed since) are replaced.
     pub async fn install(&self, netlink: &Netlink) -> Result<()> {
-        let found = ours(netlink).await?;
+        let found = self.ours(netlink).await?;
         let wanted = self.wanted();
         for (message, rule) in &found {
             if !rule.is_some_and(|r| wanted.contains(&r)) {
@@ -116,16 +119,16 @@ impl ForwardingRules {
         }
         for rule in wanted {
             if !found.iter().any(|(_, r)| *r == Some(rule)) {
-                add(netlink, rule).await?;
+                add(netlink, rule, self.family()).await?;
             }
         }
         Ok(())
     }
 
-    /// Removes every rule carrying gatectl's protocol tag, `unreachable`
-    /// first; success when there is none.
-    pub async fn remove(netlink: &Netlink) -> Result<()> {
-        let mut found = ours(netlink).await?;
+    /// Removes every rule of the family carrying gatectl's protocol tag,
+    /// `unreachable` first; success when there is none.
+    pub async fn remove(&self, netlink: &Netlink) -> Result<()> {
+        let mut found = self.ours(netlink).await?;
         found.sort_by_key(|(_, rule)| rule.is_none_or(|r| r.action != Action::Unreachable));
         for (message, _) in found {
             delete(netlink, message).await?;
@@ -135,7 +138,7 @@ impl ForwardingRules {
 
     /// How many of gatectl's rules exist, and whether they are all there.
     pub async fn survey(&self, netlink: &Netlink) -> Result<RulesSurvey> {
-        let found: Vec<Option<Rule>> = ours(netlink).await?.into_iter().map(|(_, r)| r).collect();
+        let found: Vec<Option<Rule>> = self.ours(netlink).await?.into_iter().map(|(_, r)| r).collect();
         let wanted = self.wanted();
         Ok(RulesSurvey {
             present: found.len(),
@@ -144,25 +147,40 @@ impl ForwardingRules {
     }
 }
 
-/// gatectl's IPv4 rules (by protocol tag), with what each does (`None`:
-/// tagged as gatectl's, but not a rule gatectl makes; removed as stale).
-async fn ours(netlink: &Netlink) -> Result<Vec<(RuleMessage, Option<Rule>)>> {
-    let mut rules = netlink.handle().rule().get(IpVersion::V4).execute();
-    let mut found = Vec::new();
-    while let Some(message) = rules
-        .try_next()
-        .await
-        .context("cannot list the host's IPv4 routing rules")?
-    {
-        let tagged = message
-            .attributes
-            .contains(&RuleAttribute::Protocol(RouteProtocol::Other(RULE_PROTOCOL)));
-        if tagged {
-            let rule = parse(&message);
-            found.push((message, rule));
+impl ForwardingRules {
+    /// The address family of the rules.
+    fn family(&self) -> AddressFamily {
+        match self.egress_pool {
+            IpNet::V4(_) => AddressFamily::Inet,
+            IpNet::V6(_) => AddressFamily::Inet6,
         }
     }
-    Ok(found)
+
+    /// gatectl's rules of the family (by protocol tag), with what each
+    /// does (`None`: tagged as gatectl's, but not a rule gatectl makes;
+    /// removed as stale).
+    async fn ours(&self, netlink: &Netlink) -> Result<Vec<(RuleMessage, Option<Rule>)>> {
+        let (version, name) = match self.egress_pool {
+            IpNet::V4(_) => (IpVersion::V4, "IPv4"),
+            IpNet::V6(_) => (IpVersion::V6, "IPv6"),
+        };
+        let mut rules = netlink.handle().rule().get(version).execute();
+        let mut found = Vec::new();
+        while let Some(message) = rules
+            .try_next()
+            .await
+            .with_context(|| format!("cannot list the host's {name} routing rules"))?
+        {
+            let tagged = message
+                .attributes
+                .contains(&RuleAttribute::Protocol(RouteProtocol::Other(RULE_PROTOCOL)));
+            if tagged && message.header.family == self.family() {
+                let rule = parse(&message);
+                found.push((message, rule));
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// The rule a kernel message describes, if gatectl could have made it.
@@ -175,14 +193,14 @@ fn parse(message: &RuleMessage) -> Option<Rule> {
     for attribute in &message.attributes {
         match attribute {
             RuleAttribute::Priority(p) => priority = *p,
-            RuleAttribute::Source(IpAddr::V4(a)) => source = Some(*a),
-            RuleAttribute::Destination(IpAddr::V4(a)) => destination = Some(*a),
+            RuleAttribute::Source(a) => source = Some(*a),
+            RuleAttribute::Destination(a) => destination = Some(*a),
             RuleAttribute::Iifname(name) => iif = Some(name.as_str()),
             RuleAttribute::Goto(target) => goto = Some(*target),
             _ => {}
         }
     }
-    let net = |address: Ipv4Addr, len: u8| Ipv4Net::new(address, len).ok();
+    let net = |address: IpAddr, len: u8| IpNet::new(address, len).ok();
     let selector = match (iif, source, destination) {
         (None, None, None) => Selector::All,
         (Some("lo"), None, None) => Selector::Local,
@@ -203,10 +221,10 @@ fn parse(message: &RuleMessage) -> Option<Rule> {
     })
 }
 
-/// The kernel message adding `rule`.
-fn message(rule: Rule) -> RuleMessage {
+/// The kernel message adding `rule`, of address `family`.
+fn message(rule: Rule, family: AddressFamily) -> RuleMessage {
     let mut message = RuleMessage::default();
-    message.header.family = AddressFamily::Inet;
+    message.header.family = family;
     message.header.action = match rule.action {
         Action::Goto(_) => RuleAction::Goto,
         Action::Unreachable => RuleAction::Unreachable,
@@ -220,11 +238,11 @@ fn message(rule: Rule) -> RuleMessage {
         Selector::Local => attributes.push(RuleAttribute::Iifname("lo".into())),
         Selector::From(net) => {
             message.header.src_len = net.prefix_len();
-            attributes.push(RuleAttribute::Source(net.network().into()));
+            attributes.push(RuleAttribute::Source(net.network()));
         }
         Selector::To(net) => {
             message.header.dst_len = net.prefix_len();
-            attributes.push(RuleAttribute::Destination(net.network().into()));
+            attributes.push(RuleAttribute::Destination(net.network()));
         }
     }
     if let Action::Goto(target) = rule.action {
@@ -233,9 +251,9 @@ fn message(rule: Rule) -> RuleMessage {
     message
 }
 
-async fn add(netlink: &Netlink, rule: Rule) -> Result<()> {
+async fn add(netlink: &Netlink, rule: Rule, family: AddressFamily) -> Result<()> {
     let mut request = netlink.handle().rule().add();
-    *request.message_mut() = message(rule);
+    *request.message_mut() = message(rule, family);
     request.execute().await.with_context(|| {
         format!(
             "cannot add gatectl's routing rule {} (ip rule); gatectl must run as root",
@@ -274,7 +292,7 @@ mod tests {
         assert_eq!(wanted[0].action, Action::Nop, "the goto target is added first");
         assert_eq!(wanted[4].action, Action::Unreachable, "unreachable is added last");
         for rule in wanted {
-            assert_eq!(parse(&message(rule)), Some(rule));
+            assert_eq!(parse(&message(rule, AddressFamily::Inet)), Some(rule));
         }
         let priorities: Vec<u32> = wanted.iter().map(|r| r.priority).collect();
         assert_eq!(priorities, [1304, 1300, 1301, 1302, 1303]);
@@ -286,19 +304,46 @@ mod tests {
     #[test]
     fn rules_gatectl_does_not_make_are_not_read_as_its_own() {
         // A source and an iif at once, and a table lookup: neither is gatectl's.
-        let mut both = message(Rule {
-            priority: 1301,
-            selector: Selector::From("10.232.0.0/16".parse().unwrap()),
-            action: Action::Nop,
-        });
+        let mut both = message(
+            Rule {
+                priority: 1301,
+                selector: Selector::From("10.232.0.0/16".parse().unwrap()),
+                action: Action::Nop,
+            },
+            AddressFamily::Inet,
+        );
         both.attributes.push(RuleAttribute::Iifname("eth0".into()));
         assert_eq!(parse(&both), None);
-        let mut lookup = message(Rule {
-            priority: 1303,
-            selector: Selector::All,
-            action: Action::Nop,
-        });
+        let mut lookup = message(
+            Rule {
+                priority: 1303,
+                selector: Selector::All,
+                action: Action::Nop,
+            },
+            AddressFamily::Inet,
+        );
         lookup.header.action = RuleAction::ToTable;
         assert_eq!(parse(&lookup), None);
+    }
+
+    #[test]
+    fn ipv6_rules_confine_the_ipv6_egress_pool_in_an_ipv6_message() {
+        let rules = ForwardingRules {
+            egress_pool: "fd23:1:2::/48".parse().unwrap(),
+        };
+        assert_eq!(rules.family(), AddressFamily::Inet6);
+        let wanted = rules.wanted();
+        for rule in wanted {
+            let m = message(rule, rules.family());
+            assert_eq!(m.header.family, AddressFamily::Inet6);
+            assert_eq!(parse(&m), Some(rule));
+        }
+        let from = message(wanted[2], rules.family());
+        assert_eq!(from.header.src_len, 48);
+        assert!(from
+            .attributes
+            .contains(&RuleAttribute::Source("fd23:1:2::".parse().unwrap())));
+        assert_eq!(wanted[4].action, Action::Unreachable);
+        assert_eq!(wanted[3].selector, Selector::To(rules.egress_pool));
     }
 }

@@ -121,7 +121,11 @@ pub fn serve_echo(host: &TestHost, netns: Option<&str>, address: &str, port: u16
 /// Runs `command` for every connection to `address:port` in `netns`, with
 /// the connection as its stdin and stdout, and waits until it accepts.
 fn serve_with(host: &TestHost, netns: Option<&str>, address: &str, port: u16, command: &[&str]) {
-    let listen = format!("{address}:{port}");
+    let listen = if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
     let mut argv: Vec<&str> = vec!["systemd-run", "--quiet", "--collect"];
     let ns_path;
     if let Some(ns) = netns {
@@ -209,13 +213,16 @@ pub const LIST_GATE_UNITS: [&str; 6] = [
 /// ruleset, IPv4 forwarding, the gate units and gatectl's runtime state.
 pub fn host_state(host: &TestHost) -> String {
     let mut state = String::new();
-    let probes: [&[&str]; 8] = [
+    let probes: [&[&str]; 11] = [
         &["ip", "netns", "list"],
         &["ip", "-o", "link", "show"],
         &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "-6", "rule", "show"],
         &["ip", "-n", "agent", "-o", "link", "show"],
         &["nft", "list", "ruleset"],
         &["sysctl", "net.ipv4.ip_forward"],
+        &["sysctl", "net.ipv6.conf.all.forwarding"],
         &LIST_GATE_UNITS,
         &["find", "/run/gatectl", "-printf", "%p %y %s\n"],
     ];
@@ -275,10 +282,11 @@ pub fn gate_traces(host: &TestHost, slug: &str) -> Vec<String> {
 /// gone once no gate is left: the host's table `inet gatectl` (with any
 /// allowlist element), gatectl's FIB rules (`proto 231`), routes into the
 /// default address pools (of gate links), index claims and the forwarding marker in the
-/// state directory, and IPv4 forwarding, which the fixture of
-/// [`add_upstream_and_agent`] leaves off (so gatectl must have turned it off
-/// again). Call it only where no gate should exist and the test has not
-/// turned forwarding on itself.
+/// state directory, and IPv4 and IPv6 forwarding, which the fixture of
+/// [`add_upstream_and_agent`] leaves off (so gatectl must have turned them
+/// off again); the same for IPv6: `ip -6 rule`s of gatectl, routes into the
+/// default IPv6 egress pool, its marker. Call it only where no gate should
+/// exist and the test has not turned forwarding on itself.
 pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
     let mut left = gate_traces(host, slug);
     if host_table(host).is_some() {
@@ -290,6 +298,14 @@ pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
     let rules = host.run_ok(&["ip", "-4", "rule", "show"]);
     for rule in rules.lines().filter(|r| r.contains("proto 231")) {
         left.push(format!("FIB rule: {rule}"));
+    }
+    let rules6 = host.run_ok(&["ip", "-6", "rule", "show"]);
+    for rule in rules6.lines().filter(|r| r.contains("proto 231")) {
+        left.push(format!("IPv6 FIB rule: {rule}"));
+    }
+    let routes6 = host.run_ok(&["ip", "-6", "route", "show", "table", "all"]);
+    for route in routes6.lines().filter(|r| r.contains("fd23:1:2:")) {
+        left.push(format!("IPv6 route: {route}"));
     }
     let routes = host.run_ok(&["ip", "-4", "route", "show", "table", "all"]);
     // An `unreachable` route into a pool is a test's own (it makes `start`
@@ -303,7 +319,8 @@ pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
     let state = host.run_ok(&[
         "sh",
         "-c",
-        "find /run/gatectl/indexes /run/gatectl/ip_forward-enabled-by-gatectl 2>/dev/null || true",
+        "find /run/gatectl/indexes /run/gatectl/ip_forward-enabled-by-gatectl \
+         /run/gatectl/ipv6-forwarding-enabled-by-gatectl 2>/dev/null || true",
     ]);
     for path in state.lines().filter(|p| *p != "/run/gatectl/indexes") {
         left.push(format!("state: {path}"));
@@ -314,7 +331,20 @@ pub fn leftovers(host: &TestHost, slug: &str) -> Vec<String> {
             "net.ipv4.ip_forward = {forwarding}, the fixture left it 0"
         ));
     }
+    let forwarding6 = ipv6_forwarding(host);
+    if forwarding6 != "0" {
+        left.push(format!(
+            "net.ipv6.conf.all.forwarding = {forwarding6}, the fixture left it 0"
+        ));
+    }
     left
+}
+
+/// `net.ipv6.conf.all.forwarding` in the host's root namespace.
+pub fn ipv6_forwarding(host: &TestHost) -> String {
+    host.run_ok(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"])
+        .trim()
+        .to_string()
 }
 
 /// Runs `command` on the upstream over a real `ssh` to alias `up`, through

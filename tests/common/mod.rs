@@ -445,6 +445,33 @@ impl TestHost {
         self.run_ok(&["ip", "-n", ns, "route", "add", "default", "via", gateway]);
     }
 
+    /// The IPv6 twin of [`TestHost::add_netns_with_link`]: namespace `ns` joined to the
+    /// host's root namespace by a veth pair `host_if` ↔ `eth0` with only IPv6 addresses
+    /// (`host_addr`, `ns_addr`, CIDR; no duplicate address detection, so they work at once),
+    /// loopback up, and an IPv6 default route in `ns` via `host_addr`.
+    pub fn add_netns_with_link6(&self, ns: &str, host_if: &str, host_addr: &str, ns_addr: &str) {
+        self.add_netns(ns);
+        self.run_ok(&[
+            "ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ]);
+        self.run_ok(&["ip", "link", "set", host_if, "up"]);
+        self.run_ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        self.add_ipv6_to_link(ns, host_if, host_addr, ns_addr);
+    }
+
+    /// Gives the link of [`TestHost::add_netns_with_link`] (or
+    /// [`TestHost::add_netns_with_link6`]) IPv6 addresses as well: `host_addr` on `host_if`,
+    /// `ns_addr` on `eth0` in `ns` (CIDR, no duplicate address detection), and an IPv6
+    /// default route in `ns` via `host_addr`: a dual-stack link.
+    pub fn add_ipv6_to_link(&self, ns: &str, host_if: &str, host_addr: &str, ns_addr: &str) {
+        self.run_ok(&["ip", "-6", "addr", "add", host_addr, "dev", host_if, "nodad"]);
+        self.run_ok(&[
+            "ip", "-n", ns, "-6", "addr", "add", ns_addr, "dev", "eth0", "nodad",
+        ]);
+        let gateway = host_addr.split('/').next().unwrap();
+        self.run_ok(&["ip", "-n", ns, "-6", "route", "add", "default", "via", gateway]);
+    }
+
     /// Turns on IPv4 forwarding in the host's root network namespace (its own namespace,
     /// not the real machine's).
     pub fn enable_ip_forwarding(&self) {

@@ -12,6 +12,7 @@
 //!   chain input { type filter hook input priority filter; policy drop;
 //!     iifname "lo" accept
 //!     ct state established,related accept
+//!     iifname "ext0" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 //!     iifname "int0" ip saddr <agent address> tcp dport @listen accept
 //!     iifname "int0" meta l4proto tcp reject with tcp reset
 //!     counter drop
@@ -19,6 +20,7 @@
 //!   chain output { type filter hook output priority filter; policy drop;
 //!     oifname "lo" accept
 //!     ct state established,related accept
+//!     oifname "ext0" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 //!     oifname "ext0" ip daddr . tcp dport @allow4 accept
 //!     oifname "ext0" ip6 daddr . tcp dport @allow6 accept
 //!     counter drop
@@ -29,7 +31,11 @@
 //!
 //! The agent still sees "connection refused" on a port that is not a
 //! listener (the TCP reset), and nothing in the gate netns, root included,
-//! opens a connection to anything but a declared upstream pair.
+//! opens a connection to anything but a declared upstream pair. Over IPv6
+//! (on `ext0` only, when the gate has IPv6 upstreams) nothing leaves but
+//! those pairs and the neighbour discovery that finds the gateway: no
+//! link-local or multicast traffic, no Router or Multicast Listener
+//! messages.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -40,6 +46,7 @@ use nftables::schema::{Chain, NfListObject, Nftables, Set, SetType, SetTypeValue
 use nftables::stmt::{Operator, Reject, RejectType, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};
 
+use super::host::neighbour_discovery;
 use super::{
     accept, batch_as_listing, counter, drop, listed, matches, meta, payload, replies, rule, rules_of,
     set_ref, string, Session, ALLOW4_SET, ALLOW6_SET, FAMILY, PRIO_FILTER, TABLE,
@@ -224,6 +231,15 @@ impl GateTable {
 
         batch.add(rule(INPUT_CHAIN, vec![ifname(MetaKey::Iifname, "lo"), accept()]));
         batch.add(rule(INPUT_CHAIN, vec![replies(), accept()]));
+        let discovery = |key, mut statements: Vec<Statement<'static>>| {
+            statements.insert(0, ifname(key, GATE_EGRESS_LINK));
+            statements.push(accept());
+            statements
+        };
+        batch.add(rule(
+            INPUT_CHAIN,
+            discovery(MetaKey::Iifname, neighbour_discovery().to_vec()),
+        ));
         batch.add(rule(
             INPUT_CHAIN,
             vec![
@@ -249,6 +265,10 @@ impl GateTable {
 
         batch.add(rule(OUTPUT_CHAIN, vec![ifname(MetaKey::Oifname, "lo"), accept()]));
         batch.add(rule(OUTPUT_CHAIN, vec![replies(), accept()]));
+        batch.add(rule(
+            OUTPUT_CHAIN,
+            discovery(MetaKey::Oifname, neighbour_discovery().to_vec()),
+        ));
         for (l3, set) in [("ip", ALLOW4_SET), ("ip6", ALLOW6_SET)] {
             let key = Expression::Named(NamedExpression::Concat(vec![
                 payload(l3, "daddr"),
@@ -364,20 +384,38 @@ mod tests {
     fn output_reaches_only_the_declared_pairs_and_input_only_the_listen_ports() {
         let cmds = commands(&table().batch());
         let output = rules_in(&cmds, "output");
-        assert_eq!(output.len(), 5);
+        assert_eq!(output.len(), 6);
+        let discovery = |key| {
+            json!([{"match": {"op": "==", "left": {"meta": {"key": key}}, "right": "ext0"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                    "right": {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "hoplimit"}},
+                    "right": 255}},
+                {"accept": null}])
+        };
+        assert_eq!(output[2], discovery("oifname"));
         assert_eq!(
-            output[2],
+            output[4],
+            json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ext0"}},
+                {"match": {"op": "==", "left": {"concat": [
+                    {"payload": {"protocol": "ip6", "field": "daddr"}},
+                    {"payload": {"protocol": "tcp", "field": "dport"}}]}, "right": "@allow6"}},
+                {"accept": null}])
+        );
+        assert_eq!(
+            output[3],
             json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ext0"}},
                 {"match": {"op": "==", "left": {"concat": [
                     {"payload": {"protocol": "ip", "field": "daddr"}},
                     {"payload": {"protocol": "tcp", "field": "dport"}}]}, "right": "@allow4"}},
                 {"accept": null}])
         );
-        assert_eq!(output[4], json!([{"counter": null}, {"drop": null}]));
+        assert_eq!(output[5], json!([{"counter": null}, {"drop": null}]));
         let input = rules_in(&cmds, "input");
-        assert_eq!(input.len(), 5);
+        assert_eq!(input.len(), 6);
+        assert_eq!(input[2], discovery("iifname"));
         assert_eq!(
-            input[2],
+            input[3],
             json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "int0"}},
                 {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
                     "right": "10.231.0.2"}},
@@ -385,7 +423,7 @@ mod tests {
                     "right": "@listen"}},
                 {"accept": null}])
         );
-        assert_eq!(input[3][2], json!({"reject": {"type": "tcp reset"}}));
+        assert_eq!(input[4][2], json!({"reject": {"type": "tcp reset"}}));
         assert!(rules_in(&cmds, "forward").is_empty());
     }
 

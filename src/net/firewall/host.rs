@@ -1,6 +1,8 @@
-//! The host's table `inet gatectl`: masquerade for the gates' egress links,
-//! a per-gate allowlist of upstream address:port pairs, and, when gatectl
-//! turned IPv4 forwarding on, a final drop of all other forwarded traffic.
+//! The host's table `inet gatectl`: masquerade for the gates' egress links
+//! (NAT66 too, unless the IPv6 egress pool is routed), a per-gate allowlist
+//! of upstream address:port pairs, and, for each address family whose
+//! forwarding gatectl turned on, a final drop of all other forwarded
+//! traffic of that family.
 //!
 //! Gate traffic is recognised by the device group of gatectl's egress links
 //! ([`HOST_EGRESS_GROUP`], set when the link is created), never by a name
@@ -15,30 +17,36 @@
 //!     meta iifgroup 232 meta nfproto ipv4 iifname . ip daddr . tcp dport @allow4 accept
 //!     meta iifgroup 232 meta nfproto ipv6 iifname . ip6 daddr . tcp dport @allow6 accept
 //!     meta iifgroup 232 counter drop
-//!     counter drop                      # only with `block_other_forwarding`
+//!     counter drop                      # with both `block_other_forwarding*`;
+//!     meta nfproto ipv4 counter drop    # or with one of them, for its family
 //!   }
 //!   chain input { type filter hook input priority filter; policy accept;
 //!     meta iifgroup 232 ct state established,related accept
+//!     meta iifgroup 232 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 //!     meta iifgroup 232 meta nfproto ipv4 iifname . ip daddr . tcp dport @allow4 accept
 //!     meta iifgroup 232 meta nfproto ipv6 iifname . ip6 daddr . tcp dport @allow6 accept
 //!     meta iifgroup 232 counter drop
 //!   }
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr <egress pool> meta oifgroup != 232 masquerade
+//!     ip6 saddr <egress pool6> meta oifgroup != 232 masquerade   # with nat66
 //!   }
 //! }
 //! ```
 //!
 //! The input chain uses the same allowlist: an upstream that is one of the
 //! host's own addresses (a git server on this machine) is reachable when a
-//! gate declares it, and nothing else of the host is.
+//! gate declares it, and nothing else of the host is. Neighbour discovery
+//! (solicitations and advertisements, hop limit 255: never routed) is what
+//! a gate needs of the host to reach its IPv6 gateway; Router Solicitations,
+//! MLD and everything else stop at the drop.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nftables::batch::Batch;
-use nftables::expr::{Expression, MetaKey, NamedExpression, Prefix};
+use nftables::expr::{Expression, MetaKey, NamedExpression, Prefix, SetItem};
 use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Set, SetType, SetTypeValue, Table,
 };
@@ -76,10 +84,16 @@ pub struct Firewall {
     /// The pool the gates' egress /31s come from; its sources are masqueraded
     /// when leaving through any interface that is not a gate's.
     pub egress_pool: Ipv4Net,
-    /// Drop forwarded traffic that neither comes from a gate nor replies to a
-    /// gate's connection: set when the host did not forward before gatectl
-    /// turned `ip_forward` on.
+    /// The IPv6 egress pool when the host masquerades it (NAT66); `None`
+    /// when it is a routed prefix.
+    pub masquerade6: Option<Ipv6Net>,
+    /// Drop forwarded IPv4 traffic that neither comes from a gate nor
+    /// replies to a gate's connection: set when the host did not forward
+    /// before gatectl turned `ip_forward` on.
     pub block_other_forwarding: bool,
+    /// The same for IPv6, when gatectl turned
+    /// `net.ipv6.conf.all.forwarding` on.
+    pub block_other_forwarding6: bool,
 }
 
 /// What [`Firewall::survey`] found.
@@ -94,6 +108,17 @@ pub struct Survey {
 }
 
 impl Firewall {
+    /// The table for a host with `settings`, with the final drop of each
+    /// family whose forwarding gatectl turned on.
+    pub fn of(settings: &crate::config::Settings, block4: bool, block6: bool) -> Firewall {
+        Firewall {
+            egress_pool: settings.egress_pool,
+            masquerade6: settings.nat66.then_some(settings.egress_pool6),
+            block_other_forwarding: block4,
+            block_other_forwarding6: block6,
+        }
+    }
+
     /// Creates or refreshes the table, its sets and base chains in one atomic
     /// nft batch: adds table, sets and chains (a no-op when they exist),
     /// flushes the three base chains and re-adds their rules. The sets are not
@@ -262,13 +287,22 @@ impl Firewall {
             batch.add(rule(FORWARD_CHAIN, allowed));
         }
         batch.add(rule(FORWARD_CHAIN, vec![from_gate(), counter(), drop()]));
-        if self.block_other_forwarding {
-            batch.add(rule(FORWARD_CHAIN, vec![counter(), drop()]));
+        let family = |f: &'static str| matches(meta(MetaKey::Nfproto), Operator::EQ, string(f));
+        match (self.block_other_forwarding, self.block_other_forwarding6) {
+            (true, true) => batch.add(rule(FORWARD_CHAIN, vec![counter(), drop()])),
+            (true, false) => batch.add(rule(FORWARD_CHAIN, vec![family("ipv4"), counter(), drop()])),
+            (false, true) => batch.add(rule(FORWARD_CHAIN, vec![family("ipv6"), counter(), drop()])),
+            (false, false) => {}
         }
 
         // input: a gate reaches the host itself only at a declared
-        // address:port (an upstream on this host).
+        // address:port (an upstream on this host), and its IPv6 gateway by
+        // neighbour discovery.
         batch.add(rule(INPUT_CHAIN, vec![from_gate(), replies(), accept()]));
+        let mut discovery = vec![from_gate()];
+        discovery.extend(neighbour_discovery());
+        discovery.push(accept());
+        batch.add(rule(INPUT_CHAIN, discovery));
         for allowed in allowlist_matches() {
             batch.add(rule(INPUT_CHAIN, allowed));
         }
@@ -287,8 +321,39 @@ impl Firewall {
                 Statement::Masquerade(None),
             ],
         ));
+        if let Some(pool6) = self.masquerade6 {
+            let pool6 = Expression::Named(NamedExpression::Prefix(Prefix {
+                addr: Box::new(string(pool6.network().to_string())),
+                len: u32::from(pool6.prefix_len()),
+            }));
+            batch.add(rule(
+                POSTROUTING_CHAIN,
+                vec![
+                    matches(payload("ip6", "saddr"), Operator::EQ, pool6),
+                    matches(meta(MetaKey::Oifgroup), Operator::NEQ, gate_group()),
+                    Statement::Masquerade(None),
+                ],
+            ));
+        }
         batch
     }
+}
+
+/// `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit
+/// 255`: neighbour discovery, which a router never forwards, and nothing
+/// else of ICMPv6.
+pub(super) fn neighbour_discovery() -> [Statement<'static>; 2] {
+    let types = ["nd-neighbor-solicit", "nd-neighbor-advert"]
+        .map(|t| SetItem::Element(string(t)))
+        .to_vec();
+    [
+        matches(
+            payload("icmpv6", "type"),
+            Operator::EQ,
+            Expression::Named(NamedExpression::Set(types)),
+        ),
+        matches(payload("ip6", "hoplimit"), Operator::EQ, Expression::Number(255)),
+    ]
 }
 
 /// What gatectl was doing when a gate's batch failed.
@@ -452,7 +517,9 @@ mod tests {
     fn firewall(block: bool) -> Firewall {
         Firewall {
             egress_pool: "10.232.0.0/16".parse().unwrap(),
+            masquerade6: None,
             block_other_forwarding: block,
+            block_other_forwarding6: false,
         }
     }
 
@@ -517,16 +584,16 @@ mod tests {
     #[test]
     fn short_chains_are_those_with_fewer_rules_than_the_base_batch_adds() {
         let fw = firewall(true);
-        let whole = listed_rules(&[("forward", 5), ("input", 4), ("postrouting", 1)]);
+        let whole = listed_rules(&[("forward", 5), ("input", 5), ("postrouting", 1)]);
         assert_eq!(fw.short_chains(&whole), Vec::<String>::new());
         // `nft flush chain inet gatectl forward`, and input deleted.
         let cut = listed_rules(&[("postrouting", 1)]);
         assert_eq!(
             fw.short_chains(&cut),
-            ["forward (0 of 5 rules)", "input (0 of 4 rules)"]
+            ["forward (0 of 5 rules)", "input (0 of 5 rules)"]
         );
         // Without the marker, forward holds one rule less.
-        let fewer = listed_rules(&[("forward", 4), ("input", 4), ("postrouting", 1)]);
+        let fewer = listed_rules(&[("forward", 4), ("input", 5), ("postrouting", 1)]);
         assert_eq!(firewall(false).short_chains(&fewer), Vec::<String>::new());
     }
 
@@ -635,11 +702,21 @@ mod tests {
         // input: replies and the allowlist (an upstream on the host itself),
         // then drop.
         let input = rules_in(&v, "input");
-        assert_eq!(input.len(), 4);
+        assert_eq!(input.len(), 5);
         assert_eq!(input[0][0], group);
         assert_eq!(input[0][2], json!({"accept": null}));
-        assert_eq!(*input[1], allow4);
-        assert_eq!(*input[3], json!([group, {"counter": null}, {"drop": null}]));
+        // Neighbour discovery from the gate, nothing else of ICMPv6.
+        assert_eq!(
+            *input[1],
+            json!([group,
+                {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                    "right": {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "hoplimit"}},
+                    "right": 255}},
+                {"accept": null}])
+        );
+        assert_eq!(*input[2], allow4);
+        assert_eq!(*input[4], json!([group, {"counter": null}, {"drop": null}]));
         // No name pattern anywhere: a foreign `gtether0` is not a gate.
         let mut all = Vec::new();
         strings(&v, &mut all);
@@ -647,18 +724,45 @@ mod tests {
     }
 
     #[test]
-    fn block_other_forwarding_adds_a_final_unconditional_drop() {
-        let v = gate_json(&firewall(true), &gate());
+    fn block_other_forwarding_adds_a_final_drop_of_each_family_gatectl_forwards() {
+        let both = Firewall {
+            block_other_forwarding6: true,
+            ..firewall(true)
+        };
+        let v = gate_json(&both, &gate());
         let rules = rules_in(&v, "forward");
         assert_eq!(rules.len(), 5);
         assert_eq!(*rules[4], json!([{"counter": null}, {"drop": null}]));
+        let family = |f| json!({"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": f}});
+        for (block4, block6, want) in [
+            (true, false, Some(family("ipv4"))),
+            (false, true, Some(family("ipv6"))),
+            (false, false, None),
+        ] {
+            let fw = Firewall {
+                block_other_forwarding: block4,
+                block_other_forwarding6: block6,
+                ..firewall(false)
+            };
+            let v = gate_json(&fw, &gate());
+            let rules = rules_in(&v, "forward");
+            match want {
+                Some(family) => {
+                    assert_eq!(rules.len(), 5);
+                    assert_eq!(*rules[4], json!([family, {"counter": null}, {"drop": null}]));
+                }
+                None => assert_eq!(rules.len(), 4),
+            }
+        }
     }
 
     #[test]
     fn postrouting_masquerades_the_egress_pool_leaving_through_non_gate_links() {
         let fw = Firewall {
             egress_pool: "10.232.7.9/16".parse().unwrap(),
+            masquerade6: None,
             block_other_forwarding: false,
+            block_other_forwarding6: false,
         };
         let v = serde_json::to_value(fw.base_batch().to_nftables()).unwrap();
         assert_eq!(
@@ -669,6 +773,27 @@ mod tests {
                 {"match": {"op": "!=", "left": {"meta": {"key": "oifgroup"}}, "right": 232}},
                 {"masquerade": null}])]
         );
+    }
+
+    #[test]
+    fn nat66_masquerades_the_ipv6_egress_pool_and_a_routed_pool_is_left_alone() {
+        let fw = Firewall {
+            masquerade6: Some("fd23:1:2::/48".parse().unwrap()),
+            ..firewall(false)
+        };
+        let v = serde_json::to_value(fw.base_batch().to_nftables()).unwrap();
+        let rules = rules_in(&v, "postrouting");
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            *rules[1],
+            json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                    "right": {"prefix": {"addr": "fd23:1:2::", "len": 48}}}},
+                {"match": {"op": "!=", "left": {"meta": {"key": "oifgroup"}}, "right": 232}},
+                {"masquerade": null}])
+        );
+        let routed = serde_json::to_value(firewall(false).base_batch().to_nftables()).unwrap();
+        assert_eq!(rules_in(&routed, "postrouting").len(), 1);
     }
 
     #[test]
