@@ -19,8 +19,8 @@ use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::gatectl::{
-    allowlist, connect, connect_within, detail, gatectl, gatectl_ok, gatectl_rules, ip_forward, not_ok,
-    serve, setup, ssh_via_gate, text, GATECTL,
+    allowlist, connect, connect_within, detail, gatectl, gatectl_ok, gatectl_rules, host_table_exists,
+    ip_forward, knob, not_ok, serve, setup, ssh_via_gate, text, GATECTL,
 };
 use common::probe::{clock, Outcome, Probe, Tally};
 use common::{finish, require_root, SshFixture, TestHost};
@@ -39,13 +39,6 @@ table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter
 \tchain forward {\n\t\ttype filter hook forward priority filter;\n\t}\n\
 \tchain output {\n\t\ttype filter hook output priority filter;\n\t}\n}\n";
 
-/// Whether the host's root netns holds the table `inet gatectl`.
-fn host_table(host: &TestHost) -> bool {
-    host.exec(&["nft", "list", "table", "inet", "gatectl"])
-        .status
-        .success()
-}
-
 /// Runs `gatectl check`, which must fail (exit 1), and returns its report.
 fn check_fails(host: &TestHost) -> String {
     let out = gatectl(host, &["check"]);
@@ -58,14 +51,6 @@ fn check_passes(host: &TestHost) -> String {
     let report = gatectl_ok(host, &["check"]);
     assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
     report
-}
-
-/// A count from the environment variable `name`, or `default`.
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.parse().unwrap_or_else(|e| panic!("{name}={v}: {e}")))
-        .unwrap_or(default)
 }
 
 /// How many packets the final drop of the gate netns's own table (chain
@@ -158,7 +143,7 @@ impl HostWide {
         HostWide {
             forwarding: ip_forward(host, None) == "1",
             rules: gatectl_rules(host).len(),
-            table: host_table(host),
+            table: host_table_exists(host),
             marker: host
                 .exec(&["test", "-e", "/run/gatectl/ip_forward-enabled-by-gatectl"])
                 .status
@@ -401,7 +386,10 @@ fn nftables_reload_restart_stop_start_let_nothing_cross() {
     let (host, sshd) = third_network_and_alice("fc-nft-events");
     install_nftables_service(&host);
     settle(&host);
-    assert!(host_table(&host), "reconcile ran when nftables.service started");
+    assert!(
+        host_table_exists(&host),
+        "reconcile ran when nftables.service started"
+    );
     alice_works(&host, &sshd, "with nftables.service started");
 
     let third = Probe::start(&host, "third", "neta", "10.99.7.1", 7070);
@@ -421,7 +409,7 @@ fn nftables_reload_restart_stop_start_let_nothing_cross() {
                 // nftables.service starts again. The routing rules still
                 // confine forwarding, and check says what is missing.
                 assert_eq!(reconcile, "inactive", "round {round}, {event}");
-                assert!(!host_table(&host), "round {round}, {event}");
+                assert!(!host_table_exists(&host), "round {round}, {event}");
                 assert_eq!(gatectl_rules(&host).len(), 5, "round {round}, {event}");
                 let report = check_fails(&host);
                 assert_eq!(
@@ -504,7 +492,7 @@ fn a_host_flush_alone_leaves_the_gate_netns_table_in_charge() {
     let gate = Probe::start(&host, "gate", "gate-alice", UPSTREAM, DECOY_PORT);
 
     host.run_ok(&["nft", "flush", "ruleset"]);
-    assert!(!host_table(&host), "the flush removed the host table");
+    assert!(!host_table_exists(&host), "the flush removed the host table");
     // Root in the gate netns still cannot reach an undeclared port of the
     // declared address: its own table drops it on output.
     assert_decoy_dropped_in_gate(&host, "after a host flush");
@@ -579,7 +567,7 @@ fn a_foreign_gtether0_keeps_its_traffic_and_its_link() {
         0o644,
     );
     gatectl_ok(&host, &["start", "alice"]);
-    assert!(host_table(&host));
+    assert!(host_table_exists(&host));
     foreign_traffic("while a gate runs");
 
     // A stale gate for prune to remove, next to gtether0.
@@ -797,5 +785,5 @@ fn the_sandbox_and_the_gate_netns_stay_hardened_and_check_names_each_weakening()
         "the last gate out turned forwarding off"
     );
     assert_eq!(gatectl_rules(&host), Vec::<String>::new());
-    assert!(!host_table(&host));
+    assert!(!host_table_exists(&host));
 }

@@ -14,8 +14,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::gatectl::{
-    add_host_name, bash_in, connect, detail, gatectl, gatectl_ok, ipv6_forwarding, leftovers, not_ok, serve,
-    serve_echo, setup, ssh_via_gate, text,
+    add_host_name, bash_in, connect, detail, gatectl, gatectl_ok, gatectl_rules6, host_table_exists,
+    ipv6_forwarding, knob, leftovers, not_ok, serve, serve_echo, setup, ssh_via_gate, text,
 };
 use common::probe::{Outcome, Probe, Tally};
 use common::{require_root, TestHost};
@@ -683,4 +683,87 @@ fn two_gates_with_ipv6_upstreams_are_isolated_from_each_other() {
     gatectl_ok(&host, &["stop", "bob"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
     assert_eq!(leftovers(&host, "bob"), Vec::<String>::new());
+}
+
+/// The IPv6 twin of `e2e_failclosed::prune_racing_start_never_leaves_the_host_unconfined`:
+/// each round, carol's IPv6 gate goes stale, `prune` removes it (and, with
+/// no gate left, would close the host's IPv6 path) while bob's IPv6 gate
+/// starts after a random delay. IPv6 forwarding is never on without
+/// gatectl's five `ip -6 rule`s and its table, bob always reaches its IPv6
+/// upstream, and after bob's stop and a prune the host is as it was.
+/// `GATECTL_RACE_ITERATIONS` (default 15) sets the rounds.
+#[test]
+fn prune_racing_an_ipv6_start_never_leaves_ipv6_forwarding_unconfined() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-ipv6-race");
+    host.add_ipv6_to_link("upstream", "up0", "fd99:2::1/64", "fd99:2::2/64");
+    host.run_ok(&["ip", "-6", "route", "add", "default", "via", UP6, "dev", "up0"]);
+    serve(&host, Some("upstream"), UP6, 2200, "up6");
+    for slug in ["carol", "bob"] {
+        host.write_file(
+            &format!("/etc/gatectl/bottles/{slug}.toml"),
+            format!("[[ssh]]\nHost = \"u\"\nHostname = \"{UP6}\"\nPort = 2200\n").as_bytes(),
+            0o644,
+        );
+    }
+    assert_eq!(
+        ipv6_forwarding(&host),
+        "0",
+        "the race needs a host that does not forward IPv6"
+    );
+    let marker6 = "/run/gatectl/ipv6-forwarding-enabled-by-gatectl";
+    let unconfined = |host: &TestHost| {
+        ipv6_forwarding(host) == "1" && (gatectl_rules6(host).len() < 5 || !host_table_exists(host))
+    };
+    let iterations = knob("GATECTL_RACE_ITERATIONS", 15);
+    let mut problems = Vec::new();
+    for i in 0..iterations {
+        gatectl_ok(&host, &["start", "carol"]);
+        host.exec(&["systemctl", "stop", "gate-carol.socket", "gate-carol.service"]);
+        let delay = Duration::from_millis((i as u64 * 7) % 41);
+        let prune = host
+            .command(&[common::gatectl::GATECTL, "prune"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn gatectl prune");
+        std::thread::sleep(delay);
+        let start = gatectl(&host, &["start", "bob"]);
+        let prune = common::finish(prune, "gatectl prune");
+        assert!(
+            prune.status.success(),
+            "round {i}: prune failed: {}",
+            text(&prune)
+        );
+        if unconfined(&host) {
+            problems.push(format!(
+                "round {i} ({delay:?}): IPv6 forwarding on with rules {:?}, table {}",
+                gatectl_rules6(&host),
+                host_table_exists(&host)
+            ));
+        }
+        if !start.status.success() {
+            problems.push(format!(
+                "round {i} ({delay:?}): bob's start failed: {}",
+                text(&start)
+            ));
+        } else if let Err(e) = connect(&host, Some("gate-bob"), UP6, 2200) {
+            problems.push(format!(
+                "round {i} ({delay:?}): bob cannot reach its IPv6 upstream: {e}"
+            ));
+        }
+        gatectl_ok(&host, &["stop", "bob"]);
+        gatectl_ok(&host, &["prune"]);
+        let marker_left = host.exec(&["test", "-e", marker6]).status.success();
+        if ipv6_forwarding(&host) != "0" || !gatectl_rules6(&host).is_empty() || marker_left {
+            problems.push(format!(
+                "round {i}: after stop and prune: forwarding {}, rules {:?}, marker {marker_left}",
+                ipv6_forwarding(&host),
+                gatectl_rules6(&host)
+            ));
+        }
+    }
+    assert_eq!(problems, Vec::<String>::new());
 }

@@ -387,7 +387,12 @@ pub fn bash_in(host: &TestHost, netns: &str, seconds: u32, script: &str) -> Outp
 
 /// The lines of `ip rule show` that are gatectl's (protocol 231).
 pub fn gatectl_rules(host: &TestHost) -> Vec<String> {
-    host.run_ok(&["ip", "-4", "rule", "show"])
+    gatectl_rules_of(host, "-4")
+}
+
+/// gatectl's lines (protocol 231) of `ip FAMILY rule show`.
+fn gatectl_rules_of(host: &TestHost, family: &str) -> Vec<String> {
+    host.run_ok(&["ip", family, "rule", "show"])
         .lines()
         .filter(|l| l.contains("proto 231"))
         .map(|l| l.trim().to_string())
@@ -420,4 +425,25 @@ pub fn install_unit(host: &TestHost, repo_path: &str) {
         .replace("/usr/bin/gatectl", GATECTL);
     let name = path.file_name().unwrap().to_str().unwrap();
     host.write_file(&format!("/etc/systemd/system/{name}"), text.as_bytes(), 0o644);
+}
+
+/// A count from the environment variable `name`, or `default`: the knob of
+/// a long loop, short by default so CI stays fast.
+pub fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|e| panic!("{name}={v}: {e}")))
+        .unwrap_or(default)
+}
+
+/// Whether the host's root netns holds the table `inet gatectl`.
+pub fn host_table_exists(host: &TestHost) -> bool {
+    host.exec(&["nft", "list", "table", "inet", "gatectl"])
+        .status
+        .success()
+}
+
+/// The lines of `ip -6 rule show` that are gatectl's (protocol 231).
+pub fn gatectl_rules6(host: &TestHost) -> Vec<String> {
+    gatectl_rules_of(host, "-6")
 }
