@@ -11,6 +11,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::audit::{ConnectionLog, Outcome};
 use super::pipe::PipePool;
+use super::refuse::{self, Refusal};
 use super::relay;
 use super::route::ForwardRoute;
 use super::status::Counters;
@@ -22,6 +23,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The shortest time between two warnings about refused connections.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Connections refused at the limit that may be told so at once; beyond
+/// them (a flood), the excess is closed without a word.
+const MAX_REFUSING: usize = 32;
+
 /// State shared by every accept loop and connection of one forwarder.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -29,6 +34,7 @@ pub struct Forwarder {
     connect_timeout: Duration,
     max_connections: u32,
     limit: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
     total: AtomicU64,
     refused: AtomicU64,
     pipes: PipePool,
@@ -45,6 +51,7 @@ impl Forwarder {
             connect_timeout,
             max_connections,
             limit: Arc::new(Semaphore::new(max_connections as usize)),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             pipes: PipePool::for_forwarder(pipe_size, max_connections),
@@ -117,9 +124,9 @@ pub async fn accept_loop(
                     tokio::spawn(serve_connection(client, peer, current, forwarder, ends, permit));
                 }
                 Err(_) => {
-                    drop(client);
                     forwarder.refused.fetch_add(1, Ordering::Relaxed);
                     refusals.refused(&forwarder, &current, peer);
+                    refuse_at_limit(client, &forwarder);
                 }
             },
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
@@ -140,11 +147,27 @@ pub async fn accept_loop(
     }
 }
 
+/// Tells `client`, refused at the connection limit, why (in a task of its
+/// own, while fewer than [`MAX_REFUSING`] refusals are being written), or
+/// closes it at once.
+fn refuse_at_limit(client: TcpStream, forwarder: &Forwarder) {
+    let Ok(permit) = Arc::clone(&forwarder.refusing).try_acquire_owned() else {
+        return;
+    };
+    let description = refuse::at_limit(&forwarder.slug, forwarder.max_connections);
+    tokio::spawn(async move {
+        refuse::refuse(client, Refusal::Limit, &description).await;
+        drop(permit);
+    });
+}
+
 /// Serves one accepted connection until it ends or one of `ends` is
 /// reached, then logs its audit event and gives back `permit` (its slot of
-/// the limit).
+/// the limit). A connection that ends before any upstream answered (no
+/// upstream byte reached the client) is told why as an SSH server would
+/// (see [`refuse`]); once an upstream answered, nothing is ever added.
 async fn serve_connection(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     route: Arc<ForwardRoute>,
     forwarder: Arc<Forwarder>,
@@ -153,23 +176,29 @@ async fn serve_connection(
 ) {
     let mut log = ConnectionLog::new(&forwarder.slug, route.alias.as_str(), peer);
     let outcome = tokio::select! {
-        outcome = forward(client, &route, &forwarder, &mut log) => outcome,
+        outcome = forward(&mut client, &route, &forwarder, &mut log) => outcome,
         outcome = ends.reached() => outcome,
     };
+    let refusal = match log.upstream {
+        None => refuse::for_outcome(&forwarder.slug, route.alias.as_str(), &outcome),
+        Some(_) => None,
+    };
     log.finish(outcome);
+    if let Some((why, description)) = refusal {
+        refuse::refuse(client, why, &description).await;
+    }
     drop(permit);
 }
 
 /// Connects `client` to the first upstream of `route` that answers and relays
-/// until the connection ends, recording what happens in `log`. On a connect
-/// failure the client is closed at once.
+/// until the connection ends, recording what happens in `log`.
 async fn forward(
-    mut client: TcpStream,
+    client: &mut TcpStream,
     route: &ForwardRoute,
     forwarder: &Forwarder,
     log: &mut ConnectionLog<'_>,
 ) -> Outcome {
-    relay::set_nodelay(&client);
+    relay::set_nodelay(client);
     let mut upstream = match relay::connect(&route.upstreams, forwarder.connect_timeout).await {
         Ok((upstream, addr)) => {
             log.upstream = Some(addr);
@@ -177,7 +206,7 @@ async fn forward(
         }
         Err(e) => return Outcome::ConnectFailed(e),
     };
-    match relay::relay(&mut client, &mut upstream, &mut log.bytes, &forwarder.pipes).await {
+    match relay::relay(client, &mut upstream, &mut log.bytes, &forwarder.pipes).await {
         Ok(()) => Outcome::Closed,
         Err(e) => Outcome::Failed(e),
     }

@@ -17,7 +17,9 @@
 
 mod accept;
 mod audit;
+mod disconnect;
 mod pipe;
+mod refuse;
 mod relay;
 mod route;
 pub mod routes_file;
