@@ -2,7 +2,6 @@
 //! listener, and the task that serves one connection and audits it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use super::pipe::PipePool;
 use super::refuse::{self, Refusal};
 use super::relay;
 use super::route::ForwardRoute;
-use super::status::Counters;
+use super::stats::{EntryLive, ForwarderStats, Live};
 
 /// How long an accept loop pauses after an error such as `EMFILE`, so it
 /// does not spin while the condition lasts.
@@ -35,8 +34,7 @@ pub struct Forwarder {
     max_connections: u32,
     limit: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
-    total: AtomicU64,
-    refused: AtomicU64,
+    live: Arc<Live>,
     pipes: PipePool,
 }
 
@@ -52,19 +50,25 @@ impl Forwarder {
             max_connections,
             limit: Arc::new(Semaphore::new(max_connections as usize)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
-            total: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            live: Arc::default(),
             pipes: PipePool::for_forwarder(pipe_size, max_connections),
         }
     }
 
-    /// The connection counters right now.
-    pub fn counters(&self) -> Counters {
-        Counters {
-            active: self.max_connections as usize - self.limit.available_permits(),
-            total: self.total.load(Ordering::Relaxed),
-            refused: self.refused.load(Ordering::Relaxed),
-        }
+    /// The counters right now.
+    pub fn stats(&self) -> ForwarderStats {
+        self.live.snapshot()
+    }
+
+    /// The live counters, for the task that serves them.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live)
+    }
+
+    /// Makes the entry `alias` show in the counters from now on, even
+    /// before its first connection.
+    pub fn count_entry(&self, alias: &str) {
+        self.live.entry(alias);
     }
 
     /// Waits until no connection is open, or for `grace` at most. Returns
@@ -119,14 +123,19 @@ pub async fn accept_loop(
         match accepted {
             Ok((client, peer)) => match Arc::clone(&forwarder.limit).try_acquire_owned() {
                 Ok(permit) => {
-                    forwarder.total.fetch_add(1, Ordering::Relaxed);
+                    let entry = forwarder.live.entry(current.alias.as_str());
+                    entry.opened();
                     let (forwarder, ends) = (Arc::clone(&forwarder), ends.clone());
-                    tokio::spawn(serve_connection(client, peer, current, forwarder, ends, permit));
+                    let connection = Connection {
+                        peer,
+                        route: current,
+                        entry,
+                    };
+                    tokio::spawn(serve_connection(client, connection, forwarder, ends, permit));
                 }
                 Err(_) => {
-                    forwarder.refused.fetch_add(1, Ordering::Relaxed);
                     refusals.refused(&forwarder, &current, peer);
-                    refuse_at_limit(client, &forwarder);
+                    refuse_at_limit(client, &forwarder, &current);
                 }
             },
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
@@ -150,39 +159,65 @@ pub async fn accept_loop(
 /// Tells `client`, refused at the connection limit, why (in a task of its
 /// own, while fewer than [`MAX_REFUSING`] refusals are being written), or
 /// closes it at once.
-fn refuse_at_limit(client: TcpStream, forwarder: &Forwarder) {
+fn refuse_at_limit(client: TcpStream, forwarder: &Forwarder, route: &ForwardRoute) {
+    let description = refuse::at_limit(&forwarder.slug, forwarder.max_connections);
+    forwarder.live.refused(Refusal::Limit);
+    forwarder
+        .live
+        .error(&forwarder.live.entry(route.alias.as_str()), &description);
     let Ok(permit) = Arc::clone(&forwarder.refusing).try_acquire_owned() else {
         return;
     };
-    let description = refuse::at_limit(&forwarder.slug, forwarder.max_connections);
     tokio::spawn(async move {
         refuse::refuse(client, Refusal::Limit, &description).await;
         drop(permit);
     });
 }
 
+/// An accepted connection: who, to which route, and its entry's counters
+/// (already counted as opened).
+struct Connection {
+    peer: SocketAddr,
+    route: Arc<ForwardRoute>,
+    entry: Arc<EntryLive>,
+}
+
 /// Serves one accepted connection until it ends or one of `ends` is
-/// reached, then logs its audit event and gives back `permit` (its slot of
+/// reached, then counts and logs it and gives back `permit` (its slot of
 /// the limit). A connection that ends before any upstream answered (no
 /// upstream byte reached the client) is told why as an SSH server would
 /// (see [`refuse`]); once an upstream answered, nothing is ever added.
 async fn serve_connection(
     mut client: TcpStream,
-    peer: SocketAddr,
-    route: Arc<ForwardRoute>,
+    connection: Connection,
     forwarder: Arc<Forwarder>,
     mut ends: Ends,
     permit: OwnedSemaphorePermit,
 ) {
-    let mut log = ConnectionLog::new(&forwarder.slug, route.alias.as_str(), peer);
+    let Connection { peer, route, entry } = connection;
+    let alias = route.alias.as_str();
+    let mut log = ConnectionLog::new(&forwarder.slug, alias, peer);
     let outcome = tokio::select! {
         outcome = forward(&mut client, &route, &forwarder, &mut log) => outcome,
         outcome = ends.reached() => outcome,
     };
     let refusal = match log.upstream {
-        None => refuse::for_outcome(&forwarder.slug, route.alias.as_str(), &outcome),
+        None => refuse::for_outcome(&forwarder.slug, alias, &outcome),
         Some(_) => None,
     };
+    match (&refusal, &outcome) {
+        (Some((why, description)), _) => {
+            forwarder.live.refused(*why);
+            if *why == Refusal::Upstream {
+                forwarder.live.error(&entry, description);
+            }
+        }
+        (None, Outcome::Failed(e)) => forwarder
+            .live
+            .error(&entry, &format!("{alias}: relaying failed: {e}")),
+        _ => {}
+    }
+    entry.closed(log.bytes.to_upstream, log.bytes.from_upstream);
     log.finish(outcome);
     if let Some((why, description)) = refusal {
         refuse::refuse(client, why, &description).await;

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::forward::stats;
 use crate::host::HostWide;
 use crate::lock;
 use crate::manifest::{self, Manifest};
@@ -197,10 +198,11 @@ impl Host {
         }
     }
 
-    /// The state of one gate, from systemd, the kernel and its record.
+    /// The state of one gate, from systemd, the kernel and its record,
+    /// with its forwarder's counters.
     pub async fn status(&self, systemd: &Systemd, slug: &Slug) -> Result<GateStatus> {
         let units = systemd.gate_units(slug).await?;
-        Ok(GateStatus::assemble(slug, self.facts(slug, units)))
+        Ok(with_counters(GateStatus::assemble(slug, self.facts(slug, units))))
     }
 
     /// The states of every gate that has a record, a unit or a netns.
@@ -218,7 +220,7 @@ impl Host {
             .into_iter()
             .map(|slug| {
                 let facts = self.facts(&slug, GateUnits::of(&slug, &units));
-                GateStatus::assemble(&slug, facts)
+                with_counters(GateStatus::assemble(&slug, facts))
             })
             .collect())
     }
@@ -239,6 +241,20 @@ impl Host {
             busy,
         }
     }
+}
+
+/// `status` with its forwarder's counters, when the forwarder runs and
+/// answers (see [`stats`](crate::forward::stats)); without them otherwise.
+fn with_counters(mut status: GateStatus) -> GateStatus {
+    if status.forwarder.is_active() && status.netns_present {
+        let read =
+            netns::open(&status.netns_path).and_then(|ns| netns::run_in(&ns, || stats::read(stats::SOCKET)));
+        match read {
+            Ok(counters) => status.counters = Some(counters),
+            Err(e) => tracing::debug!(slug = %status.slug, error = %e, "no counters"),
+        }
+    }
+    status
 }
 
 /// The host firewall allowlist of a gate: its egress link may reach exactly

@@ -1,0 +1,162 @@
+//! End to end, in a throwaway systemd host: what an operator sees of a
+//! gate's traffic. `gatectl status` (text and `--json`) shows the
+//! forwarder's live counters per gate and per entry, matching the bytes the
+//! test sent; `systemctl status` shows the one-line summary.
+//!
+//! Needs root; skipped otherwise (fails under `CI`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::gatectl::{bash_in, gatectl_ok, serve_echo, setup, ssh_via_gate, text};
+use common::{require_root, TestHost};
+use serde_json::Value;
+
+/// Bytes the test sends through the echo entry (and gets back).
+const SENT: u64 = 100_000;
+
+/// `status alice --json`, once `ready` holds for its counters (they change
+/// a moment after a client sees its connection close).
+fn status_when(host: &TestHost, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value = serde_json::from_str(&gatectl_ok(host, &["status", "alice", "--json"])).unwrap();
+        if ready(&status["counters"]) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "counters never got there: {status:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn entry<'a>(counters: &'a Value, alias: &str) -> &'a Value {
+    counters["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["alias"] == alias)
+        .unwrap_or_else(|| panic!("no entry {alias}: {counters:#}"))
+}
+
+#[test]
+fn status_counts_connections_bytes_and_refusals_per_entry() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("observability");
+    serve_echo(&host, Some("upstream"), "10.99.2.1", 7007);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n\
+          [[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n\
+          [[ssh]]\nHost = \"echo\"\nHostname = \"10.99.2.1\"\nPort = 7007\n\
+          [[ssh]]\nHost = \"down\"\nHostname = \"10.99.2.1\"\nPort = 2222\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "alice"]);
+    let idle: Value = serde_json::from_str(&gatectl_ok(&host, &["status", "alice", "--json"])).unwrap();
+    assert!(idle["counters"].is_null(), "no forwarder yet: {idle:#}");
+    let text_idle = gatectl_ok(&host, &["status", "alice"]);
+    assert!(text_idle.contains("traffic:   none yet"), "{text_idle}");
+
+    // SENT bytes through the echo entry, half-closed, all of them back.
+    let out = bash_in(
+        &host,
+        "agent",
+        30,
+        &format!("head -c {SENT} /dev/urandom | socat -t 10 - TCP:10.231.0.1:30001 | wc -c"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        SENT.to_string(),
+        "{}",
+        text(&out)
+    );
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
+    let refused = bash_in(
+        &host,
+        "agent",
+        5,
+        "exec 3<>/dev/tcp/10.231.0.1/30002; cat <&3 >/dev/null",
+    );
+    assert!(refused.status.success(), "{}", text(&refused));
+
+    let status = status_when(&host, |c| c["active"] == 0 && c["total"] == 3);
+    let counters = &status["counters"];
+    let echo = entry(counters, "echo");
+    assert_eq!(
+        (
+            &echo["total"],
+            &echo["bytes_up"],
+            &echo["bytes_down"],
+            &echo["last_error"]
+        ),
+        (
+            &Value::from(1),
+            &Value::from(SENT),
+            &Value::from(SENT),
+            &Value::Null
+        ),
+        "{counters:#}"
+    );
+    let up = entry(counters, "up");
+    assert_eq!(up["total"], 1, "{counters:#}");
+    assert!(
+        up["bytes_up"].as_u64().unwrap() > 1000,
+        "an ssh session: {counters:#}"
+    );
+    let down = entry(counters, "down");
+    let expected = "gatectl gate alice: upstream down (10.99.2.1:2222) refused the connection";
+    assert_eq!(down["last_error"]["message"], expected, "{counters:#}");
+    assert_eq!(counters["last_error"], down["last_error"]);
+    assert_eq!(counters["refused"]["upstream"], 1, "{counters:#}");
+    assert_eq!(
+        counters["bytes_up"].as_u64().unwrap(),
+        SENT + up["bytes_up"].as_u64().unwrap()
+    );
+
+    let report = gatectl_ok(&host, &["status", "alice"]);
+    for line in [
+        "  traffic:   0 active, 3 total connections,",
+        "  refused:   1 (upstream 1)",
+        "  last error: 20",
+        expected,
+        "    echo                      0      1   97.7 KiB   97.7 KiB  -",
+    ] {
+        assert!(report.contains(line), "{line:?} not in:\n{report}");
+    }
+    // The status line is refreshed once a second at most.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let summary = host.run_ok(&[
+            "systemctl",
+            "show",
+            "-p",
+            "StatusText",
+            "--value",
+            "gate-alice.service",
+        ]);
+        if summary.contains("0 active, 3 total connections,") && summary.contains("1 refused (upstream 1)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{summary}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The counters' socket is abstract, so only the gate netns has it: root
+    // entering it reads them, the agent's netns and the host's have none.
+    let socket = "ABSTRACT-CONNECT:gatectl-forward-stats";
+    let inside = host.run_ok(&["ip", "netns", "exec", "gate-alice", "socat", "-u", socket, "-"]);
+    assert!(inside.starts_with("{\"active\":0,"), "{inside}");
+    for netns in [&["ip", "netns", "exec", "agent"][..], &[]] {
+        let argv = [netns, &["socat", "-u", socket, "-"]].concat();
+        let out = host.exec(&argv);
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Connection refused"),
+            "{argv:?} reached the counters: {}",
+            text(&out)
+        );
+    }
+    gatectl_ok(&host, &["stop", "alice"]);
+}
