@@ -14,6 +14,7 @@ pub mod error;
 pub mod forward;
 pub mod gate;
 pub mod host;
+pub mod journal;
 pub mod lock;
 pub mod logging;
 pub mod manifest;

@@ -9,8 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::gatectl::{bash_in, gatectl_ok, serve_echo, setup, ssh_via_gate, text};
-use common::{require_root, TestHost};
+use std::process::Stdio;
+
+use common::gatectl::{bash_in, gatectl_ok, serve_echo, setup, ssh_via_gate, text, GATECTL};
+use common::{finish, json_schema, require_root, TestHost};
 use serde_json::Value;
 
 /// Bytes the test sends through the echo entry (and gets back).
@@ -143,6 +145,76 @@ fn status_counts_connections_bytes_and_refusals_per_entry() {
         assert!(Instant::now() < deadline, "{summary}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // The same connections, one record each, from the journal.
+    let log: Value = serde_json::from_str(&gatectl_ok(&host, &["log", "alice", "--json"])).unwrap();
+    let events = log["events"].as_array().unwrap();
+    let of = |alias: &str| -> Vec<&Value> { events.iter().filter(|e| e["alias"] == alias).collect() };
+    let [echo] = of("echo")[..] else {
+        panic!("one echo record: {log:#}")
+    };
+    assert_eq!(
+        (
+            &echo["kind"],
+            &echo["outcome"],
+            &echo["upstream"],
+            &echo["bytes_up"],
+            &echo["bytes_down"]
+        ),
+        (
+            &Value::from("connection"),
+            &Value::from("closed"),
+            &Value::from("10.99.2.1:7007"),
+            &Value::from(SENT),
+            &Value::from(SENT)
+        ),
+        "{log:#}"
+    );
+    assert!(echo["duration_ms"].is_u64() && echo["slug"] == "alice", "{log:#}");
+    let [down] = of("down")[..] else {
+        panic!("one down record: {log:#}")
+    };
+    assert_eq!(
+        (&down["outcome"], &down["upstream"]),
+        (&Value::from("connect_failed"), &Value::Null)
+    );
+    assert!(down["error"].as_str().unwrap().contains("refused"), "{log:#}");
+    assert_eq!(of("up").len(), 1, "{log:#}");
+    let text_log = gatectl_ok(&host, &["log", "alice", "--since", "-1h"]);
+    assert_eq!(text_log.lines().count(), 3, "{text_log}");
+    assert!(
+        text_log
+            .lines()
+            .any(|l| l.contains(" alice echo: ") && l.contains("-> 10.99.2.1:7007 closed after")),
+        "{text_log}"
+    );
+    let future = gatectl_ok(&host, &["log", "--since", "+1h", "--json"]);
+    assert!(future.contains("\"events\": []"), "{future}");
+
+    // --follow prints each new record as it is written, one object a line.
+    let follow = host
+        .command(&[
+            "timeout", "4", GATECTL, "log", "alice", "--follow", "--json", "--since", "now",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    bash_in(
+        &host,
+        "agent",
+        5,
+        "exec 3<>/dev/tcp/10.231.0.1/30002; cat <&3 >/dev/null",
+    );
+    let followed = finish(follow, "gatectl log --follow");
+    let lines = String::from_utf8_lossy(&followed.stdout).into_owned();
+    let [line] = lines.lines().collect::<Vec<_>>()[..] else {
+        panic!("one line for one new record: {}", text(&followed))
+    };
+    json_schema::validate("gatectl log --follow --json", line);
+    let record: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(record["events"][0]["alias"], "down", "{line}");
 
     // The counters' socket is abstract, so only the gate netns has it: root
     // entering it reads them, the agent's netns and the host's have none.

@@ -204,6 +204,16 @@ fn examples(name: &str) -> String {
             ("gatectl status \\-\\-json", "Every gate, as JSON."),
         ],
         "list" => &[("gatectl list", "One line per gate.")],
+        "log" => &[
+            (
+                "gatectl log alice \\-\\-since \\-1h",
+                "alice's connections and denied attempts of the last hour.",
+            ),
+            (
+                "gatectl log \\-\\-follow \\-\\-json",
+                "Every gate's records as they come, one JSON object per line.",
+            ),
+        ],
         "plan" => &[
             (
                 "gatectl plan alice",

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod generate;
 pub mod json;
 pub mod list;
+pub mod log;
 pub mod output;
 pub mod plan;
 pub mod prune;
@@ -79,6 +80,15 @@ pub enum Command {
     /// One line per gate that has a record, a unit or a netns: its state,
     /// address, ports and upstream aliases. Changes nothing.
     List(list::ListArgs),
+    /// Show the gates' records: each connection and the denied attempts.
+    ///
+    /// Reads gatectl's records from the journal (journalctl -o json,
+    /// matched on gatectl's fields): each connection a gate accepted, with
+    /// its alias, the agent's address, the upstream, the bytes each way, its
+    /// duration and how it ended (closed, or refused and why), and the
+    /// attempts the gate netns's firewall denied. For one gate or all of
+    /// them; needs root or the systemd-journal group. Changes nothing.
+    Log(log::LogArgs),
     /// Show what `start` would create, creating nothing.
     ///
     /// Reads and validates the manifest and resolves its upstreams as start
@@ -203,6 +213,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Reload(args) => reload::run(args),
         Command::Status(args) => status::run(args),
         Command::List(args) => list::run(args),
+        Command::Log(args) => log::run(args),
         Command::Plan(args) => plan::run(args),
         Command::SshConfig(args) => ssh_config::run(args),
         Command::Reconcile(args) => reconcile::run(args),
@@ -231,6 +242,7 @@ impl Command {
         match self {
             Command::Status(args) => args.json,
             Command::List(args) => args.json,
+            Command::Log(args) => args.json,
             Command::Plan(args) => args.json,
             Command::Prune(args) => args.json,
             Command::Check(args) => args.json,
