@@ -45,6 +45,9 @@ pub struct Settings {
     /// Whether an upstream may be a link-local address (169.254.0.0/16,
     /// fe80::/10), where cloud metadata services live. Off by default.
     pub allow_link_local: bool,
+    /// The file `gatectl metrics --write` (and gatectl-metrics.timer)
+    /// writes the metrics to: node_exporter's textfile collector directory.
+    pub metrics_path: PathBuf,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             max_connections: 256,
             connect_timeout_secs: 10,
             allow_link_local: false,
+            metrics_path: PathBuf::from("/var/lib/prometheus/node-exporter/gatectl.prom"),
         }
     }
 }

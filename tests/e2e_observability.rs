@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use std::process::Stdio;
 
-use common::gatectl::{bash_in, gatectl_ok, serve_echo, setup, ssh_via_gate, text, GATECTL};
+use common::gatectl::{bash_in, gatectl_ok, install_unit, serve_echo, setup, ssh_via_gate, text, GATECTL};
 use common::{finish, json_schema, require_root, TestHost};
 use serde_json::Value;
 
@@ -230,5 +230,181 @@ fn status_counts_connections_bytes_and_refusals_per_entry() {
             text(&out)
         );
     }
+    gatectl_ok(&host, &["stop", "alice"]);
+}
+
+/// Parses Prometheus text on stdin with python3-prometheus-client's parser
+/// (which raises on malformed input) and prints one `name{labels} value`
+/// line per sample, labels sorted.
+const PARSE_METRICS: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    assert family.documentation, family.name
+    assert family.type in ("gauge", "counter"), family.type
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}} {int(s.value)}")
+"#;
+
+/// The samples of Prometheus `text` as the reference parser reads them.
+fn parse_metrics(host: &TestHost, text: &str) -> String {
+    let out = host.exec_with_input(&["python3", "-c", PARSE_METRICS], text.as_bytes());
+    assert!(
+        out.status.success(),
+        "the metrics do not parse: {}\n{text}",
+        crate::text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `line_start` (`name{labels}`) in parsed samples.
+fn sample(samples: &str, line_start: &str) -> u64 {
+    samples
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {line_start}:\n{samples}"))
+}
+
+/// `attempts` connection attempts from the agent netns to a gate port that
+/// is not a listener (each refused by the gate netns's table).
+fn flood_closed_port(host: &TestHost, attempts: u32) {
+    let script =
+        format!("for i in $(seq {attempts}); do (exec 3<>/dev/tcp/10.231.0.1/31000) 2>/dev/null; done; true");
+    let out = bash_in(host, "agent", 60, &script);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The denied records of alice in `gatectl log --json`.
+fn denied_records(host: &TestHost) -> Vec<Value> {
+    let log: Value = serde_json::from_str(&gatectl_ok(host, &["log", "alice", "--json"])).unwrap();
+    log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "denied")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn metrics_parse_and_denied_attempts_are_recorded_once_per_run() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("metrics");
+    host.write_file(
+        "/etc/gatectl/gatectl.toml",
+        b"metrics_path = \"/var/lib/gatectl-test/textfile/gatectl.prom\"\n",
+        0o644,
+    );
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "alice"]);
+    ssh_via_gate(&host, &sshd, "alice", Some("agent"), "true").unwrap();
+
+    // A flood at a port that is no listener, and root in the gate netns
+    // trying an undeclared port of the upstream.
+    flood_closed_port(&host, 300);
+    let egress = host.exec(&[
+        "ip",
+        "netns",
+        "exec",
+        "gate-alice",
+        "timeout",
+        "1",
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/10.99.2.1/2222",
+    ]);
+    assert!(
+        !egress.status.success(),
+        "an undeclared port was reached: {}",
+        text(&egress)
+    );
+
+    let samples = parse_metrics(&host, &gatectl_ok(&host, &["metrics"]));
+    assert_eq!(sample(&samples, "gatectl_gate_up{slug=\"alice\"}"), 1);
+    assert_eq!(
+        sample(&samples, "gatectl_gate_state{slug=\"alice\",state=\"running\"}"),
+        1
+    );
+    assert_eq!(sample(&samples, "gatectl_forwarder_up{slug=\"alice\"}"), 1);
+    assert_eq!(
+        sample(&samples, "gatectl_connections_total{alias=\"up\",slug=\"alice\"}"),
+        1
+    );
+    assert!(
+        sample(
+            &samples,
+            "gatectl_transferred_bytes_total{alias=\"up\",direction=\"down\",slug=\"alice\"}"
+        ) > 1000
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "gatectl_refusals_total{reason=\"limit\",slug=\"alice\"}"
+        ),
+        0
+    );
+    let agent = sample(
+        &samples,
+        "gatectl_denied_packets_total{direction=\"agent\",slug=\"alice\"}",
+    );
+    assert!(agent >= 300, "{samples}");
+    assert!(
+        sample(
+            &samples,
+            "gatectl_denied_packets_total{direction=\"egress\",slug=\"alice\"}"
+        ) >= 1
+    );
+
+    // One record for all of it; none for a run with nothing new; one more
+    // for a second flood.
+    let records = denied_records(&host);
+    let [first] = &records[..] else {
+        panic!("one denied record: {records:#?}")
+    };
+    assert_eq!(first["slug"], "alice");
+    assert_eq!(first["denied_agent"], agent, "{first:#}");
+    assert!(first["denied_egress"].as_u64().unwrap() >= 1, "{first:#}");
+    gatectl_ok(&host, &["metrics"]);
+    assert_eq!(denied_records(&host).len(), 1);
+    flood_closed_port(&host, 300);
+    gatectl_ok(&host, &["metrics"]);
+    gatectl_ok(&host, &["metrics"]);
+    let records = denied_records(&host);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert!(
+        records[1]["denied_agent"].as_u64().unwrap() >= 300,
+        "{records:#?}"
+    );
+    // 600 denied attempts left at most a handful of journal lines about alice.
+    let lines = host.run_ok(&["journalctl", "--no-pager", "-o", "cat", "GATE_SLUG=alice"]);
+    assert!(lines.lines().count() < 20, "{lines}");
+
+    // The timer's service writes the file at metrics_path, readable by
+    // node_exporter.
+    install_unit(&host, "units/gatectl-metrics.service");
+    install_unit(&host, "units/gatectl-metrics.timer");
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    host.run_ok(&["systemctl", "start", "gatectl-metrics.service"]);
+    let path = "/var/lib/gatectl-test/textfile/gatectl.prom";
+    let mode = host.run_ok(&["stat", "-c", "%a", path]);
+    assert_eq!(mode.trim(), "644");
+    let samples = parse_metrics(&host, &host.read_file(path));
+    assert_eq!(sample(&samples, "gatectl_gate_up{slug=\"alice\"}"), 1);
+    host.run_ok(&["systemctl", "enable", "--now", "gatectl-metrics.timer"]);
+    let timers = host.run_ok(&[
+        "systemctl",
+        "list-timers",
+        "--all",
+        "--no-pager",
+        "gatectl-metrics.timer",
+    ]);
+    assert!(timers.contains("gatectl-metrics.service"), "{timers}");
     gatectl_ok(&host, &["stop", "alice"]);
 }

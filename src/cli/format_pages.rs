@@ -9,7 +9,7 @@ use crate::manifest::{ENTRY_KEYS, TOP_LEVEL_KEYS};
 use crate::plan::MAX_ENTRIES;
 
 /// Each host setting with what it does, in the order the page lists them.
-pub const SETTINGS: [(&str, &str); 9] = [
+pub const SETTINGS: [(&str, &str); 10] = [
     (
         "internal_pool",
         "IPv4 pool of the internal /31s (agent end and gate). A gate whose agent has a netns \
@@ -42,7 +42,7 @@ pub const SETTINGS: [(&str, &str); 9] = [
     ),
     (
         "max_connections",
-        "Most connections one gate's forwarder serves at once; the excess is closed at once.",
+        "Most connections one gate's forwarder serves at once; the excess is refused with an SSH disconnect message.",
     ),
     (
         "connect_timeout_secs",
@@ -52,6 +52,12 @@ pub const SETTINGS: [(&str, &str); 9] = [
         "allow_link_local",
         "Whether an upstream may be a link-local address (169.254.0.0/16, fe80::/10), where cloud \
          metadata services live.",
+    ),
+    (
+        "metrics_path",
+        "The file gatectl metrics \\-\\-write writes the gates' metrics to (Prometheus text), every \
+         minute when gatectl\\-metrics.timer is enabled: a file in node_exporter's textfile collector \
+         directory.",
     ),
 ];
 

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod json;
 pub mod list;
 pub mod log;
+pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod prune;
@@ -89,6 +90,17 @@ pub enum Command {
     /// attempts the gate netns's firewall denied. For one gate or all of
     /// them; needs root or the systemd-journal group. Changes nothing.
     Log(log::LogArgs),
+    /// Print every gate's metrics for Prometheus, or write them for node_exporter.
+    ///
+    /// Per gate: its state, and from its forwarder (when it runs) the open
+    /// and total connections, the bytes each way and the refusals by reason
+    /// per entry; from its gate netns's firewall the denied packets. In the
+    /// Prometheus text format, on stdout or with --write into the file
+    /// metrics_path names (gatectl-metrics.timer runs that every minute).
+    /// As root it also records in the journal what each gate denied since
+    /// the last run: one record per gate, however many packets. Reading the
+    /// counters needs root.
+    Metrics(metrics::MetricsArgs),
     /// Show what `start` would create, creating nothing.
     ///
     /// Reads and validates the manifest and resolves its upstreams as start
@@ -214,6 +226,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Status(args) => status::run(args),
         Command::List(args) => list::run(args),
         Command::Log(args) => log::run(args),
+        Command::Metrics(args) => metrics::run(args),
         Command::Plan(args) => plan::run(args),
         Command::SshConfig(args) => ssh_config::run(args),
         Command::Reconcile(args) => reconcile::run(args),

@@ -19,7 +19,7 @@ use crate::forward::stats;
 use crate::host::HostWide;
 use crate::lock;
 use crate::manifest::{self, Manifest};
-use crate::net::firewall::gate::GateTable;
+use crate::net::firewall::gate::{Denied, GateTable};
 use crate::net::firewall::{Firewall, GateRules};
 use crate::net::netns;
 use crate::plan::{self, GatePlan, GateSpec};
@@ -240,6 +240,20 @@ impl Host {
             netns_present: netns::exists(&plan::netns_name(slug)),
             busy,
         }
+    }
+}
+
+impl Host {
+    /// What the gate netns of `slug`'s table denied so far, with the inode
+    /// of that netns (which tells a restarted gate apart); `None` when the
+    /// gate has no netns or no table. Needs root (it enters the netns).
+    pub fn denied(&self, slug: &Slug) -> Result<Option<(u64, Denied)>> {
+        let path = Path::new(plan::NETNS_DIR).join(plan::netns_name(slug));
+        let ns = netns::open(&path)?;
+        let inode = nix::sys::stat::fstat(&ns)
+            .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
+            .st_ino;
+        Ok(netns::run_in(&ns, GateTable::denied)?.map(|denied| (inode, denied)))
     }
 }
 
