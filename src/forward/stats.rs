@@ -155,6 +155,9 @@ impl Live {
     /// The counters of the entry `alias`, created at its first use.
     pub fn entry(&self, alias: &str) -> Arc<EntryLive> {
         let mut entries = self.entries.lock().expect("stats lock");
+        if let Some(entry) = entries.get(alias) {
+            return Arc::clone(entry);
+        }
         Arc::clone(entries.entry(alias.to_string()).or_default())
     }
 
