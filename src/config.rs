@@ -45,6 +45,11 @@ pub struct Settings {
     /// Whether an upstream may be a link-local address (169.254.0.0/16,
     /// fe80::/10), where cloud metadata services live. Off by default.
     pub allow_link_local: bool,
+    /// The DNS refresh re-resolves a running gate's names when their TTL
+    /// runs out, but not sooner than this many seconds...
+    pub dns_refresh_min_secs: u32,
+    /// ...and not later.
+    pub dns_refresh_max_secs: u32,
     /// The file `gatectl metrics --write` (and gatectl-metrics.timer)
     /// writes the metrics to: node_exporter's textfile collector directory.
     pub metrics_path: PathBuf,
@@ -62,6 +67,8 @@ impl Default for Settings {
             max_connections: 256,
             connect_timeout_secs: 10,
             allow_link_local: false,
+            dns_refresh_min_secs: 30,
+            dns_refresh_max_secs: 3600,
             metrics_path: PathBuf::from("/var/lib/prometheus/node-exporter/gatectl.prom"),
         }
     }
@@ -151,6 +158,12 @@ impl Settings {
         if !self.forwarder_binary.is_absolute() {
             return Err("forwarder_binary must be an absolute path".into());
         }
+        if self.dns_refresh_min_secs == 0 || self.dns_refresh_min_secs > self.dns_refresh_max_secs {
+            return Err(format!(
+                "dns_refresh_min_secs ({}) must be at least 1 and at most dns_refresh_max_secs ({})",
+                self.dns_refresh_min_secs, self.dns_refresh_max_secs
+            ));
+        }
         Ok(())
     }
 
@@ -179,6 +192,14 @@ impl Settings {
                 path.display()
             ))),
         }
+    }
+
+    /// How long the DNS refresh keeps an answer valid for `ttl`: the TTL,
+    /// held between the floor and the ceiling of the settings.
+    pub fn dns_refresh_after(&self, ttl: Duration) -> Duration {
+        let floor = Duration::from_secs(self.dns_refresh_min_secs.into());
+        let ceiling = Duration::from_secs(self.dns_refresh_max_secs.into());
+        ttl.clamp(floor, ceiling)
     }
 
     /// The connect timeout as a duration.
@@ -243,9 +264,45 @@ mod tests {
             ("internal_pool = \"10.0.0.0/31\"", "too small"),
             ("base_port = 0", "base_port"),
             ("bogus = 1", "unknown field `bogus`"),
+            (
+                "dns_refresh_min_secs = 0",
+                "dns_refresh_min_secs (0) must be at least 1",
+            ),
+            (
+                "dns_refresh_min_secs = 60\ndns_refresh_max_secs = 30",
+                "must be at least 1 and at most dns_refresh_max_secs (30)",
+            ),
         ] {
             let err = Settings::parse(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_packaged_settings_file_shows_every_setting_with_its_default() {
+        let text = include_str!("../examples/gatectl.toml");
+        let shown: String = text
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .filter(|line| line.contains(" = "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let shown: toml::Table = toml::from_str(&shown).unwrap();
+        let defaults = toml::Table::try_from(Settings::default()).unwrap();
+        assert_eq!(shown, defaults);
+        assert_eq!(
+            Settings::parse(text),
+            Ok(Settings::default()),
+            "every line is a comment"
+        );
+    }
+
+    #[test]
+    fn the_dns_refresh_follows_the_ttl_between_floor_and_ceiling() {
+        let settings = Settings::default();
+        let after = |secs| settings.dns_refresh_after(Duration::from_secs(secs)).as_secs();
+        assert_eq!(after(0), 30);
+        assert_eq!(after(300), 300);
+        assert_eq!(after(86_400), 3600);
     }
 }

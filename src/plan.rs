@@ -56,6 +56,12 @@ pub const MAX_ENTRIES: usize = 1024;
 pub const NO_IPV4: &str = "has no IPv4 address; gates reach upstreams over IPv4 only for now, \
      so this one could never be reached: declare a host name or address with IPv4";
 
+/// Whether a gate can reach an upstream with these addresses (one of them
+/// IPv4; see [`NO_IPV4`]).
+pub fn reachable(addresses: &[IpAddr]) -> bool {
+    addresses.iter().any(IpAddr::is_ipv4)
+}
+
 /// One forwarder rule: listen on `listen_port`, forward to the upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Upstream {
@@ -210,7 +216,7 @@ impl GateSpec {
                     return Err(Error::invalid(format!("{entry_name}: {upstream} {reason}")));
                 }
             }
-            if !addresses.iter().any(IpAddr::is_ipv4) {
+            if !reachable(&addresses) {
                 return Err(Error::invalid(format!(
                     "{entry_name}: upstream {} {NO_IPV4}",
                     entry.hostname

@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,29 @@ impl Records {
             indexes: state_dir.join("indexes"),
             hint: state_dir.join("next-index"),
         }
+    }
+
+    /// When the DNS refresh is due for `slug`'s names, if it was scheduled.
+    pub fn refresh_due(&self, slug: &Slug) -> Option<SystemTime> {
+        let text = std::fs::read_to_string(self.refresh_path(slug)).ok()?;
+        let secs: u64 = text.trim().parse().ok()?;
+        Some(UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    /// Schedules the DNS refresh of `slug`'s names at `due`.
+    pub fn set_refresh_due(&self, slug: &Slug, due: SystemTime) -> Result<()> {
+        let path = self.refresh_path(slug);
+        let dir = path.parent().expect("the schedule has a directory");
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let secs = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{secs}\n"))
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn refresh_path(&self, slug: &Slug) -> PathBuf {
+        self.state_dir.join("dns").join(slug.as_str())
     }
 
     /// The directory of `slug`'s routes file.
@@ -214,8 +238,9 @@ impl Records {
         }
     }
 
-    /// Removes the record of `slug` and its routes directory, and releases
-    /// its index; a missing record is success.
+    /// Removes the record of `slug`, its routes directory and its DNS
+    /// refresh schedule, and releases its index; a missing record is
+    /// success.
     pub fn remove(&self, slug: &Slug) -> Result<()> {
         self.release_indexes(slug)?;
         let routes = self.routes_dir(slug);
@@ -223,6 +248,12 @@ impl Records {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", routes.display())),
+        }
+        let schedule = self.refresh_path(slug);
+        match std::fs::remove_file(&schedule) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", schedule.display())),
         }
         let path = self.path(slug);
         match std::fs::remove_file(&path) {

@@ -26,6 +26,8 @@ const DEB_IN_HOST: &str = "/root/gatectl.deb";
 const UNIT_DIR: &str = "/usr/lib/systemd/system";
 const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/gatectl@demo.service";
 const RECONCILE_LINK: &str = "/etc/systemd/system/nftables.service.wants/gatectl-reconcile.service";
+/// The link that enables the DNS refresh timer.
+const REFRESH_LINK: &str = "/etc/systemd/system/timers.target.wants/gatectl-refresh.timer";
 
 /// The code blocks of the README's Install section: the build block and
 /// the host block.
@@ -347,6 +349,12 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     let wants = host.exec(&["test", "-e", WANTS_LINK]);
     assert!(!wants.status.success(), "the install enabled gatectl@demo");
     host.run_ok(&["test", "-L", RECONCILE_LINK]);
+    // The DNS refresh timer is enabled and running.
+    host.run_ok(&["test", "-L", REFRESH_LINK]);
+    assert_eq!(
+        unit_property(&host, "gatectl-refresh.timer", "ActiveState"),
+        "active"
+    );
     assert_eq!(leftovers(&host, "demo"), Vec::<String>::new());
 
     // The installed units pass systemd-analyze verify (which also checks
@@ -366,10 +374,16 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
         "verify gatectl@demo.service: {}",
         text(&out)
     );
-    let reconcile = format!("{UNIT_DIR}/gatectl-reconcile.service");
-    let out = host.exec(&["systemd-analyze", "verify", &reconcile]);
-    assert!(out.status.success(), "verify {reconcile}: {}", text(&out));
-    assert!(out.stderr.is_empty(), "verify {reconcile}: {}", text(&out));
+    for unit in [
+        "gatectl-reconcile.service",
+        "gatectl-refresh.service",
+        "gatectl-refresh.timer",
+    ] {
+        let path = format!("{UNIT_DIR}/{unit}");
+        let out = host.exec(&["systemd-analyze", "verify", &path]);
+        assert!(out.status.success(), "verify {path}: {}", text(&out));
+        assert!(out.stderr.is_empty(), "verify {path}: {}", text(&out));
+    }
     let exec_start = unit_property(&host, "gatectl@demo.service", "ExecStart");
     assert!(
         exec_start.contains("argv[]=/usr/bin/gatectl start demo"),
@@ -530,7 +544,13 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
             left.push(path.to_string());
         }
     }
-    for path in ["/etc/gatectl", "/run/gatectl", WANTS_LINK, RECONCILE_LINK] {
+    for path in [
+        "/etc/gatectl",
+        "/run/gatectl",
+        WANTS_LINK,
+        RECONCILE_LINK,
+        REFRESH_LINK,
+    ] {
         if host.exec(&["test", "-e", path]).status.success()
             || host.exec(&["test", "-L", path]).status.success()
         {

@@ -9,7 +9,7 @@ use crate::manifest::{ENTRY_KEYS, TOP_LEVEL_KEYS};
 use crate::plan::MAX_ENTRIES;
 
 /// Each host setting with what it does, in the order the page lists them.
-pub const SETTINGS: [(&str, &str); 10] = [
+pub const SETTINGS: [(&str, &str); 12] = [
     (
         "internal_pool",
         "IPv4 pool of the internal /31s (agent end and gate). A gate whose agent has a netns \
@@ -52,6 +52,16 @@ pub const SETTINGS: [(&str, &str); 10] = [
         "allow_link_local",
         "Whether an upstream may be a link-local address (169.254.0.0/16, fe80::/10), where cloud \
          metadata services live.",
+    ),
+    (
+        "dns_refresh_min_secs",
+        "The floor of the DNS refresh: gatectl\\-refresh.timer re-resolves a running gate's upstream \
+         names when the TTL of their last answer runs out, but not sooner than this many seconds.",
+    ),
+    (
+        "dns_refresh_max_secs",
+        "The ceiling of the DNS refresh: a running gate's names are resolved again at least this often, \
+         whatever their TTL.",
     ),
     (
         "metrics_path",

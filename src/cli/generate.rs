@@ -125,6 +125,16 @@ gatectl stop SLUG removes all of it. gatectl ssh-config SLUG prints the Host blo
 the agent's ssh uses. The manifest's format is in gatectl-manifest(5), the host \
 settings' in gatectl.toml(5).
 
+A gate whose agent end is in an agent netns always has the gate address 10.231.0.1 \
+(the internal pool's first /31: each netns is private), so the agent's ssh config stays \
+right across restarts in any order and reboots; gatectl ssh-config SLUG --include names \
+a file gatectl keeps current for an Include line. gatectl reload SLUG applies an edited \
+manifest to a running gate without dropping the sessions of the entries that stayed \
+(systemctl reload gatectl@SLUG runs it). gatectl-refresh.timer runs gatectl refresh \
+every 15 seconds, which follows the upstream names of running gates: when the TTL of a \
+name's last answer runs out (held between dns_refresh_min_secs and \
+dns_refresh_max_secs), the gate moves to the new addresses in place.
+
 The template unit gatectl@.service runs gatectl start and gatectl stop for a slug: \
 systemctl enable --now gatectl@SLUG brings the gate up now and at every boot.
 
@@ -180,6 +190,16 @@ fn examples(name: &str) -> String {
             (
                 "systemctl enable \\-\\-now gatectl@alice",
                 "The same at every boot, through the template unit.",
+            ),
+        ],
+        "refresh" => &[
+            (
+                "gatectl refresh",
+                "Follow the DNS of every running gate whose answers expired (what the timer runs).",
+            ),
+            (
+                "gatectl refresh \\-\\-force",
+                "Resolve every running gate's names now.",
             ),
         ],
         "reload" => &[
@@ -409,7 +429,7 @@ mod tests {
             assert!(written.contains(&dir.join(want)), "{written:?}");
         }
         let bash = fs::read_to_string(dir.join("completions/gatectl.bash")).unwrap();
-        assert!(bash.contains(" start reload stop status "), "{bash}");
+        assert!(bash.contains(" start reload refresh stop status "), "{bash}");
         for hidden in ["forward", "generate"] {
             for file in ["gatectl.bash", "_gatectl", "gatectl.fish"] {
                 let text = fs::read_to_string(dir.join("completions").join(file)).unwrap();

@@ -20,6 +20,7 @@ pub mod output;
 pub mod plan;
 pub mod prune;
 pub mod reconcile;
+pub mod refresh;
 pub mod reload;
 mod render;
 pub mod schema;
@@ -63,6 +64,16 @@ pub enum Command {
     /// numbered by entry order: a reorder moves entries, and reload says
     /// which. `systemctl reload gatectl@SLUG` runs it.
     Reload(reload::ReloadArgs),
+    /// Re-resolve the upstream names of running gates whose answers expired.
+    ///
+    /// For each running gate whose last answer's TTL ran out (held between
+    /// dns_refresh_min_secs and dns_refresh_max_secs), resolves its names
+    /// with the host's resolvers and moves the gate to new addresses in
+    /// place, as reload does: new connections use them, sessions to an
+    /// address no longer returned go on. A failed or unusable answer keeps
+    /// the last good addresses, with a warning. gatectl-refresh.timer runs
+    /// it; prints one line per changed name.
+    Refresh(refresh::RefreshArgs),
     /// Stop a gate and remove everything it created (idempotent).
     ///
     /// A gate that gatectl@SLUG.service manages is stopped through that
@@ -209,6 +220,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Start(_) => Some("start"),
         Command::Stop(_) => Some("stop"),
         Command::Reload(_) => Some("reload"),
+        Command::Refresh(_) => Some("refresh"),
         Command::Reconcile(_) => Some("reconcile"),
         Command::Prune(args) if !args.dry_run => Some("prune"),
         _ => None,
@@ -223,6 +235,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Start(args) => start::run(args),
         Command::Stop(args) => stop::run(args),
         Command::Reload(args) => reload::run(args),
+        Command::Refresh(args) => refresh::run(args),
         Command::Status(args) => status::run(args),
         Command::List(args) => list::run(args),
         Command::Log(args) => log::run(args),

@@ -28,7 +28,17 @@ pub struct SshConfigArgs {
 pub fn run(args: SshConfigArgs) -> Result<Outcome> {
     let host = Host::load()?;
     if args.include {
-        println!("{}", host.ssh_includes.path(&args.slug).display());
+        let path = host.ssh_includes.path(&args.slug);
+        println!("{}", path.display());
+        if !path.exists() {
+            eprintln!(
+                "gatectl: note: gate {} is not running, so {} does not exist yet: ssh skips the \
+                 Include until `gatectl start {}` writes it",
+                args.slug,
+                path.display(),
+                args.slug
+            );
+        }
         return Ok(Outcome::Ok);
     }
     let record = host.records.load(&args.slug)?.ok_or_else(|| {

@@ -3,8 +3,8 @@
 //! forwarder reads it when it starts and again at `SIGHUP`, so a running gate
 //! takes new routes without a restart (and without dropping a session).
 //!
-//! On the host it is `<state_dir>/forward/<slug>/routes.json` (the directory
-//! 0755 and the file 0644, under the 0700 state directory); the forwarder's
+//! On the host it is `<state_dir>/forward/<slug>/routes.json` (the file
+//! 0644 in a 0755 directory, under `forward`, 0700); the forwarder's
 //! unit binds that directory read-only at [`MOUNT`], so each forwarder sees
 //! its own gate's file and nothing else of the state directory.
 //!
@@ -17,7 +17,7 @@
 //! learns that the forwarder applied a file.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -72,10 +72,21 @@ impl RoutesFile {
     /// creating the directory, and replacing an earlier file atomically
     /// (a reader sees the old file or the new one, whole).
     pub fn write_in(&self, dir: &Path) -> Result<()> {
+        // The parent (`forward`) is root's alone, as the records are: the
+        // forwarder reaches its own directory through its bind mount only.
+        if let Some(parent) = dir.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict {}", parent.display()))?;
+        }
         std::fs::DirBuilder::new()
-            .recursive(true)
             .mode(0o755)
             .create(dir)
+            .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(FILE_NAME);
         let tmp = dir.join(format!(".{FILE_NAME}.tmp"));

@@ -1,10 +1,11 @@
 //! The gate lifecycle. [`Host`] gathers facts and applies decisions; the
 //! decisions themselves are pure and live beside it: a gate's state
 //! ([`state`]), the steps of a start and what undoes each ([`steps`],
-//! [`start`]), the teardown ([`stop`]), and what a reload changes
-//! ([`changes`], [`reload`]).
+//! [`start`]), the teardown ([`stop`]), what a reload changes ([`changes`],
+//! [`reload`]), and the DNS refresh ([`refresh`]).
 
 pub mod changes;
+pub mod refresh;
 pub mod reload;
 pub mod start;
 pub mod state;

@@ -22,7 +22,8 @@
 //!    names is rewritten.
 //!
 //! A failure after step 1 re-applies the old plan the same way and reports
-//! both. Running `reload` again after a crash applies the same changes
+//! both. The DNS refresh (`refresh.rs`) moves a gate to newly resolved
+//! addresses through the same steps ([`apply_in_place`]). Running `reload` again after a crash applies the same changes
 //! again: every step is idempotent.
 
 use std::collections::BTreeSet;
@@ -104,10 +105,7 @@ impl Reload<'_> {
         }
         let routes_dir = host.records.routes_dir(slug);
         let Some(current) = RoutesFile::read_in(&routes_dir)? else {
-            return Err(Error::invalid(format!(
-                "gate {slug} was started by an older gatectl, whose forwarder cannot take new routes; \
-                 restart the gate once to apply the manifest: `gatectl stop {slug} && gatectl start {slug}`"
-            )));
+            return Err(older_gatectl(slug));
         };
         let new = GatePlan {
             upstreams: spec.upstreams.clone(),
@@ -117,29 +115,52 @@ impl Reload<'_> {
         if changes.is_empty() && current.routes == unit::forward_routes(&new) {
             return Ok(Reloaded::Unchanged(old));
         }
-        let apply = Apply {
-            host,
-            systemd: &systemd,
-        };
-        if let Err(error) = apply.plan(&old, &new, current.generation + 1).await {
-            let undone = apply.plan(&new, &old, current.generation + 2).await;
-            return Err(match undone {
-                Ok(()) => Error::failed(format!(
-                    "cannot reload gate {slug}: {error}; the gate runs its previous manifest still"
-                )),
-                Err(undo) => Error::failed(format!(
-                    "cannot reload gate {slug}: {error}; putting the previous manifest back failed too \
-                     ({undo}): run `gatectl stop {slug}`, then `gatectl start {slug}`"
-                )),
-            });
-        }
+        apply_in_place(host, &systemd, &old, &new).await?;
         host.records.save(&GateRecord {
             plan: new.clone(),
             complete: true,
         })?;
         host.ssh_includes.write(&new)?;
+        host.schedule_refresh(slug)?;
         Ok(Reloaded::Changed { plan: new, changes })
     }
+}
+
+/// Moves the running gate from `old` to `new` in place (the module's steps
+/// 1–4), writing the next generation of its routes file; if a step fails,
+/// puts `old` back the same way and says so. The caller holds the slug
+/// lock and saves the record.
+pub(crate) async fn apply_in_place(
+    host: &Host,
+    systemd: &Systemd,
+    old: &GatePlan,
+    new: &GatePlan,
+) -> Result<()> {
+    let slug = &new.slug;
+    let Some(current) = RoutesFile::read_in(&host.records.routes_dir(slug))? else {
+        return Err(older_gatectl(slug));
+    };
+    let apply = Apply { host, systemd };
+    let Err(error) = apply.plan(old, new, current.generation + 1).await else {
+        return Ok(());
+    };
+    Err(match apply.plan(new, old, current.generation + 2).await {
+        Ok(()) => Error::failed(format!(
+            "cannot change gate {slug}: {error}; it runs as before the change"
+        )),
+        Err(undo) => Error::failed(format!(
+            "cannot change gate {slug}: {error}; putting the previous routes back failed too \
+             ({undo}): run `gatectl stop {slug}`, then `gatectl start {slug}`"
+        )),
+    })
+}
+
+/// The refusal of a change to a gate whose forwarder has no routes file.
+fn older_gatectl(slug: &crate::slug::Slug) -> Error {
+    Error::invalid(format!(
+        "gate {slug} was started by an older gatectl, whose forwarder cannot take new routes; \
+         restart the gate once to apply the manifest: `gatectl stop {slug} && gatectl start {slug}`"
+    ))
 }
 
 /// Applies one plan change to a running gate.

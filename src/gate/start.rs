@@ -125,12 +125,14 @@ impl Start<'_> {
         }
     }
 
-    /// The last step of a start: the agent's ssh_config include, then the
-    /// record that says the start is complete.
+    /// The last step of a start: the agent's ssh_config include, the first
+    /// DNS refresh's schedule, then the record that says the start is
+    /// complete.
     fn finish(&self, plan: &GatePlan) -> std::result::Result<(), StepError> {
         let host = self.host;
         host.ssh_includes
             .write(plan)
+            .and_then(|()| host.schedule_refresh(&plan.slug))
             .and_then(|()| {
                 host.records.save(&GateRecord {
                     plan: plan.clone(),
