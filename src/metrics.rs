@@ -16,6 +16,9 @@ pub struct GateMetrics<'a> {
     pub status: &'a GateStatus,
     /// What its gate netns's table denied, when it could be read.
     pub denied: Option<Denied>,
+    /// When its upstream names were last resolved, in seconds since the
+    /// Unix epoch, if known.
+    pub resolved_at: Option<u64>,
 }
 
 /// One metric family: its name, type, help and samples (labels, value).
@@ -91,6 +94,12 @@ pub fn render(gates: &[GateMetrics<'_>]) -> String {
         "Packets the gate netns's firewall denied since the gate started: from the agent's side to no \
          listener (agent), from inside the gate to anything undeclared (egress).",
     );
+    let mut resolved = Family::new(
+        "gatectl_dns_resolved_timestamp_seconds",
+        "gauge",
+        "When the gate's upstream names were last resolved (start, reload or the DNS refresh), in seconds \
+         since the Unix epoch.",
+    );
     for gate in gates {
         let slug = || ("slug", gate.status.slug.to_string());
         let running = gate.status.state == GateState::Running;
@@ -110,6 +119,9 @@ pub fn render(gates: &[GateMetrics<'_>]) -> String {
                 refused.add(vec![slug(), ("reason", why.to_string())], n);
             }
         }
+        if let Some(at) = gate.resolved_at {
+            resolved.add(vec![slug()], at);
+        }
         if let Some(d) = gate.denied {
             denied.add(vec![slug(), ("direction", "agent".to_string())], d.agent);
             denied.add(vec![slug(), ("direction", "egress".to_string())], d.egress);
@@ -117,7 +129,7 @@ pub fn render(gates: &[GateMetrics<'_>]) -> String {
     }
     let mut out = String::new();
     for family in [
-        up, state, forwarder, active, total, bytes, refused, last_error, denied,
+        up, state, forwarder, active, total, bytes, refused, last_error, denied, resolved,
     ] {
         if family.samples.is_empty() {
             continue;
@@ -216,10 +228,12 @@ mod tests {
             GateMetrics {
                 status: &alice,
                 denied: Some(Denied { agent: 3, egress: 1 }),
+                resolved_at: Some(1_796_622_000),
             },
             GateMetrics {
                 status: &bob,
                 denied: None,
+                resolved_at: None,
             },
         ];
         let text = render(&gates);
@@ -239,6 +253,7 @@ mod tests {
             "gatectl_last_error_timestamp_seconds{slug=\"alice\",alias=\"github\"} 1796622601",
             "gatectl_denied_packets_total{slug=\"alice\",direction=\"agent\"} 3",
             "gatectl_denied_packets_total{slug=\"alice\",direction=\"egress\"} 1",
+            "gatectl_dns_resolved_timestamp_seconds{slug=\"alice\"} 1796622000",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

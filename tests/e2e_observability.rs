@@ -361,6 +361,15 @@ fn metrics_parse_and_denied_attempts_are_recorded_once_per_run() {
             "gatectl_denied_packets_total{direction=\"egress\",slug=\"alice\"}"
         ) >= 1
     );
+    let resolved = sample(&samples, "gatectl_dns_resolved_timestamp_seconds{slug=\"alice\"}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        resolved <= now && resolved + 300 > now,
+        "resolved at start: {resolved}, now {now}"
+    );
 
     // One record for all of it; none for a run with nothing new; one more
     // for a second flood.

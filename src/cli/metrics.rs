@@ -53,7 +53,16 @@ pub fn run(args: MetricsArgs) -> Result<Outcome> {
                 None
             }
         };
-        gates.push(GateMetrics { status, denied });
+        let resolved_at = host
+            .records
+            .last_resolved(&status.slug)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        gates.push(GateMetrics {
+            status,
+            denied,
+            resolved_at,
+        });
     }
     if root {
         records.keep_only(&running);
