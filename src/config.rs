@@ -56,6 +56,9 @@ pub struct Settings {
     pub dns_refresh_min_secs: u32,
     /// ...and not later.
     pub dns_refresh_max_secs: u32,
+    /// The file `gatectl metrics --write` (and gatectl-metrics.timer)
+    /// writes the metrics to: node_exporter's textfile collector directory.
+    pub metrics_path: PathBuf,
 }
 
 impl Default for Settings {
@@ -74,6 +77,7 @@ impl Default for Settings {
             allow_link_local: false,
             dns_refresh_min_secs: 30,
             dns_refresh_max_secs: 3600,
+            metrics_path: PathBuf::from("/var/lib/prometheus/node-exporter/gatectl.prom"),
         }
     }
 }

@@ -45,6 +45,18 @@ pub fn init(verbose: bool) {
         .try_init();
 }
 
+/// Runs `f` with its events going to the journal (with gatectl's field
+/// prefix and identifier) whatever stderr is: for records that belong on
+/// the journal even when a command runs in a terminal. Fails when the
+/// journal's socket does not answer.
+pub fn in_journal<T>(f: impl FnOnce() -> T) -> std::io::Result<T> {
+    let journal = tracing_journald::layer()?
+        .with_field_prefix(Some(JOURNAL_FIELD_PREFIX.to_string()))
+        .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string());
+    let subscriber = tracing_subscriber::registry().with(journal);
+    Ok(tracing::subscriber::with_default(subscriber, f))
+}
+
 /// `RUST_LOG` if set and valid, else the default for `verbose`.
 fn filter(verbose: bool) -> EnvFilter {
     EnvFilter::try_from_default_env()

@@ -55,6 +55,13 @@ impl Records {
         Some(UNIX_EPOCH + Duration::from_secs(secs))
     }
 
+    /// When `slug`'s upstream names were last resolved (by start, reload or
+    /// the DNS refresh): each of them schedules the next refresh, so it is
+    /// when the schedule was last written.
+    pub fn last_resolved(&self, slug: &Slug) -> Option<SystemTime> {
+        std::fs::metadata(self.refresh_path(slug)).ok()?.modified().ok()
+    }
+
     /// Schedules the DNS refresh of `slug`'s names at `due`.
     pub fn set_refresh_due(&self, slug: &Slug, due: SystemTime) -> Result<()> {
         let path = self.refresh_path(slug);

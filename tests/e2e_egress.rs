@@ -187,7 +187,7 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
         ip_sandbox(&host, "gate-alice.socket"),
         "IPAddressAllow=10.231.0.0/31\nIPAddressDeny=0.0.0.0/0 ::/0\n"
     );
-    assert!(banner_via_gate(&host).starts_with("got:SSH-2.0-"));
+    assert!(banner_via_gate(&host).starts_with("got:SSH-2.0-OpenSSH"));
     // Tamper with the real unit through D-Bus: take the upstream out of its
     // IPAddressAllow= and keep gatectl's deny. Both firewalls still let the
     // gate reach its upstream, so only the deny can stop the forwarder now.
@@ -196,10 +196,23 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
         ip_sandbox(&host, "gate-alice.service"),
         "IPAddressAllow=10.231.0.0/31\nIPAddressDeny=0.0.0.0/0 ::/0\n"
     );
-    let got = banner_via_gate(&host);
+    // The agent gets the gate's own refusal (see e2e_refusals): the
+    // sandbox drops the forwarder's SYNs, so the upstream "did not answer";
+    // and no byte of the upstream.
+    let out = bash_in(
+        &host,
+        "agent",
+        8,
+        "exec 3<>/dev/tcp/10.231.0.1/30000; timeout 5 cat <&3 | tr -c '[:print:]' ' '",
+    );
+    let got = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        !got.contains("SSH-"),
+        got.starts_with("SSH-2.0-gatectl") && !got.contains("OpenSSH"),
         "the forwarder reached an address its IPAddressAllow= lacks: {got}"
+    );
+    assert!(
+        got.contains("gatectl gate alice: upstream up (10.99.2.1:22) did not answer"),
+        "{got}"
     );
     let mut journal = String::new();
     for _ in 0..50 {
@@ -223,7 +236,7 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
     // What an attacker would need: with the deny reset as well, the same
     // unit reaches the upstream. So the deny, not the restart, stopped it.
     set_forwarder_properties(&host, &["IPAddressDeny="]);
-    assert!(banner_via_gate(&host).starts_with("got:SSH-2.0-"));
+    assert!(banner_via_gate(&host).starts_with("got:SSH-2.0-OpenSSH"));
     // Put gatectl's sandbox back and ssh works as before.
     set_forwarder_properties(&host, &["IPAddressDeny=any", "IPAddressAllow=10.99.2.1/32"]);
     assert_eq!(ip_sandbox(&host, "gate-alice.service"), service_sandbox);

@@ -9,7 +9,7 @@ use crate::manifest::{ENTRY_KEYS, TOP_LEVEL_KEYS};
 use crate::plan::MAX_ENTRIES;
 
 /// Each host setting with what it does, in the order the page lists them.
-pub const SETTINGS: [(&str, &str); 13] = [
+pub const SETTINGS: [(&str, &str); 14] = [
     (
         "internal_pool",
         "IPv4 pool of the internal /31s (agent end and gate). A gate whose agent has a netns \
@@ -55,7 +55,7 @@ pub const SETTINGS: [(&str, &str); 13] = [
     ),
     (
         "max_connections",
-        "Most connections one gate's forwarder serves at once; the excess is closed at once.",
+        "Most connections one gate's forwarder serves at once; the excess is refused with an SSH disconnect message.",
     ),
     (
         "connect_timeout_secs",
@@ -75,6 +75,12 @@ pub const SETTINGS: [(&str, &str); 13] = [
         "dns_refresh_max_secs",
         "The ceiling of the DNS refresh: a running gate's names are resolved again at least this often, \
          whatever their TTL.",
+    ),
+    (
+        "metrics_path",
+        "The file gatectl metrics \\-\\-write writes the gates' metrics to (Prometheus text), every \
+         minute when gatectl\\-metrics.timer is enabled: a file in node_exporter's textfile collector \
+         directory.",
     ),
 ];
 

@@ -50,6 +50,7 @@ impl From<ForwardArgs> for ForwardConfig {
             max_connections: args.max_connections,
             connect_timeout: Duration::from_secs(args.connect_timeout),
             pipe_size: args.pipe_size,
+            stats_socket: Some(crate::forward::stats::SOCKET.to_string()),
         }
     }
 }

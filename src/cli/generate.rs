@@ -224,6 +224,26 @@ fn examples(name: &str) -> String {
             ("gatectl status \\-\\-json", "Every gate, as JSON."),
         ],
         "list" => &[("gatectl list", "One line per gate.")],
+        "metrics" => &[
+            (
+                "gatectl metrics",
+                "Every gate's metrics in the Prometheus text format.",
+            ),
+            (
+                "systemctl enable \\-\\-now gatectl\\-metrics.timer",
+                "Write them every minute to metrics_path, for node_exporter's textfile collector.",
+            ),
+        ],
+        "log" => &[
+            (
+                "gatectl log alice \\-\\-since \\-1h",
+                "alice's connections and denied attempts of the last hour.",
+            ),
+            (
+                "gatectl log \\-\\-follow \\-\\-json",
+                "Every gate's records as they come, one JSON object per line.",
+            ),
+        ],
         "plan" => &[
             (
                 "gatectl plan alice",

@@ -29,18 +29,21 @@ pub enum Kind {
     Check,
     /// What prune removed (or would remove), under `leftovers`: `prune --json`.
     Prune,
+    /// The gates' records from the journal, under `events`: `log --json`.
+    Log,
     /// A failed command under `--json`.
     Error,
 }
 
 impl Kind {
     /// Every kind, in the order `gatectl schema` lists them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Status,
         Kind::Gates,
         Kind::Plan,
         Kind::Check,
         Kind::Prune,
+        Kind::Log,
         Kind::Error,
     ];
 
@@ -52,6 +55,7 @@ impl Kind {
             Kind::Plan => "gatectl.plan/1",
             Kind::Check => "gatectl.check/1",
             Kind::Prune => "gatectl.prune/1",
+            Kind::Log => "gatectl.log/1",
             Kind::Error => "gatectl.error/1",
         }
     }
@@ -70,6 +74,7 @@ impl Kind {
             Kind::Plan => "plan SLUG --json",
             Kind::Check => "check --json",
             Kind::Prune => "prune [--dry-run] --json",
+            Kind::Log => "log [SLUG] [--follow] --json",
             Kind::Error => "any --json command that fails",
         }
     }
@@ -82,6 +87,7 @@ impl Kind {
             Kind::Plan => schema_of::<output::Plan<'static>>(self),
             Kind::Check => schema_of::<output::Findings<'static>>(self),
             Kind::Prune => schema_of::<output::Leftovers<'static>>(self),
+            Kind::Log => schema_of::<output::Events<'static>>(self),
             Kind::Error => schema_of::<output::ErrorOutput>(self),
         }
     }
@@ -145,6 +151,16 @@ pub fn to_text(kind: Kind, body: &impl Serialize) -> Result<String> {
         body,
     };
     serde_json::to_string_pretty(&versioned).map_err(|e| Error::failed(format!("cannot encode JSON: {e}")))
+}
+
+/// `body` as output `kind` on one line (for a stream of objects, as `log
+/// --follow --json` prints them).
+pub fn to_line(kind: Kind, body: &impl Serialize) -> Result<String> {
+    let versioned = Versioned {
+        schema: kind.id(),
+        body,
+    };
+    serde_json::to_string(&versioned).map_err(|e| Error::failed(format!("cannot encode JSON: {e}")))
 }
 
 /// Prints `body` as output `kind` on stdout.

@@ -14,6 +14,8 @@ pub mod forward;
 pub mod generate;
 pub mod json;
 pub mod list;
+pub mod log;
+pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod prune;
@@ -90,6 +92,26 @@ pub enum Command {
     /// One line per gate that has a record, a unit or a netns: its state,
     /// address, ports and upstream aliases. Changes nothing.
     List(list::ListArgs),
+    /// Show the gates' records: each connection and the denied attempts.
+    ///
+    /// Reads gatectl's records from the journal (journalctl -o json,
+    /// matched on gatectl's fields): each connection a gate accepted, with
+    /// its alias, the agent's address, the upstream, the bytes each way, its
+    /// duration and how it ended (closed, or refused and why), and the
+    /// attempts the gate netns's firewall denied. For one gate or all of
+    /// them; needs root or the systemd-journal group. Changes nothing.
+    Log(log::LogArgs),
+    /// Print every gate's metrics for Prometheus, or write them for node_exporter.
+    ///
+    /// Per gate: its state, and from its forwarder (when it runs) the open
+    /// and total connections, the bytes each way and the refusals by reason
+    /// per entry; from its gate netns's firewall the denied packets. In the
+    /// Prometheus text format, on stdout or with --write into the file
+    /// metrics_path names (gatectl-metrics.timer runs that every minute).
+    /// As root it also records in the journal what each gate denied since
+    /// the last run: one record per gate, however many packets. Reading the
+    /// counters needs root.
+    Metrics(metrics::MetricsArgs),
     /// Show what `start` would create, creating nothing.
     ///
     /// Reads and validates the manifest and resolves its upstreams as start
@@ -216,6 +238,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Refresh(args) => refresh::run(args),
         Command::Status(args) => status::run(args),
         Command::List(args) => list::run(args),
+        Command::Log(args) => log::run(args),
+        Command::Metrics(args) => metrics::run(args),
         Command::Plan(args) => plan::run(args),
         Command::SshConfig(args) => ssh_config::run(args),
         Command::Reconcile(args) => reconcile::run(args),
@@ -244,6 +268,7 @@ impl Command {
         match self {
             Command::Status(args) => args.json,
             Command::List(args) => args.json,
+            Command::Log(args) => args.json,
             Command::Plan(args) => args.json,
             Command::Prune(args) => args.json,
             Command::Check(args) => args.json,

@@ -9,9 +9,17 @@ use serde::Serialize;
 use crate::check::Finding;
 use crate::error::{Error, ErrorCode};
 use crate::gate::GateStatus;
+use crate::journal::LogEvent;
 use crate::plan::GatePlan;
 use crate::prune::Leftover;
 use crate::unit::Property;
+
+/// The gates' records from the journal, oldest first.
+#[derive(Serialize, JsonSchema)]
+pub struct Events<'a> {
+    /// One entry per record: a connection, or denied attempts.
+    pub events: &'a [LogEvent],
+}
 
 /// Every gate on this host: those with a record, a unit or a netns.
 #[derive(Serialize, JsonSchema)]

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use crate::check::{Finding, Verdict};
 use crate::config::Settings;
+use crate::forward::stats::{bytes, utc, ForwarderStats, LastError};
 use crate::gate::{GateState, GateStatus};
 use crate::manifest::Manifest;
 use crate::plan::GatePlan;
@@ -141,7 +142,68 @@ pub fn status_text(s: &GateStatus) -> String {
     if let Some(plan) = &s.plan {
         addresses_and_upstreams(&mut out, plan);
     }
+    match &s.counters {
+        Some(counters) => counters_text(&mut out, counters),
+        None if s.forwarder.is_active() => {
+            let _ = writeln!(out, "  traffic:   counters unreadable (reading them needs root)");
+        }
+        None if s.state == GateState::Running => {
+            let _ = writeln!(
+                out,
+                "  traffic:   none yet (the forwarder starts at the first connection)"
+            );
+        }
+        None => {}
+    }
     out
+}
+
+/// The counters lines of `status`: the gate's sums, its refusals and last
+/// error, and one row per entry.
+fn counters_text(out: &mut String, c: &ForwarderStats) {
+    let _ = writeln!(
+        out,
+        "  traffic:   {} active, {} total connections, {} up, {} down (of closed connections)",
+        c.active,
+        c.total,
+        bytes(c.bytes_up),
+        bytes(c.bytes_down)
+    );
+    let refused: Vec<String> = c
+        .refused
+        .by_reason()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(why, n)| format!("{why} {n}"))
+        .collect();
+    if !refused.is_empty() {
+        let _ = writeln!(out, "  refused:   {} ({})", c.refused.total(), refused.join(", "));
+    }
+    if let Some(e) = &c.last_error {
+        let _ = writeln!(out, "  last error: {}", last_error(e));
+    }
+    let _ = writeln!(out, "  entries:");
+    let _ = writeln!(
+        out,
+        "    {:<20} {:>6} {:>6} {:>10} {:>10}  LAST ERROR",
+        "ALIAS", "ACTIVE", "TOTAL", "UP", "DOWN"
+    );
+    for e in &c.entries {
+        let _ = writeln!(
+            out,
+            "    {:<20} {:>6} {:>6} {:>10} {:>10}  {}",
+            e.alias,
+            e.active,
+            e.total,
+            bytes(e.bytes_up),
+            bytes(e.bytes_down),
+            e.last_error.as_ref().map_or_else(|| "-".to_string(), last_error)
+        );
+    }
+}
+
+fn last_error(e: &LastError) -> String {
+    format!("{} {}", utc(e.at), e.message)
 }
 
 /// The table of `list`.

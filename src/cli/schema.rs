@@ -56,6 +56,7 @@ mod tests {
              plan    gatectl.plan/1    plan SLUG --json\n\
              check   gatectl.check/1   check --json\n\
              prune   gatectl.prune/1   prune [--dry-run] --json\n\
+             log     gatectl.log/1     log [SLUG] [--follow] --json\n\
              error   gatectl.error/1   any --json command that fails\n"
         );
     }

@@ -1,6 +1,6 @@
 //! Slug completion for the bash, zsh and fish scripts that clap_complete
 //! writes: `gatectl start|plan <TAB>` offers the manifests in
-//! /etc/gatectl/bottles, `gatectl stop|status|reload|ssh-config <TAB>` the gates
+//! /etc/gatectl/bottles, `gatectl stop|status|reload|ssh-config|log <TAB>` the gates
 //! that exist (their netns `gate-<slug>`, which any user may list). Added to
 //! the generated scripts, so everything else stays generated.
 
@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 const MANIFEST_COMMANDS: [&str; 2] = ["start", "plan"];
 
 /// The subcommands whose slug names a gate that exists.
-const GATE_COMMANDS: [&str; 4] = ["stop", "status", "reload", "ssh-config"];
+const GATE_COMMANDS: [&str; 5] = ["stop", "status", "reload", "ssh-config", "log"];
 
 /// `script`, the completion clap_complete wrote for `shell`, with slug
 /// completion added.
@@ -157,7 +157,7 @@ mod tests {
             "{script}"
         );
         assert!(
-            script.contains("stop|status|reload|ssh-config) _gatectl_slugs gates"),
+            script.contains("stop|status|reload|ssh-config|log) _gatectl_slugs gates"),
             "{script}"
         );
         let err = add_to(Shell::Zsh, "#compdef gatectl\n").unwrap_err();

@@ -2,7 +2,6 @@
 //! listener, and the task that serves one connection and audits it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +10,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::audit::{ConnectionLog, Outcome};
 use super::pipe::PipePool;
+use super::refuse::{self, Refusal};
 use super::relay;
 use super::route::ForwardRoute;
-use super::status::Counters;
+use super::stats::{EntryLive, ForwarderStats, Live};
 
 /// How long an accept loop pauses after an error such as `EMFILE`, so it
 /// does not spin while the condition lasts.
@@ -22,6 +22,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The shortest time between two warnings about refused connections.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Connections refused at the limit that may be told so at once; beyond
+/// them (a flood), the excess is closed without a word.
+const MAX_REFUSING: usize = 32;
+
 /// State shared by every accept loop and connection of one forwarder.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -29,8 +33,8 @@ pub struct Forwarder {
     connect_timeout: Duration,
     max_connections: u32,
     limit: Arc<Semaphore>,
-    total: AtomicU64,
-    refused: AtomicU64,
+    refusing: Arc<Semaphore>,
+    live: Arc<Live>,
     pipes: PipePool,
 }
 
@@ -45,19 +49,26 @@ impl Forwarder {
             connect_timeout,
             max_connections,
             limit: Arc::new(Semaphore::new(max_connections as usize)),
-            total: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            live: Arc::default(),
             pipes: PipePool::for_forwarder(pipe_size, max_connections),
         }
     }
 
-    /// The connection counters right now.
-    pub fn counters(&self) -> Counters {
-        Counters {
-            active: self.max_connections as usize - self.limit.available_permits(),
-            total: self.total.load(Ordering::Relaxed),
-            refused: self.refused.load(Ordering::Relaxed),
-        }
+    /// The counters right now.
+    pub fn stats(&self) -> ForwarderStats {
+        self.live.snapshot()
+    }
+
+    /// The live counters, for the task that serves them.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live)
+    }
+
+    /// Makes the entry `alias` show in the counters from now on, even
+    /// before its first connection.
+    pub fn count_entry(&self, alias: &str) {
+        self.live.entry(alias);
     }
 
     /// Waits until no connection is open, or for `grace` at most. Returns
@@ -112,14 +123,19 @@ pub async fn accept_loop(
         match accepted {
             Ok((client, peer)) => match Arc::clone(&forwarder.limit).try_acquire_owned() {
                 Ok(permit) => {
-                    forwarder.total.fetch_add(1, Ordering::Relaxed);
+                    let entry = forwarder.live.entry(current.alias.as_str());
+                    entry.opened();
                     let (forwarder, ends) = (Arc::clone(&forwarder), ends.clone());
-                    tokio::spawn(serve_connection(client, peer, current, forwarder, ends, permit));
+                    let connection = Connection {
+                        peer,
+                        route: current,
+                        entry,
+                    };
+                    tokio::spawn(serve_connection(client, connection, forwarder, ends, permit));
                 }
                 Err(_) => {
-                    drop(client);
-                    forwarder.refused.fetch_add(1, Ordering::Relaxed);
                     refusals.refused(&forwarder, &current, peer);
+                    refuse_at_limit(client, &forwarder, &current);
                 }
             },
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
@@ -140,36 +156,84 @@ pub async fn accept_loop(
     }
 }
 
-/// Serves one accepted connection until it ends or one of `ends` is
-/// reached, then logs its audit event and gives back `permit` (its slot of
-/// the limit).
-async fn serve_connection(
-    client: TcpStream,
+/// Tells `client`, refused at the connection limit, why (in a task of its
+/// own, while fewer than [`MAX_REFUSING`] refusals are being written), or
+/// closes it at once.
+fn refuse_at_limit(client: TcpStream, forwarder: &Forwarder, route: &ForwardRoute) {
+    let description = refuse::at_limit(&forwarder.slug, forwarder.max_connections);
+    forwarder.live.refused(Refusal::Limit);
+    forwarder
+        .live
+        .error(&forwarder.live.entry(route.alias.as_str()), &description);
+    let Ok(permit) = Arc::clone(&forwarder.refusing).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        refuse::refuse(client, Refusal::Limit, &description).await;
+        drop(permit);
+    });
+}
+
+/// An accepted connection: who, to which route, and its entry's counters
+/// (already counted as opened).
+struct Connection {
     peer: SocketAddr,
     route: Arc<ForwardRoute>,
+    entry: Arc<EntryLive>,
+}
+
+/// Serves one accepted connection until it ends or one of `ends` is
+/// reached, then counts and logs it and gives back `permit` (its slot of
+/// the limit). A connection that ends before any upstream answered (no
+/// upstream byte reached the client) is told why as an SSH server would
+/// (see [`refuse`]); once an upstream answered, nothing is ever added.
+async fn serve_connection(
+    mut client: TcpStream,
+    connection: Connection,
     forwarder: Arc<Forwarder>,
     mut ends: Ends,
     permit: OwnedSemaphorePermit,
 ) {
-    let mut log = ConnectionLog::new(&forwarder.slug, route.alias.as_str(), peer);
+    let Connection { peer, route, entry } = connection;
+    let alias = route.alias.as_str();
+    let mut log = ConnectionLog::new(&forwarder.slug, alias, peer);
     let outcome = tokio::select! {
-        outcome = forward(client, &route, &forwarder, &mut log) => outcome,
+        outcome = forward(&mut client, &route, &forwarder, &mut log) => outcome,
         outcome = ends.reached() => outcome,
     };
+    let refusal = match log.upstream {
+        None => refuse::for_outcome(&forwarder.slug, alias, &outcome),
+        Some(_) => None,
+    };
+    match (&refusal, &outcome) {
+        (Some((why, description)), _) => {
+            forwarder.live.refused(*why);
+            if *why == Refusal::Upstream {
+                forwarder.live.error(&entry, description);
+            }
+        }
+        (None, Outcome::Failed(e)) => forwarder
+            .live
+            .error(&entry, &format!("{alias}: relaying failed: {e}")),
+        _ => {}
+    }
+    entry.closed(log.bytes.to_upstream, log.bytes.from_upstream);
     log.finish(outcome);
+    if let Some((why, description)) = refusal {
+        refuse::refuse(client, why, &description).await;
+    }
     drop(permit);
 }
 
 /// Connects `client` to the first upstream of `route` that answers and relays
-/// until the connection ends, recording what happens in `log`. On a connect
-/// failure the client is closed at once.
+/// until the connection ends, recording what happens in `log`.
 async fn forward(
-    mut client: TcpStream,
+    client: &mut TcpStream,
     route: &ForwardRoute,
     forwarder: &Forwarder,
     log: &mut ConnectionLog<'_>,
 ) -> Outcome {
-    relay::set_nodelay(&client);
+    relay::set_nodelay(client);
     let mut upstream = match relay::connect(&route.upstreams, forwarder.connect_timeout).await {
         Ok((upstream, addr)) => {
             log.upstream = Some(addr);
@@ -177,7 +241,7 @@ async fn forward(
         }
         Err(e) => return Outcome::ConnectFailed(e),
     };
-    match relay::relay(&mut client, &mut upstream, &mut log.bytes, &forwarder.pipes).await {
+    match relay::relay(client, &mut upstream, &mut log.bytes, &forwarder.pipes).await {
         Ok(()) => Outcome::Closed,
         Err(e) => Outcome::Failed(e),
     }

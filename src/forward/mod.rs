@@ -17,11 +17,14 @@
 
 mod accept;
 mod audit;
+mod disconnect;
 mod pipe;
+mod refuse;
 mod relay;
 mod route;
 pub mod routes_file;
 mod served;
+pub mod stats;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -74,6 +77,9 @@ pub struct ForwardConfig {
     /// it up to a power-of-two count of pages, or refuse it and keep its
     /// default.
     pub pipe_size: usize,
+    /// The abstract Unix socket the counters are served on (see
+    /// [`stats`]), if any.
+    pub stats_socket: Option<String>,
 }
 
 impl ForwardConfig {
@@ -209,6 +215,10 @@ pub async fn serve(
         config.connect_timeout,
         config.pipe_size,
     ));
+    let counters = config
+        .stats_socket
+        .clone()
+        .map(|name| tokio::spawn(stats::serve(name, forwarder.live())));
     let (stopping, stop_rx) = watch::channel(false);
     let mut served = Served::new(&config.slug, config.listen, Arc::clone(&forwarder), stop_rx);
     for socket in passed {
@@ -234,7 +244,7 @@ pub async fn serve(
         generation: config.generation,
         reload_error: None,
     });
-    status::ready(&shown.borrow(), forwarder.counters());
+    status::ready(&shown.borrow(), &forwarder.stats());
     tracing::info!(
         slug = config.slug,
         routes = served.len(),
@@ -255,7 +265,7 @@ pub async fn serve(
                     Some(file) => {
                         let now = reload_routes(config, &mut served, file).await;
                         shown_tx.send_replace(now);
-                        status::show(&shown.borrow(), forwarder.counters());
+                        status::show(&shown.borrow(), &forwarder.stats());
                     }
                 },
             }
@@ -271,11 +281,16 @@ pub async fn serve(
             "some connections were still closing after {STOP_GRACE:?}"
         );
     }
-    let counters = forwarder.counters();
+    if let Some(task) = counters {
+        task.abort();
+    }
+    let stats = forwarder.stats();
     tracing::info!(
         slug = config.slug,
-        total = counters.total,
-        refused = counters.refused,
+        total = stats.total,
+        refused = stats.refused.total(),
+        bytes_to_upstream = stats.bytes_up,
+        bytes_from_upstream = stats.bytes_down,
         "forwarder stopped"
     );
     result

@@ -104,6 +104,7 @@ impl Served {
             route.alias,
             upstreams.join(" or "),
         );
+        self.forwarder.count_entry(route.alias.as_str());
         let port = route.listen_port;
         let (route_tx, route_rx) = watch::channel(Arc::new(route));
         let (revoked_tx, revoked_rx) = watch::channel(false);

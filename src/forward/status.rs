@@ -9,20 +9,10 @@ use sd_notify::NotifyState;
 use tokio::sync::watch;
 
 use super::accept::Forwarder;
+use super::stats::{bytes, ForwarderStats};
 
 /// How often the status line is refreshed, at most.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Connection counters of a forwarder.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counters {
-    /// Connections open now.
-    pub active: usize,
-    /// Connections accepted and served since the start.
-    pub total: u64,
-    /// Connections closed at once because the limit was reached.
-    pub refused: u64,
-}
 
 /// What the status line says besides the counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +26,7 @@ pub struct Shown {
 }
 
 /// Tells systemd the forwarder is ready, with its first status line.
-pub fn ready(shown: &Shown, counters: Counters) {
+pub fn ready(shown: &Shown, counters: &ForwarderStats) {
     notify(&[
         NotifyState::Ready,
         NotifyState::Status(&status_line(shown, counters)),
@@ -44,7 +34,7 @@ pub fn ready(shown: &Shown, counters: Counters) {
 }
 
 /// Sends the status line now (after a reload).
-pub fn show(shown: &Shown, counters: Counters) {
+pub fn show(shown: &Shown, counters: &ForwarderStats) {
     notify(&[NotifyState::Status(&status_line(shown, counters))]);
 }
 
@@ -56,24 +46,24 @@ pub fn stopping() {
 /// Sends the status line whenever the counters have changed, checking once
 /// per [`STATUS_INTERVAL`], with what `shown` holds then. Never returns.
 pub async fn report(forwarder: &Forwarder, shown: watch::Receiver<Shown>) -> Infallible {
-    let mut counted = forwarder.counters();
+    let mut counted = forwarder.stats();
     let mut ticks = tokio::time::interval(STATUS_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let now = forwarder.counters();
+        let now = forwarder.stats();
         if now != counted {
-            show(&shown.borrow(), now);
+            show(&shown.borrow(), &now);
             counted = now;
         }
     }
 }
 
 /// The `STATUS=` text, e.g. `serving 2 routes (generation 3), 1 active, 5
-/// total connections`. `gatectl reload` waits for `(generation N)` to learn
-/// that the forwarder applied routes file N, and reports a `reload failed:`
-/// reason.
-fn status_line(shown: &Shown, counters: Counters) -> String {
+/// total connections, 1.5 KiB up, 20.0 MiB down, 2 refused (upstream 1,
+/// limit 1)`. `gatectl reload` waits for `(generation N)` to learn that the
+/// forwarder applied routes file N, and reports a `reload failed:` reason.
+fn status_line(shown: &Shown, counters: &ForwarderStats) -> String {
     let routes = shown.routes;
     let plural = if routes == 1 { "" } else { "s" };
     let mut line = format!("serving {routes} route{plural}");
@@ -81,11 +71,22 @@ fn status_line(shown: &Shown, counters: Counters) -> String {
         line.push_str(&format!(" (generation {generation})"));
     }
     line.push_str(&format!(
-        ", {} active, {} total connections",
-        counters.active, counters.total
+        ", {} active, {} total connections, {} up, {} down",
+        counters.active,
+        counters.total,
+        bytes(counters.bytes_up),
+        bytes(counters.bytes_down)
     ));
-    if counters.refused > 0 {
-        line.push_str(&format!(", {} refused at the limit", counters.refused));
+    let refused = counters.refused.total();
+    if refused > 0 {
+        let each: Vec<String> = counters
+            .refused
+            .by_reason()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        line.push_str(&format!(", {refused} refused ({})", each.join(", ")));
     }
     if let Some(error) = &shown.reload_error {
         line.push_str(&format!("; reload failed: {error}"));
@@ -104,28 +105,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_line_counts_routes_and_connections() {
+    fn status_line_counts_routes_connections_bytes_and_refusals() {
         let shown = |routes, generation, reload_error: Option<&str>| Shown {
             routes,
             generation,
             reload_error: reload_error.map(String::from),
         };
+        let none = ForwarderStats::default();
         assert_eq!(
-            status_line(&shown(2, None, None), Counters::default()),
-            "serving 2 routes, 0 active, 0 total connections"
+            status_line(&shown(2, None, None), &none),
+            "serving 2 routes, 0 active, 0 total connections, 0 B up, 0 B down"
         );
-        let counters = Counters {
+        let mut counters = ForwarderStats {
             active: 1,
             total: 7,
-            refused: 3,
+            bytes_up: 1536,
+            bytes_down: 20 << 20,
+            ..ForwarderStats::default()
         };
+        counters.refused.limit = 3;
+        counters.refused.upstream = 1;
         assert_eq!(
-            status_line(&shown(1, Some(4), None), counters),
-            "serving 1 route (generation 4), 1 active, 7 total connections, 3 refused at the limit"
+            status_line(&shown(1, Some(4), None), &counters),
+            "serving 1 route (generation 4), 1 active, 7 total connections, 1.5 KiB up, 20.0 MiB down, \
+             4 refused (upstream 1, limit 3)"
         );
         assert_eq!(
-            status_line(&shown(1, None, Some("bad file")), Counters::default()),
-            "serving 1 route, 0 active, 0 total connections; reload failed: bad file"
+            status_line(&shown(1, None, Some("bad file")), &none),
+            "serving 1 route, 0 active, 0 total connections, 0 B up, 0 B down; reload failed: bad file"
         );
     }
 }

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::disconnect::{refusal, Reason};
 use super::*;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,6 +49,7 @@ fn config(max_connections: usize, routes: Vec<ForwardRoute>) -> ForwardConfig {
         max_connections,
         connect_timeout: TIMEOUT,
         pipe_size: DEFAULT_PIPE_SIZE,
+        stats_socket: None,
     }
 }
 
@@ -178,7 +180,14 @@ async fn the_connection_limit_refuses_the_excess_and_keeps_the_first() {
     round_trip(&mut first, b"one").await;
 
     let mut excess = TcpStream::connect(forwarder.addr).await.unwrap();
-    assert!(closed_by_forwarder(&mut excess).await.is_empty());
+    excess.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await.unwrap();
+    assert_eq!(
+        closed_by_forwarder(&mut excess).await,
+        refusal(
+            Reason::TooManyConnections,
+            "gatectl gate test: too many connections (the limit is 1); try again later"
+        )
+    );
     round_trip(&mut first, b"still here").await;
 
     first.shutdown().await.unwrap();
@@ -207,12 +216,63 @@ async fn the_connection_limit_refuses_the_excess_and_keeps_the_first() {
 }
 
 #[tokio::test]
-async fn a_connect_failure_closes_the_client_promptly() {
-    let forwarder = Running::start(8, vec![closed_port().await, closed_port().await]).await;
+async fn a_connect_failure_is_refused_as_an_ssh_server_would_promptly() {
+    let (a, b) = (closed_port().await, closed_port().await);
+    let forwarder = Running::start(8, vec![a, b]).await;
     let mut client = TcpStream::connect(forwarder.addr).await.unwrap();
+    client.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await.unwrap();
     let started = Instant::now();
-    assert!(closed_by_forwarder(&mut client).await.is_empty());
+    let description =
+        format!("gatectl gate test: upstream echo: {a} refused the connection, {b} refused the connection");
+    assert_eq!(
+        closed_by_forwarder(&mut client).await,
+        refusal(Reason::ConnectionLost, &description)
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
+    forwarder.stop().await.unwrap();
+}
+
+/// An address whose connect attempts hang: a listener with a zero backlog
+/// and one queued connection drops further SYNs (the returned stream keeps
+/// the queue full).
+async fn silent_upstream() -> (SocketAddr, std::net::TcpListener, std::net::TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let queued = std::net::TcpStream::connect(addr).unwrap();
+    (addr, full.into_std().unwrap(), queued)
+}
+
+#[tokio::test]
+async fn a_route_revoked_while_connecting_is_refused_as_not_allowed() {
+    let (silent, _full, _queued) = silent_upstream().await;
+    let port = free_port();
+    let forwarder = Running::serve(config(8, vec![route(port, "slow", vec![silent])]), Vec::new());
+    let mut client = loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(client) => break client,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    client.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let routes = vec![route(free_port(), "other", vec![silent])];
+    forwarder
+        .reload
+        .send(Ok(RoutesFile {
+            generation: 2,
+            routes,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        closed_by_forwarder(&mut client).await,
+        refusal(
+            Reason::HostNotAllowedToConnect,
+            "gatectl gate test: slow is no longer declared for this agent (a reload removed it)"
+        )
+    );
     forwarder.stop().await.unwrap();
 }
 
@@ -379,4 +439,76 @@ fn validate_refuses_bad_settings() {
         let error = bad.validate().unwrap_err().to_string();
         assert!(error.contains(expected), "{expected:?} not in {error:?}");
     }
+}
+
+/// The counters the forwarder serves on the abstract socket `name`, once
+/// `ready` holds for them (they change a moment after a client sees its
+/// connection close).
+async fn counters_when(name: &str, ready: impl Fn(&stats::ForwarderStats) -> bool) -> stats::ForwarderStats {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let socket = name.to_string();
+        let read = tokio::task::spawn_blocking(move || stats::read(&socket))
+            .await
+            .unwrap();
+        match read {
+            Ok(counters) if ready(&counters) => return counters,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("the counters never got there: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn counts_connections_bytes_and_refusals_per_entry() {
+    let name = format!("gatectl-test-forwarder-{}", std::process::id());
+    let (echo, closed) = (echo_upstream().await, closed_port().await);
+    let (port, dead) = (free_port(), free_port());
+    let mut config = config(
+        8,
+        vec![route(port, "echo", vec![echo]), route(dead, "dead", vec![closed])],
+    );
+    config.stats_socket = Some(name.clone());
+    let forwarder = Running::serve(config, Vec::new());
+
+    let mut client = loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(client) => break client,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    round_trip(&mut client, &[7; 1000]).await;
+    let open = counters_when(&name, |c| c.active == 1).await;
+    assert_eq!((open.total, open.bytes_up), (1, 0), "bytes count at close");
+    client.write_all(&[8; 234]).await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(closed_by_forwarder(&mut client).await.len(), 234);
+    let mut refused = TcpStream::connect(("127.0.0.1", dead)).await.unwrap();
+    closed_by_forwarder(&mut refused).await;
+
+    let counters = counters_when(&name, |c| c.active == 0 && c.refused.upstream == 1).await;
+    assert_eq!(
+        (counters.total, counters.bytes_up, counters.bytes_down),
+        (2, 1234, 1234)
+    );
+    let [dead_entry, echo_entry] = counters.entries.as_slice() else {
+        panic!("two entries: {counters:?}");
+    };
+    assert_eq!(
+        (
+            echo_entry.alias.as_str(),
+            echo_entry.total,
+            echo_entry.bytes_up,
+            echo_entry.bytes_down
+        ),
+        ("echo", 1, 1234, 1234)
+    );
+    assert_eq!(echo_entry.last_error, None);
+    let error = dead_entry.last_error.as_ref().expect("the dead entry's error");
+    assert_eq!(
+        error.message,
+        format!("gatectl gate test: upstream dead ({closed}) refused the connection")
+    );
+    assert_eq!(counters.last_error.as_ref(), Some(error));
+    forwarder.stop().await.unwrap();
 }

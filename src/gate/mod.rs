@@ -16,10 +16,11 @@ use std::path::Path;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::forward::stats;
 use crate::host::HostWide;
 use crate::lock;
 use crate::manifest::{self, Manifest};
-use crate::net::firewall::gate::GateTable;
+use crate::net::firewall::gate::{Denied, GateTable};
 use crate::net::firewall::{Firewall, GateRules};
 use crate::net::{netns, sysctl};
 use crate::plan::{self, GatePlan, GateSpec};
@@ -202,10 +203,11 @@ impl Host {
         Firewall::of(&self.settings, false, false)
     }
 
-    /// The state of one gate, from systemd, the kernel and its record.
+    /// The state of one gate, from systemd, the kernel and its record,
+    /// with its forwarder's counters.
     pub async fn status(&self, systemd: &Systemd, slug: &Slug) -> Result<GateStatus> {
         let units = systemd.gate_units(slug).await?;
-        Ok(GateStatus::assemble(slug, self.facts(slug, units)))
+        Ok(with_counters(GateStatus::assemble(slug, self.facts(slug, units))))
     }
 
     /// The states of every gate that has a record, a unit or a netns.
@@ -223,7 +225,7 @@ impl Host {
             .into_iter()
             .map(|slug| {
                 let facts = self.facts(&slug, GateUnits::of(&slug, &units));
-                GateStatus::assemble(&slug, facts)
+                with_counters(GateStatus::assemble(&slug, facts))
             })
             .collect())
     }
@@ -244,6 +246,34 @@ impl Host {
             busy,
         }
     }
+}
+
+impl Host {
+    /// What the gate netns of `slug`'s table denied so far, with the inode
+    /// of that netns (which tells a restarted gate apart); `None` when the
+    /// gate has no netns or no table. Needs root (it enters the netns).
+    pub fn denied(&self, slug: &Slug) -> Result<Option<(u64, Denied)>> {
+        let path = Path::new(plan::NETNS_DIR).join(plan::netns_name(slug));
+        let ns = netns::open(&path)?;
+        let inode = nix::sys::stat::fstat(&ns)
+            .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
+            .st_ino;
+        Ok(netns::run_in(&ns, GateTable::denied)?.map(|denied| (inode, denied)))
+    }
+}
+
+/// `status` with its forwarder's counters, when the forwarder runs and
+/// answers (see [`stats`](crate::forward::stats)); without them otherwise.
+fn with_counters(mut status: GateStatus) -> GateStatus {
+    if status.forwarder.is_active() && status.netns_present {
+        let read =
+            netns::open(&status.netns_path).and_then(|ns| netns::run_in(&ns, || stats::read(stats::SOCKET)));
+        match read {
+            Ok(counters) => status.counters = Some(counters),
+            Err(e) => tracing::debug!(slug = %status.slug, error = %e, "no counters"),
+        }
+    }
+    status
 }
 
 /// The host firewall allowlist of a gate: its egress link may reach exactly

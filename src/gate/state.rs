@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use crate::forward::stats::ForwarderStats;
 use crate::plan::{self, GatePlan};
 use crate::slug::Slug;
 use crate::state::GateRecord;
@@ -126,6 +127,11 @@ pub struct GateStatus {
     pub netns_present: bool,
     /// The plan from the gate's record: addresses and upstream table.
     pub plan: Option<GatePlan>,
+    /// The forwarder's live counters since it started, per gate and per
+    /// entry; `null` while the forwarder is not running (it starts at the
+    /// first connection) or when they cannot be read (reading them enters
+    /// the gate netns, which needs root).
+    pub counters: Option<ForwarderStats>,
 }
 
 impl GateStatus {
@@ -151,6 +157,7 @@ impl GateStatus {
                 RecordFact::Present(record) => Some(record.plan),
                 _ => None,
             },
+            counters: None,
         }
     }
 }

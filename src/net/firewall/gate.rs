@@ -14,6 +14,7 @@
 //!     ct state established,related accept
 //!     iifname "ext0" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 //!     iifname "int0" ip saddr <agent address> tcp dport @listen accept
+//!     iifname "int0" counter name "denied_agent"
 //!     iifname "int0" meta l4proto tcp reject with tcp reset
 //!     counter drop
 //!   }
@@ -23,11 +24,23 @@
 //!     oifname "ext0" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 //!     oifname "ext0" ip daddr . tcp dport @allow4 accept
 //!     oifname "ext0" ip6 daddr . tcp dport @allow6 accept
+//!     counter name "denied_egress"
 //!     counter drop
 //!   }
 //!   chain forward { type filter hook forward priority filter; policy drop; }
+//!   counter denied_agent { }
+//!   counter denied_egress { }
 //! }
 //! ```
+//!
+//! The two named counters count what the table denies: packets from the
+//! agent's side that reach no listener, and packets from inside the gate
+//! netns to anything undeclared. They cost no log line per packet (a kernel
+//! `log` statement in a netns other than the host's is silent unless the
+//! host sets `net.netfilter.nf_log_all_netns`, which would let every netns
+//! write to the kernel log); `gatectl metrics` exports them and records
+//! their increase in the journal, one record per gate per run, however many
+//! packets a flood sends (see [`GateTable::denied`]).
 //!
 //! The agent still sees "connection refused" on a port that is not a
 //! listener (the TCP reset), and nothing in the gate netns, root included,
@@ -42,8 +55,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use nftables::batch::Batch;
 use nftables::expr::{Expression, MetaKey, NamedExpression};
-use nftables::schema::{Chain, NfListObject, Nftables, Set, SetType, SetTypeValue, Table};
-use nftables::stmt::{Operator, Reject, RejectType, Statement};
+use nftables::schema::{Chain, Counter, NfListObject, Nftables, Set, SetType, SetTypeValue, Table};
+use nftables::stmt::{Counter as NamedCounter, Operator, Reject, RejectType, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};
 
 use super::host::neighbour_discovery;
@@ -59,6 +72,21 @@ const LISTEN_SET: &str = "listen";
 const INPUT_CHAIN: &str = "input";
 const OUTPUT_CHAIN: &str = "output";
 const FORWARD_CHAIN: &str = "forward";
+/// The named counter of packets from the agent's side that reach no
+/// listener.
+const DENIED_AGENT: &str = "denied_agent";
+/// The named counter of packets from inside the gate netns to anything
+/// undeclared.
+const DENIED_EGRESS: &str = "denied_egress";
+
+/// Packets the gate netns's table denied since it was applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Denied {
+    /// From the agent's side to anything of the gate but a listen port.
+    pub agent: u64,
+    /// From inside the gate netns to an undeclared address or port.
+    pub egress: u64,
+}
 
 /// The allowlist of one gate, as its netns enforces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +157,17 @@ impl GateTable {
         } else {
             TableState::Differs
         })
+    }
+
+    /// What the table in the calling thread's network namespace (a thread
+    /// that joined the gate netns) denied so far, from its named counters;
+    /// `None` when it has no table.
+    pub fn denied() -> Result<Option<Denied>> {
+        let context = format!("could not list the nftables table `inet {TABLE}` in the gate netns");
+        let Some(listing) = Session::open(&context)?.list_table()? else {
+            return Ok(None);
+        };
+        Ok(Some(denied_in(&listing)))
     }
 
     /// The elements of set `name` as this table holds them.
@@ -226,6 +265,17 @@ impl GateTable {
                 ..Chain::default()
             }));
         }
+        for name in [DENIED_AGENT, DENIED_EGRESS] {
+            batch.add(NfListObject::Counter(Counter {
+                family: FAMILY,
+                table: TABLE.into(),
+                name: name.into(),
+                handle: None,
+                packets: None,
+                bytes: None,
+            }));
+        }
+        let counted = |name: &'static str| Statement::Counter(NamedCounter::Named(name.into()));
         let ifname = |key, name: &'static str| matches(meta(key), Operator::EQ, string(name));
         let tcp = || matches(meta(MetaKey::L4proto), Operator::EQ, string("tcp"));
 
@@ -251,6 +301,13 @@ impl GateTable {
                 ),
                 matches(payload("tcp", "dport"), Operator::EQ, set_ref(LISTEN_SET)),
                 accept(),
+            ],
+        ));
+        batch.add(rule(
+            INPUT_CHAIN,
+            vec![
+                ifname(MetaKey::Iifname, GATE_INTERNAL_LINK),
+                counted(DENIED_AGENT),
             ],
         ));
         batch.add(rule(
@@ -283,9 +340,28 @@ impl GateTable {
                 ],
             ));
         }
+        batch.add(rule(OUTPUT_CHAIN, vec![counted(DENIED_EGRESS)]));
         batch.add(rule(OUTPUT_CHAIN, vec![counter(), drop()]));
         batch.to_nftables()
     }
+}
+
+/// The values of the table's named counters in a listing (0 for one that
+/// is missing).
+fn denied_in(listing: &Nftables<'static>) -> Denied {
+    let mut denied = Denied::default();
+    for object in listed(listing) {
+        let NfListObject::Counter(c) = object else {
+            continue;
+        };
+        let packets = u64::from(c.packets.unwrap_or(0));
+        match (c.table.as_ref(), c.name.as_ref()) {
+            (TABLE, DENIED_AGENT) => denied.agent = packets,
+            (TABLE, DENIED_EGRESS) => denied.egress = packets,
+            _ => {}
+        }
+    }
+    denied
 }
 
 /// The elements of set `name` of gatectl's table in a listing, as text
@@ -384,7 +460,7 @@ mod tests {
     fn output_reaches_only_the_declared_pairs_and_input_only_the_listen_ports() {
         let cmds = commands(&table().batch());
         let output = rules_in(&cmds, "output");
-        assert_eq!(output.len(), 6);
+        assert_eq!(output.len(), 7);
         let discovery = |key| {
             json!([{"match": {"op": "==", "left": {"meta": {"key": key}}, "right": "ext0"}},
                 {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
@@ -395,14 +471,6 @@ mod tests {
         };
         assert_eq!(output[2], discovery("oifname"));
         assert_eq!(
-            output[4],
-            json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ext0"}},
-                {"match": {"op": "==", "left": {"concat": [
-                    {"payload": {"protocol": "ip6", "field": "daddr"}},
-                    {"payload": {"protocol": "tcp", "field": "dport"}}]}, "right": "@allow6"}},
-                {"accept": null}])
-        );
-        assert_eq!(
             output[3],
             json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ext0"}},
                 {"match": {"op": "==", "left": {"concat": [
@@ -410,9 +478,18 @@ mod tests {
                     {"payload": {"protocol": "tcp", "field": "dport"}}]}, "right": "@allow4"}},
                 {"accept": null}])
         );
-        assert_eq!(output[5], json!([{"counter": null}, {"drop": null}]));
+        assert_eq!(
+            output[4],
+            json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ext0"}},
+                {"match": {"op": "==", "left": {"concat": [
+                    {"payload": {"protocol": "ip6", "field": "daddr"}},
+                    {"payload": {"protocol": "tcp", "field": "dport"}}]}, "right": "@allow6"}},
+                {"accept": null}])
+        );
+        assert_eq!(output[5], json!([{"counter": "denied_egress"}]));
+        assert_eq!(output[6], json!([{"counter": null}, {"drop": null}]));
         let input = rules_in(&cmds, "input");
-        assert_eq!(input.len(), 6);
+        assert_eq!(input.len(), 7);
         assert_eq!(input[2], discovery("iifname"));
         assert_eq!(
             input[3],
@@ -423,8 +500,33 @@ mod tests {
                     "right": "@listen"}},
                 {"accept": null}])
         );
-        assert_eq!(input[4][2], json!({"reject": {"type": "tcp reset"}}));
+        assert_eq!(
+            input[4],
+            json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "int0"}},
+                {"counter": "denied_agent"}])
+        );
+        assert_eq!(input[5][2], json!({"reject": {"type": "tcp reset"}}));
+        for (i, name) in ["denied_agent", "denied_egress"].iter().enumerate() {
+            assert_eq!(
+                cmds[9 + i],
+                json!({"add": {"counter": {"family": "inet", "table": "gatectl", "name": name, "bytes": null}}})
+            );
+        }
         assert!(rules_in(&cmds, "forward").is_empty());
+    }
+
+    #[test]
+    fn reads_the_denied_counters_from_a_listing() {
+        let listing: Nftables<'static> = serde_json::from_value(json!({"nftables": [
+            {"counter": {"family": "inet", "name": "denied_agent", "table": "gatectl",
+                "handle": 7, "packets": 35, "bytes": 2100}},
+            {"counter": {"family": "inet", "name": "denied_egress", "table": "gatectl",
+                "handle": 8, "packets": 2, "bytes": 120}},
+            {"counter": {"family": "inet", "name": "denied_agent", "table": "other",
+                "handle": 9, "packets": 99, "bytes": 1}}
+        ]}))
+        .unwrap();
+        assert_eq!(denied_in(&listing), Denied { agent: 35, egress: 2 });
     }
 
     #[test]

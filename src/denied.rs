@@ -1,0 +1,170 @@
+//! Denied attempts on record: what each gate netns's table denied since
+//! the last record of it becomes one journal record per gate (the same
+//! `GATE_*` fields as the connection records, `GATE_OUTCOME=denied`), so a
+//! flood of attempts costs one line per run of `gatectl metrics`, never one
+//! per packet.
+//!
+//! Owns `STATE_DIR/denied/SLUG.json`: the counts already recorded, with the
+//! gate netns they were read in (a restarted gate's counters start again
+//! from zero).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Result};
+use crate::net::firewall::gate::Denied;
+use crate::slug::Slug;
+
+/// The counts already recorded for one gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// The inode of the gate netns they were read in.
+    pub netns: u64,
+    /// Denied from the agent's side.
+    pub agent: u64,
+    /// Denied from inside the gate netns.
+    pub egress: u64,
+}
+
+/// What was denied since `last` (all of `now` when the netns is another
+/// one, or its counters went back), and what to keep as recorded.
+pub fn since(last: Option<Recorded>, netns: u64, now: Denied) -> (Denied, Recorded) {
+    let base = match last {
+        Some(last) if last.netns == netns && last.agent <= now.agent && last.egress <= now.egress => last,
+        _ => Recorded::default(),
+    };
+    let delta = Denied {
+        agent: now.agent - base.agent,
+        egress: now.egress - base.egress,
+    };
+    let keep = Recorded {
+        netns,
+        agent: now.agent,
+        egress: now.egress,
+    };
+    (delta, keep)
+}
+
+/// The one-line text of a denied record.
+pub fn message(slug: &Slug, delta: Denied) -> String {
+    format!(
+        "gate {slug}: denied {} packet(s) since the last record: {} from the agent's side to no listener, \
+         {} from inside the gate to an undeclared address or port",
+        delta.agent + delta.egress,
+        delta.agent,
+        delta.egress
+    )
+}
+
+/// The files of the recorded counts under a state directory.
+pub struct Records {
+    dir: PathBuf,
+}
+
+impl Records {
+    /// The records under `state_dir`.
+    pub fn new(state_dir: &Path) -> Records {
+        Records {
+            dir: state_dir.join("denied"),
+        }
+    }
+
+    fn path(&self, slug: &str) -> PathBuf {
+        self.dir.join(format!("{slug}.json"))
+    }
+
+    /// The counts recorded for `slug`, if any (an unreadable file counts as
+    /// none: everything is recorded again).
+    pub fn load(&self, slug: &Slug) -> Option<Recorded> {
+        let text = std::fs::read_to_string(self.path(slug.as_str())).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Keeps `recorded` for `slug` (written aside, then renamed).
+    pub fn save(&self, slug: &Slug, recorded: Recorded) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let path = self.path(slug.as_str());
+        let partial = path.with_extension("json.partial");
+        let text = serde_json::to_string(&recorded).expect("counts serialize");
+        std::fs::write(&partial, text).with_context(|| format!("cannot write {}", partial.display()))?;
+        std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Removes the records of gates not in `gates`.
+    pub fn keep_only(&self, gates: &[Slug]) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let slug = name.strip_suffix(".json").unwrap_or(&name);
+            if !gates.iter().any(|g| g.as_str() == slug) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_since_the_last_record_of_the_same_netns() {
+        let now = Denied { agent: 10, egress: 3 };
+        let last = Recorded {
+            netns: 7,
+            agent: 4,
+            egress: 3,
+        };
+        let (delta, keep) = since(Some(last), 7, now);
+        assert_eq!(delta, Denied { agent: 6, egress: 0 });
+        assert_eq!(
+            keep,
+            Recorded {
+                netns: 7,
+                agent: 10,
+                egress: 3
+            }
+        );
+        assert_eq!(since(None, 7, now).0, now);
+        assert_eq!(
+            since(Some(last), 8, now).0,
+            now,
+            "another netns: a restarted gate"
+        );
+        let lower = Denied { agent: 2, egress: 3 };
+        assert_eq!(since(Some(last), 7, lower).0, lower, "counters went back");
+    }
+
+    #[test]
+    fn keeps_and_prunes_records() {
+        let dir = std::env::temp_dir().join(format!("gatectl-denied-{}", std::process::id()));
+        let records = Records::new(&dir);
+        let (alice, bob) = (Slug::parse("alice").unwrap(), Slug::parse("bob").unwrap());
+        assert_eq!(records.load(&alice), None);
+        let r = Recorded {
+            netns: 1,
+            agent: 2,
+            egress: 3,
+        };
+        records.save(&alice, r).unwrap();
+        records.save(&bob, r).unwrap();
+        assert_eq!(records.load(&alice), Some(r));
+        records.keep_only(std::slice::from_ref(&bob));
+        assert_eq!((records.load(&alice), records.load(&bob)), (None, Some(r)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_message_sums_and_names_both_directions() {
+        let slug = Slug::parse("alice").unwrap();
+        assert_eq!(
+            message(&slug, Denied { agent: 35, egress: 2 }),
+            "gate alice: denied 37 packet(s) since the last record: 35 from the agent's side to no \
+             listener, 2 from inside the gate to an undeclared address or port"
+        );
+    }
+}
