@@ -169,15 +169,13 @@ fn counters_text(out: &mut String, c: &ForwarderStats) {
         bytes(c.bytes_up),
         bytes(c.bytes_down)
     );
-    let refused: Vec<String> = c
-        .refused
-        .by_reason()
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(why, n)| format!("{why} {n}"))
-        .collect();
-    if !refused.is_empty() {
-        let _ = writeln!(out, "  refused:   {} ({})", c.refused.total(), refused.join(", "));
+    if c.refused.total() > 0 {
+        let _ = writeln!(
+            out,
+            "  refused:   {} ({})",
+            c.refused.total(),
+            c.refused.summary()
+        );
     }
     if let Some(e) = &c.last_error {
         let _ = writeln!(out, "  last error: {}", last_error(e));

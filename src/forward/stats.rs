@@ -74,6 +74,17 @@ impl Refusals {
     pub fn total(&self) -> u64 {
         self.by_reason().iter().map(|(_, n)| n).sum()
     }
+
+    /// The reasons that occurred with their counts, e.g. `upstream 2, limit 1`.
+    pub fn summary(&self) -> String {
+        let each: Vec<String> = self
+            .by_reason()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        each.join(", ")
+    }
 }
 
 /// The counters of one entry (by alias) since the forwarder started.

@@ -79,14 +79,7 @@ fn status_line(shown: &Shown, counters: &ForwarderStats) -> String {
     ));
     let refused = counters.refused.total();
     if refused > 0 {
-        let each: Vec<String> = counters
-            .refused
-            .by_reason()
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(why, n)| format!("{why} {n}"))
-            .collect();
-        line.push_str(&format!(", {refused} refused ({})", each.join(", ")));
+        line.push_str(&format!(", {refused} refused ({})", counters.refused.summary()));
     }
     if let Some(error) = &shown.reload_error {
         line.push_str(&format!("; reload failed: {error}"));
