@@ -474,11 +474,41 @@ fn deb_installs_runs_a_gate_upgrades_and_purges_clean() {
     assert_eq!(link.trim(), format!("{UNIT_DIR}/gatectl@.service"));
 
     // An upgrade (the same package over itself) leaves the gate running:
-    // same forwarder process, still passing ssh.
+    // same forwarder process, still passing ssh; and it re-applies the
+    // gates' rules as the new version writes them (here: a gate netns
+    // table that an older version would have written differently is gone).
     let pid = unit_property(&host, "gate-demo.service", "MainPID");
     assert_ne!(pid, "0");
+    let gate_table = [
+        "ip",
+        "netns",
+        "exec",
+        "gate-demo",
+        "nft",
+        "list",
+        "table",
+        "inet",
+        "gatectl",
+    ];
+    host.run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        "gate-demo",
+        "nft",
+        "delete",
+        "table",
+        "inet",
+        "gatectl",
+    ]);
     let out = host.exec(&["dpkg", "-i", DEB_IN_HOST]);
     assert!(out.status.success(), "dpkg -i (upgrade): {}", text(&out));
+    let out = host.exec(&gate_table);
+    assert!(
+        out.status.success(),
+        "the upgrade did not reconcile the gate: {}",
+        text(&out)
+    );
     assert_eq!(
         unit_property(&host, "gatectl@demo.service", "ActiveState"),
         "active"
