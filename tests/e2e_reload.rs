@@ -192,6 +192,65 @@ fn reload_adds_changes_and_removes_entries_while_sessions_run() {
     );
 
     drop((kept, changed, revoked));
+
+    // Host events after reloads: a prune at the same time as a reload that
+    // removes an entry, an nftables flush and its reconcile, a
+    // daemon-reload, and a forwarder killed and restarted by systemd. The
+    // reloaded routes hold: the removed port stays refused, and the port a
+    // reload added (which the forwarder binds itself) serves again.
+    let v4 = [
+        ("up", "upstream.test", 22),
+        ("chg", "upstream2.test", 2222),
+        ("gone", "upstream.test", 22),
+    ];
+    write_manifest(&host, &v4);
+    let prune = host
+        .command(&[common::gatectl::GATECTL, "prune"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn gatectl prune");
+    gatectl_ok(&host, &["reload", "alice"]);
+    let prune = common::finish(prune, "gatectl prune");
+    assert!(prune.status.success(), "{}", text(&prune));
+    write_manifest(&host, &v2);
+    gatectl_ok(&host, &["reload", "alice"]);
+    write_manifest(&host, &v4);
+    gatectl_ok(&host, &["reload", "alice"]);
+    host.run_ok(&["nft", "flush", "ruleset"]);
+    gatectl_ok(&host, &["reconcile"]);
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    write_manifest(&host, &v2);
+    gatectl_ok(&host, &["reload", "alice"]);
+    host.run_ok(&["systemctl", "kill", "--signal=KILL", "gate-alice.service"]);
+    let agent = Agent::of_fixture(&host, &sshd);
+    let mut new = agent.server_of("new");
+    for _ in 0..30 {
+        if new.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        new = agent.server_of("new");
+    }
+    assert_eq!(
+        new,
+        Ok("10.99.2.1:2222".into()),
+        "the added port after a forwarder restart"
+    );
+    assert_eq!(agent.server_of("gone"), Ok("10.99.2.1:22".into()));
+    write_manifest(&host, &v3);
+    gatectl_ok(&host, &["reload", "alice"]);
+    host.run_ok(&["nft", "flush", "ruleset"]);
+    gatectl_ok(&host, &["reconcile"]);
+    for port in [30002, 30003] {
+        let refused = connect(&host, Some("agent"), GATE, port).unwrap_err();
+        assert!(
+            refused.contains("refused"),
+            "port {port} after reconcile: {refused}"
+        );
+    }
+    assert_eq!(agent.server_of("chg"), Ok("10.99.2.1:2222".into()));
+
     gatectl_ok(&host, &["stop", "alice"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 }
