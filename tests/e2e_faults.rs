@@ -215,14 +215,7 @@ fn upstream_down_and_connection_flood() {
         held.push((child, stdin));
     }
     within(Duration::from_secs(5), || {
-        let status = host.run_ok(&[
-            "systemctl",
-            "show",
-            "-p",
-            "StatusText",
-            "--value",
-            "gate-alice.service",
-        ]);
+        let status = common::gatectl::status_text(&host, "gate-alice.service");
         status.contains("4 active")
     })
     .expect("4 connections held");

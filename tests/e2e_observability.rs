@@ -131,14 +131,7 @@ fn status_counts_connections_bytes_and_refusals_per_entry() {
     // The status line is refreshed once a second at most.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let summary = host.run_ok(&[
-            "systemctl",
-            "show",
-            "-p",
-            "StatusText",
-            "--value",
-            "gate-alice.service",
-        ]);
+        let summary = common::gatectl::status_text(&host, "gate-alice.service");
         if summary.contains("0 active, 3 total connections,") && summary.contains("1 refused (upstream 1)") {
             break;
         }

@@ -125,6 +125,15 @@ impl Running {
         }
     }
 
+    /// Hands the forwarder routes file `generation` with `routes`, as a
+    /// SIGHUP would.
+    async fn reload_to(&self, generation: u64, routes: Vec<ForwardRoute>) {
+        self.reload
+            .send(Ok(RoutesFile { generation, routes }))
+            .await
+            .unwrap();
+    }
+
     async fn stop(self) -> Result<()> {
         self.stop.send(()).unwrap();
         tokio::time::timeout(TIMEOUT, self.task)
@@ -258,14 +267,7 @@ async fn a_route_revoked_while_connecting_is_refused_as_not_allowed() {
     client.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let routes = vec![route(free_port(), "other", vec![silent])];
-    forwarder
-        .reload
-        .send(Ok(RoutesFile {
-            generation: 2,
-            routes,
-        }))
-        .await
-        .unwrap();
+    forwarder.reload_to(2, routes).await;
     assert_eq!(
         closed_by_forwarder(&mut client).await,
         refusal(
@@ -372,14 +374,7 @@ async fn a_reload_adds_changes_and_revokes_routes_in_place() {
     let mut revoked_session = tagged_session(revoked, b"one").await;
 
     let routes = vec![route(kept, "kept", vec![two]), route(added, "added", vec![one])];
-    forwarder
-        .reload
-        .send(Ok(RoutesFile {
-            generation: 2,
-            routes,
-        }))
-        .await
-        .unwrap();
+    forwarder.reload_to(2, routes).await;
     // The changed route takes new connections to its new upstream...
     reaches(kept, b"two").await;
     // ...while its established session goes on; the added route serves; the
@@ -396,14 +391,7 @@ async fn a_reload_adds_changes_and_revokes_routes_in_place() {
         .await
         .unwrap();
     let routes = vec![route(kept, "kept", vec![two]), route(revoked, "back", vec![two])];
-    forwarder
-        .reload
-        .send(Ok(RoutesFile {
-            generation: 3,
-            routes,
-        }))
-        .await
-        .unwrap();
+    forwarder.reload_to(3, routes).await;
     reaches(revoked, b"two").await;
     round_trip(&mut old_session, b"and still").await;
     forwarder.stop().await.unwrap();

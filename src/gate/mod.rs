@@ -156,6 +156,13 @@ impl Host {
         Ok(existed)
     }
 
+    /// Whether the gate of `plan` runs: its socket is active and its netns
+    /// exists (what `reload` and the DNS refresh may change in place).
+    pub(crate) async fn running(&self, systemd: &Systemd, plan: &GatePlan) -> Result<bool> {
+        let units = systemd.gate_units(&plan.slug).await?;
+        Ok(units.socket.as_ref().is_some_and(|u| u.is_active()) && netns::exists(&plan.netns))
+    }
+
     /// The teardown of gates on this host.
     pub(crate) fn teardown<'h>(&'h self, systemd: &'h Systemd) -> stop::Teardown<'h> {
         stop::Teardown { host: self, systemd }

@@ -20,12 +20,10 @@ use super::reload::apply_in_place;
 use super::Host;
 use crate::error::{Error, Result};
 use crate::lock;
-use crate::net::netns;
 use crate::plan::GatePlan;
 use crate::policy;
 use crate::resolve::{self, Answer};
 use crate::slug::Slug;
-use crate::state::GateRecord;
 use crate::systemd::Systemd;
 
 /// How long one name may take to resolve; a refresh is one short run for
@@ -122,15 +120,7 @@ impl Host {
                     .set_refresh_due(&slug, now + self.settings.dns_refresh_after(ttl))?;
             }
             if new != record.plan {
-                let moved = async {
-                    apply_in_place(self, &systemd, &record.plan, &new).await?;
-                    self.records.save(&GateRecord {
-                        plan: new.clone(),
-                        complete: true,
-                    })?;
-                    self.ssh_includes.write(&new)
-                };
-                if let Err(e) = moved.await {
+                if let Err(e) = apply_in_place(self, &systemd, &record.plan, &new).await {
                     refreshed.warnings.push(e.to_string());
                     refreshed.changes.clear();
                 }
@@ -147,13 +137,6 @@ impl Host {
     pub(crate) fn schedule_refresh(&self, slug: &Slug) -> Result<()> {
         let floor = Duration::from_secs(self.settings.dns_refresh_min_secs.into());
         self.records.set_refresh_due(slug, SystemTime::now() + floor)
-    }
-
-    /// Whether the gate of `plan` runs: its socket is active and its netns
-    /// exists.
-    async fn running(&self, systemd: &Systemd, plan: &GatePlan) -> Result<bool> {
-        let units = systemd.gate_units(&plan.slug).await?;
-        Ok(units.socket.as_ref().is_some_and(|u| u.is_active()) && netns::exists(&plan.netns))
     }
 
     /// `plan` with each named upstream's addresses resolved again, and the

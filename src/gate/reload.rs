@@ -85,8 +85,7 @@ impl Reload<'_> {
             Some(record) if record.complete => record,
             _ => return Err(not_running()),
         };
-        let units = systemd.gate_units(slug).await?;
-        if !units.socket.as_ref().is_some_and(|u| u.is_active()) || !netns::exists(&record.plan.netns) {
+        if !host.running(&systemd, &record.plan).await? {
             return Err(not_running());
         }
         let old = record.plan;
@@ -128,20 +127,15 @@ impl Reload<'_> {
             return Ok(Reloaded::Unchanged(old));
         }
         apply_in_place(host, &systemd, &old, &new).await?;
-        host.records.save(&GateRecord {
-            plan: new.clone(),
-            complete: true,
-        })?;
-        host.ssh_includes.write(&new)?;
         host.schedule_refresh(slug)?;
         Ok(Reloaded::Changed { plan: new, changes })
     }
 }
 
 /// Moves the running gate from `old` to `new` in place (the module's steps
-/// 1–4), writing the next generation of its routes file; if a step fails,
-/// puts `old` back the same way and says so. The caller holds the slug
-/// lock and saves the record.
+/// 1–4), writing the next generation of its routes file, then saves the
+/// record and the ssh include (step 5); if a step of 1–4 fails, puts `old`
+/// back the same way and says so. The caller holds the slug lock.
 pub(crate) async fn apply_in_place(
     host: &Host,
     systemd: &Systemd,
@@ -154,7 +148,11 @@ pub(crate) async fn apply_in_place(
     };
     let apply = Apply { host, systemd };
     let Err(error) = apply.plan(old, new, current.generation + 1).await else {
-        return Ok(());
+        host.records.save(&GateRecord {
+            plan: new.clone(),
+            complete: true,
+        })?;
+        return host.ssh_includes.write(new);
     };
     Err(match apply.plan(new, old, current.generation + 2).await {
         Ok(()) => Error::failed(format!(

@@ -447,3 +447,8 @@ pub fn host_table_exists(host: &TestHost) -> bool {
 pub fn gatectl_rules6(host: &TestHost) -> Vec<String> {
     gatectl_rules_of(host, "-6")
 }
+
+/// The `STATUS=` line systemd holds for `unit` (its `StatusText`).
+pub fn status_text(host: &TestHost, unit: &str) -> String {
+    host.run_ok(&["systemctl", "show", "-p", "StatusText", "--value", unit])
+}
