@@ -222,12 +222,7 @@ fn prune_racing_start_never_leaves_the_host_unconfined() {
         seed ^= seed << 17;
         let delay = Duration::from_millis(seed % 41);
 
-        let prune = host
-            .command(&[GATECTL, "prune"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn gatectl prune");
+        let prune = common::gatectl::spawn_gatectl(&host, &["prune"]);
         sleep(delay);
         let start = gatectl(&host, &["start", "bob"]);
         let prune = finish(prune, "gatectl prune");

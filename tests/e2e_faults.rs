@@ -12,21 +12,10 @@ use std::time::{Duration, Instant};
 use common::gatectl::{
     bash_in, connect, gatectl, gatectl_ok, ip_forward, leftovers, serve, setup, ssh_via_gate, text,
 };
-use common::{finish, require_root, TestHost};
+use common::{finish, require_root};
 
 const ALICE: &[u8] =
     b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n";
-
-/// Starts the installed gatectl with `args` inside `host`, capturing its output.
-fn spawn_gatectl(host: &TestHost, args: &[&str]) -> std::process::Child {
-    let mut argv = vec![common::gatectl::GATECTL];
-    argv.extend_from_slice(args);
-    host.command(&argv)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
 
 /// Polls `check` every 50 ms for up to `limit`; returns how long it took.
 fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
@@ -271,8 +260,11 @@ fn races_and_interrupted_starts() {
 
     // Two starts of the same slug at once: one gate; the later caller
     // finds it running with the same manifest, and is told so.
-    let a = spawn_gatectl(&host, &["start", "alice"]);
-    let b = finish(spawn_gatectl(&host, &["start", "alice"]), "the second start");
+    let a = common::gatectl::spawn_gatectl(&host, &["start", "alice"]);
+    let b = finish(
+        common::gatectl::spawn_gatectl(&host, &["start", "alice"]),
+        "the second start",
+    );
     let a = finish(a, "the first start");
     assert!(
         a.status.success() && b.status.success(),
@@ -302,8 +294,8 @@ fn races_and_interrupted_starts() {
     // start racing stop: stop always succeeds, start succeeds or finds the
     // gate still running; afterwards either a working gate or nothing.
     for _ in 0..3 {
-        let stop = spawn_gatectl(&host, &["stop", "alice"]);
-        let start = spawn_gatectl(&host, &["start", "alice"]);
+        let stop = common::gatectl::spawn_gatectl(&host, &["stop", "alice"]);
+        let start = common::gatectl::spawn_gatectl(&host, &["start", "alice"]);
         let stop = finish(stop, "a stop racing a start");
         let start = finish(start, "a start racing a stop");
         assert!(stop.status.success(), "stop racing a start: {}", text(&stop));
@@ -428,7 +420,7 @@ fn fifty_gates_start_in_parallel() {
         );
     }
     let children: Vec<_> = (0..50)
-        .map(|i| spawn_gatectl(&host, &["start", &format!("g{i}")]))
+        .map(|i| common::gatectl::spawn_gatectl(&host, &["start", &format!("g{i}")]))
         .collect();
     for c in children {
         let out = finish(c, "a parallel gatectl");
@@ -449,7 +441,7 @@ fn fifty_gates_start_in_parallel() {
         );
     }
     let children: Vec<_> = (0..50)
-        .map(|i| spawn_gatectl(&host, &["stop", &format!("g{i}")]))
+        .map(|i| common::gatectl::spawn_gatectl(&host, &["stop", &format!("g{i}")]))
         .collect();
     for c in children {
         let out = finish(c, "a parallel gatectl");
@@ -502,7 +494,7 @@ fn gates_start_and_stop_while_systemd_runs_a_storm_of_other_jobs() {
     for round in 0..5 {
         for verb in ["start", "stop"] {
             let children: Vec<_> = (0..GATES)
-                .map(|i| spawn_gatectl(&host, &[verb, &format!("s{i}")]))
+                .map(|i| common::gatectl::spawn_gatectl(&host, &[verb, &format!("s{i}")]))
                 .collect();
             for c in children {
                 let out = finish(c, &format!("{verb} in round {round}"));

@@ -728,12 +728,7 @@ fn prune_racing_an_ipv6_start_never_leaves_ipv6_forwarding_unconfined() {
         gatectl_ok(&host, &["start", "carol"]);
         host.exec(&["systemctl", "stop", "gate-carol.socket", "gate-carol.service"]);
         let delay = Duration::from_millis((i as u64 * 7) % 41);
-        let prune = host
-            .command(&[common::gatectl::GATECTL, "prune"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn gatectl prune");
+        let prune = common::gatectl::spawn_gatectl(&host, &["prune"]);
         std::thread::sleep(delay);
         let start = gatectl(&host, &["start", "bob"]);
         let prune = common::finish(prune, "gatectl prune");

@@ -204,12 +204,7 @@ fn reload_adds_changes_and_removes_entries_while_sessions_run() {
         ("gone", "upstream.test", 22),
     ];
     write_manifest(&host, &v4);
-    let prune = host
-        .command(&[common::gatectl::GATECTL, "prune"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn gatectl prune");
+    let prune = common::gatectl::spawn_gatectl(&host, &["prune"]);
     gatectl_ok(&host, &["reload", "alice"]);
     let prune = common::finish(prune, "gatectl prune");
     assert!(prune.status.success(), "{}", text(&prune));

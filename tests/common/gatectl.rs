@@ -452,3 +452,16 @@ pub fn gatectl_rules6(host: &TestHost) -> Vec<String> {
 pub fn status_text(host: &TestHost, unit: &str) -> String {
     host.run_ok(&["systemctl", "show", "-p", "StatusText", "--value", unit])
 }
+
+/// Starts the installed gatectl with `args` inside `host` without waiting,
+/// its stdout and stderr piped (finish it with `common::finish`): for
+/// commands that race each other.
+pub fn spawn_gatectl(host: &TestHost, args: &[&str]) -> std::process::Child {
+    let mut argv = vec![GATECTL];
+    argv.extend_from_slice(args);
+    host.command(&argv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run gatectl in the host")
+}
