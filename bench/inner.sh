@@ -15,8 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 case $mode in
-full) iperf_secs=5 ab_secs=3 rounds=3 cycles=50 scale=500 lists=5 profile=1 profile_conns=3000 ;;
-smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 lists=2 profile=1 profile_conns=200 ;;
+full) iperf_secs=5 ab_secs=3 rounds=3 cycles=50 scale=${GATECTL_BENCH_SCALE:-2000} checkpoints="500 1000" sg_scale=200 lists=3 profile=1 profile_conns=3000 ;;
+smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 checkpoints="4" sg_scale=4 lists=2 profile=1 profile_conns=200 ;;
 *) echo "usage: $0 full|smoke RESULTS_MD" >&2; exit 2 ;;
 esac
 
@@ -322,28 +322,61 @@ http_get() { # ADDR: one HTTP request to ADDR:30000, waits for the reply
 }
 
 # --- scale ---------------------------------------------------------------------
+# $scale gates, each with its own agent netns, started and stopped one after
+# another; what an idle gate costs (snapshots at 0, each checkpoint and
+# $scale gates); the host-wide commands with all of them up; and the same
+# cost for $sg_scale gates of the shell script.
+snapshot() { # LABEL: one line of what the host holds now
+  local pid1_rss pid1_fds units netns avail slab percpu procs
+  pid1_rss=$(awk '/^VmRSS/ {print $2}' /proc/1/status)
+  pid1_fds=$(ls /proc/1/fd | wc -l)
+  units=$(systemctl list-units --all --no-legend --plain | wc -l)
+  netns=$(ip netns list | wc -l)
+  avail=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+  slab=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
+  percpu=$(awk '/^Percpu:/ {print $2}' /proc/meminfo)
+  procs=$(ls -d /proc/[0-9]* | wc -l)
+  echo "$1 $avail $slab $percpu $pid1_rss $pid1_fds $units $netns $procs"
+}
+
+# per-gate slope between two snapshot lines FROM TO N -> the cost columns
+slope() {
+  awk -v n="$3" 'NR == 1 {for (i = 2; i <= NF; i++) a[i] = $i} NR == 2 {
+      printf "%.0f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f\n",
+        (a[2] - $2) / n, ($3 - a[3]) / n, ($4 - a[4]) / n, ($5 - a[5]) / n, ($6 - a[6]) / n, ($7 - a[7]) / n, ($9 - a[9]) / n }' \
+    <(echo "$1"; echo "$2")
+}
+
+# p50 and p99 of lines FROM..TO of FILE -> "P50 P99"
+window_pcts() { sed -n "$2,$3p" "$1" > /tmp/window; echo "$(pct 50 < /tmp/window) $(pct 99 < /tmp/window)"; }
+
 scale() {
-  local i
-  for i in $(seq 0 $((scale - 1))); do
-    printf '[[ssh]]\nHost = "http"\nHostname = "%s"\nPort = 80\n' $UP > /etc/gatectl/bottles/s$i.toml
-  done
+  local i t t1 window
+  window=$(( scale >= 400 ? 100 : (scale + 3) / 4 ))
   declare -gA SCALE
+  declare -ga SNAPS=()
+  log "creating $scale agent netns and manifests"
+  SNAPS+=("$(snapshot 0-before-agents)")
+  for i in $(seq 0 $((scale - 1))); do
+    ip netns add agent-s$i
+    printf 'agent_netns = "agent-s%s"\n[[ssh]]\nHost = "http"\nHostname = "%s"\nPort = 80\n' $i $UP > /etc/gatectl/bottles/s$i.toml
+  done
+  SNAPS+=("$(snapshot 0)")
   log "starting $scale gates one after another"
-  local t
-  t=$(now_ns)
   : > /tmp/each-start
-  local t1
+  t=$(now_ns)
   for i in $(seq 0 $((scale - 2))); do
     t1=$(now_ns); gatectl start s$i >/dev/null; ms_since "$t1" >> /tmp/each-start
+    for c in $checkpoints; do [[ $((i + 1)) == "$c" ]] && SNAPS+=("$(snapshot "$c")"); done
   done
   # the last start, traced: where a start's time goes with many gates up
   t1=$(now_ns)
   strace -f -c -o /tmp/start-last.strace gatectl start s$((scale - 1)) >/dev/null
   SCALE[seq_start]=$(( $(ms_since "$t") - $(ms_since "$t1") ))
-  local tenth=$(( (scale + 9) / 10 ))
-  SCALE[first]=$(head -n $tenth /tmp/each-start | pct 50)
-  SCALE[last]=$(tail -n $tenth /tmp/each-start | pct 50)
-  log "$scale sequential starts: ${SCALE[seq_start]} ms"
+  SNAPS+=("$(snapshot "$scale")")
+  read -r SCALE[first50] SCALE[first99] <<<"$(window_pcts /tmp/each-start 1 $window)"
+  read -r SCALE[last50] SCALE[last99] <<<"$(window_pcts /tmp/each-start $((scale - window)) $((scale - 1)))"
+  log "$scale sequential starts: ${SCALE[seq_start]} ms; first $window p50/p99 ${SCALE[first50]}/${SCALE[first99]} ms, last ${SCALE[last50]}/${SCALE[last99]} ms"
 
   # a gate with no connection yet has no forwarder process: only its socket
   # unit, whose sockets systemd holds
@@ -353,7 +386,7 @@ scale() {
   local sample=$(( scale < 20 ? scale : 20 )) a
   for i in $(seq 0 $((sample - 1))); do
     a=$(gatectl ssh-config s$i | awk '/HostName/ {print $2}')
-    http_get "$a"
+    ip netns exec agent-s$i bash -c "$(declare -f http_get); http_get $a"
   done
   sleep 1
   for i in $(seq 0 $((sample - 1))); do
@@ -365,24 +398,27 @@ scale() {
   # 10 open sessions (HTTP keep-alive, one request each) through gate s1
   local addr
   addr=$(gatectl ssh-config s1 | awk '/HostName/ {print $2}')
-  sessions "$addr" 10 &
+  ip netns exec agent-s1 bash -c "$(declare -f sessions); sessions $addr 10" &
   local holder=$!
   sleep 1
   SCALE[mem_10]=$(unit_memory gate-s1.service)
   SCALE[rss_10]=$(unit_rss gate-s1.service)
   kill $holder 2>/dev/null; wait $holder 2>/dev/null || true
 
-  : > /tmp/list
-  for i in $(seq $lists); do
-    t=$(now_ns); gatectl list >/dev/null; ms_since "$t" >> /tmp/list
-  done
-  SCALE[list]=$(pct 50 < /tmp/list)
-  SCALE[list_n]=$(gatectl list | grep -c running || true)
-  log "idle forwarder ${SCALE[mem_idle]} KiB (RSS ${SCALE[rss_idle]} KiB), 10 sessions ${SCALE[mem_10]} KiB; list ${SCALE[list]} ms with ${SCALE[list_n]} running"
+  host_wide_commands
+  log "list ${SCALE[cmd,list]} ms, status ${SCALE[cmd,status]} ms, check ${SCALE[cmd,check]} ms, prune ${SCALE[cmd,prune]} ms, reconcile ${SCALE[cmd,reconcile]} ms, after a flush ${SCALE[cmd,flush]} ms"
 
+  log "stopping $scale gates one after another"
+  : > /tmp/each-stop
   t=$(now_ns)
-  for i in $(seq 0 $((scale - 1))); do gatectl stop s$i >/dev/null; done
+  for i in $(seq 0 $((scale - 1))); do
+    t1=$(now_ns); gatectl stop s$i >/dev/null; ms_since "$t1" >> /tmp/each-stop
+  done
   SCALE[seq_stop]=$(ms_since "$t")
+  # the first stops run with all gates up, the last ones with few
+  read -r SCALE[stopfirst50] SCALE[stopfirst99] <<<"$(window_pcts /tmp/each-stop 1 $window)"
+  read -r SCALE[stoplast50] SCALE[stoplast99] <<<"$(window_pcts /tmp/each-stop $((scale - window + 1)) $scale)"
+  SCALE[window]=$window
   log "starting $scale gates 8 at a time"
   t=$(now_ns)
   seq 0 $((scale - 1)) | sed 's/^/s/' | xargs -P 8 -n 1 gatectl start >/dev/null
@@ -392,6 +428,36 @@ scale() {
   seq 0 $((scale - 1)) | sed 's/^/s/' | xargs -P 8 -n 1 gatectl stop >/dev/null
   SCALE[par_stop]=$(ms_since "$t")
   log "parallel start ${SCALE[par_start]} ms (${SCALE[par_n]} running), stop ${SCALE[par_stop]} ms"
+  for i in $(seq 0 $((scale - 1))); do ip netns del agent-s$i; done
+
+  # the shell script's gates, for the per-gate cost
+  SG_SNAPS=("$(snapshot 0)")
+  for i in $(seq 1 "$sg_scale"); do "$here/shellgate" start sg$i $((i + 10)) $UP 80; done
+  sleep 1 # systemd-run returns before socat runs
+  SG_SNAPS+=("$(snapshot "$sg_scale")")
+  for i in $(seq 1 "$sg_scale"); do "$here/shellgate" stop sg$i $((i + 10)) $UP 80; done
+}
+
+host_wide_commands() { # each host-wide command with all gates up, median of $lists runs
+  local c name t
+  for c in list "status --json" check "prune --dry-run" reconcile flush; do
+    name=${c%% *}
+    : > /tmp/cmd-$name
+    for _ in $(seq $lists); do
+      if [[ $c == flush ]]; then
+        nft flush ruleset
+        t=$(now_ns); gatectl reconcile --quiet; ms_since "$t" >> /tmp/cmd-$name
+      else
+        t=$(now_ns); gatectl $c >/dev/null 2>&1 || true; ms_since "$t" >> /tmp/cmd-$name
+      fi
+    done
+    SCALE[cmd,$name]=$(pct 50 < /tmp/cmd-$name)
+  done
+  SCALE[list_n]=$(gatectl list | grep -c running || true)
+  # the forwarding state must be whole again after the flushes
+  gatectl check > /tmp/check-after-flush 2>&1 || log "check after the flushes: $(grep -v '^ok' /tmp/check-after-flush | head -3)"
+  # where check's time goes at this scale
+  strace -f -c -o /tmp/check.strace gatectl check >/dev/null 2>&1 || true
 }
 
 unit_memory() { # KiB, from systemd's MemoryCurrent
@@ -460,13 +526,16 @@ report() {
     echo "| shell script start | ${LAT[s-start,50]} | ${LAT[s-start,90]} | |"
     echo "| shell script stop | ${LAT[s-stop,50]} | ${LAT[s-stop,90]} | |"
     echo
-    echo "### Scale ($scale gates)"
+    echo "### Scale ($scale gates, each with its own agent netns)"
     echo
     echo "| | value |"
     echo "| --- | ---: |"
     echo "| start $scale gates one after another | ${SCALE[seq_start]} ms (the last one, run under strace, not counted) |"
-    echo "| one start, p50 of the first tenth / of the last tenth | ${SCALE[first]} ms / ${SCALE[last]} ms |"
+    echo "| one start, p50 / p99 of the first ${SCALE[window]} | ${SCALE[first50]} ms / ${SCALE[first99]} ms |"
+    echo "| one start, p50 / p99 of the last ${SCALE[window]} (÷ first) | ${SCALE[last50]} ms / ${SCALE[last99]} ms ($(ratio "${SCALE[last50]}" "${SCALE[first50]}") / $(ratio "${SCALE[last99]}" "${SCALE[first99]}")) |"
     echo "| stop them one after another | ${SCALE[seq_stop]} ms |"
+    echo "| one stop, p50 / p99 of the first ${SCALE[window]} ($scale gates up) | ${SCALE[stopfirst50]} ms / ${SCALE[stopfirst99]} ms |"
+    echo "| one stop, p50 / p99 of the last ${SCALE[window]} (few gates up; first ÷ last) | ${SCALE[stoplast50]} ms / ${SCALE[stoplast99]} ms ($(ratio "${SCALE[stopfirst50]}" "${SCALE[stoplast50]}") / $(ratio "${SCALE[stopfirst99]}" "${SCALE[stoplast99]}")) |"
     echo "| start $scale gates 8 at a time | ${SCALE[par_start]} ms (${SCALE[par_n]} running) |"
     echo "| stop them 8 at a time | ${SCALE[par_stop]} ms |"
     echo "| forwarders running before any connection ($scale gates up) | ${SCALE[idle_forwarders]} |"
@@ -474,7 +543,42 @@ report() {
     echo "| idle forwarder after one request, VmRSS (median) | ${SCALE[rss_idle]} KiB |"
     echo "| forwarder with 10 open sessions, MemoryCurrent | ${SCALE[mem_10]} KiB |"
     echo "| forwarder with 10 open sessions, VmRSS | ${SCALE[rss_10]} KiB |"
-    echo "| \`gatectl list\` with ${SCALE[list_n]} gates running (median of $lists) | ${SCALE[list]} ms |"
+    echo
+    echo "### Host-wide commands with ${SCALE[list_n]} gates running (median of $lists runs)"
+    echo
+    echo "| command | ms |"
+    echo "| --- | ---: |"
+    echo "| \`gatectl list\` | ${SCALE[cmd,list]} |"
+    echo "| \`gatectl status --json\` | ${SCALE[cmd,status]} |"
+    echo "| \`gatectl check\` | ${SCALE[cmd,check]} |"
+    echo "| \`gatectl prune --dry-run\` | ${SCALE[cmd,prune]} |"
+    echo "| \`gatectl reconcile\` | ${SCALE[cmd,reconcile]} |"
+    echo "| \`gatectl reconcile\` right after \`nft flush ruleset\` | ${SCALE[cmd,flush]} |"
+    echo
+    echo "\`gatectl check\` at this scale (strace -f -c, top 8 by time):"
+    echo
+    echo '```'
+    head -n 12 /tmp/check.strace 2>/dev/null || echo "(strace unavailable)"
+    echo '```'
+    echo
+    echo "### What an idle gate costs (snapshots of the throwaway host)"
+    echo
+    echo "Columns: MemAvailable, Slab and Percpu from /proc/meminfo (KiB), systemd's (PID 1) VmRSS (KiB) and open fds, loaded units, network namespaces, processes."
+    echo
+    echo "| gates up | MemAvailable | Slab | Percpu | PID 1 RSS | PID 1 fds | units | netns | processes |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    local snap
+    for snap in "${SNAPS[@]}"; do
+      echo "$snap" | awk '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}'
+    done
+    echo
+    echo "Per gate (slope from 0 to the last snapshot; the agent netns the bench creates for each gate are in the 0 row already):"
+    echo
+    echo "| | MemAvailable drop KiB | Slab KiB | Percpu KiB | PID 1 RSS KiB | PID 1 fds | units | processes |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| gatectl ($scale gates) | $(slope "${SNAPS[1]}" "${SNAPS[-1]}" "$scale") |"
+    echo "| shell script ($sg_scale gates, socat included) | $(slope "${SG_SNAPS[0]}" "${SG_SNAPS[1]}" "$sg_scale") |"
+    echo "| an agent netns alone ($scale, created by the bench) | $(slope "${SNAPS[0]}" "${SNAPS[1]}" "$scale") |"
     echo
     echo "### Where one \`gatectl start\` spends its time (strace -f -c, top 12 by time)"
     echo

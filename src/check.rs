@@ -3,6 +3,7 @@
 //! D-Bus, the running gates, the nftables table, IPv4 forwarding and the
 //! address pools. It only reads; it changes nothing.
 
+use futures::stream::{self, StreamExt};
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -14,6 +15,7 @@ use crate::net::firewall::{Firewall, Survey, TABLE};
 use crate::net::link::Netlink;
 use crate::net::netns;
 use crate::plan::{GatePlan, AGENT_LINK_GROUP, HOST_EGRESS_GROUP};
+use crate::state::Records;
 use crate::systemd::{Systemd, UnitState};
 use crate::unit;
 
@@ -158,7 +160,7 @@ pub async fn check_host() -> Vec<Finding> {
         Ok(links) => slaac_finding(&links, forwarding6.on),
         Err(e) => Finding::failed("accept_ra", &e),
     });
-    findings.extend(gate_table_findings(&active));
+    findings.extend(gate_table_findings(&host.records, &active));
     findings.extend(pool_findings(settings).await);
     findings
 }
@@ -220,16 +222,28 @@ pub fn manager_unit_finding(units: &[(UnitState, String)], running_gates: &[&str
     }
 }
 
+/// How many forwarders' properties `check` asks systemd for at once.
+const SANDBOX_QUERIES: usize = 32;
+
 /// Each active gate's forwarder sandbox as systemd holds it now, against
 /// what gatectl set (a `daemon-reload` can lose settings of a transient
 /// unit; gatectl's drop-in restores them).
 async fn sandbox_findings(systemd: &Systemd, gates: &[GateStatus]) -> Vec<Finding> {
+    // Asked SANDBOX_QUERIES at a time on the one connection: systemd
+    // answers them in turn, without a round trip between them.
+    let answers: Vec<_> = stream::iter(gates.iter().filter(|g| g.unit.is_active()))
+        .map(|gate| async move {
+            let unit = &gate.forwarder.name;
+            (unit, systemd.service_properties(unit).await)
+        })
+        .buffered(SANDBOX_QUERIES)
+        .collect()
+        .await;
     let mut weakened = Vec::new();
     let mut units = Vec::new();
     let mut checked = 0;
-    for gate in gates.iter().filter(|g| g.unit.is_active()) {
-        let unit = &gate.forwarder.name;
-        match systemd.service_properties(unit).await {
+    for (unit, answer) in answers {
+        match answer {
             Ok(properties) => {
                 checked += 1;
                 let drift = unit::sandbox_drift(&properties);
@@ -266,18 +280,28 @@ async fn sandbox_findings(systemd: &Systemd, gates: &[GateStatus]) -> Vec<Findin
 }
 
 /// Each active gate's own table inside its netns, which a host `flush
-/// ruleset` does not reach but root can change.
-fn gate_table_findings(active: &[&GatePlan]) -> Vec<Finding> {
-    let mut missing = Vec::new();
+/// ruleset` does not reach but root can change. A table whose seal holds
+/// (nothing committed in its netns since gatectl applied it) is not listed.
+fn gate_table_findings(records: &Records, active: &[&GatePlan]) -> Vec<Finding> {
+    let mut work = Vec::with_capacity(active.len());
     for plan in active {
-        let state = netns::open(&plan.netns_path()).and_then(|ns| {
-            let table = GateTable::of(plan);
-            netns::run_in(&ns, move || table.survey())
-        });
+        match netns::open(&plan.netns_path()) {
+            Ok(ns) => work.push((
+                ns,
+                (plan.netns.clone(), GateTable::of(plan), records.seal(&plan.slug)),
+            )),
+            Err(e) => return vec![Finding::failed("gate tables", &e)],
+        }
+    }
+    let states = netns::run_in_each(work, |(name, table, seal)| {
+        table.survey_sealed(seal.as_ref()).map(|state| (name, state))
+    });
+    let mut missing = Vec::new();
+    for state in states {
         match state {
-            Ok(TableState::Intact) => {}
-            Ok(TableState::Missing) => missing.push(format!("{} (missing)", plan.netns)),
-            Ok(TableState::Differs) => missing.push(format!("{} (changed)", plan.netns)),
+            Ok((_, TableState::Intact)) => {}
+            Ok((name, TableState::Missing)) => missing.push(format!("{name} (missing)")),
+            Ok((name, TableState::Differs)) => missing.push(format!("{name} (changed)")),
             Err(e) => return vec![Finding::failed("gate tables", &e)],
         }
     }

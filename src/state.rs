@@ -1,4 +1,5 @@
-//! Gate records under the state directory (`/run/gatectl/gates/<slug>.json`).
+//! Gate records under the state directory (`/run/gatectl/gates/<slug>.json`),
+//! each with the seal of its gate netns table beside it (`<slug>.seal`).
 //!
 //! A record is written before the first side effect of `start` (so a crash
 //! leaves something for `stop` to find) and removed last by
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic_file;
 use crate::error::{Context, Error, Result};
+use crate::net::firewall::gate::TableSeal;
 use crate::plan::GatePlan;
 use crate::slug::Slug;
 
@@ -85,6 +87,30 @@ impl Records {
 
     fn path(&self, slug: &Slug) -> PathBuf {
         self.dir.join(format!("{slug}.json"))
+    }
+
+    fn seal_path(&self, slug: &Slug) -> PathBuf {
+        self.dir.join(format!("{slug}.seal"))
+    }
+
+    /// Keeps the seal of `slug`'s gate netns table, written by whoever
+    /// applied the table (start, reload, refresh, reconcile); 0600 like the
+    /// record.
+    pub fn save_seal(&self, slug: &Slug, seal: &TableSeal) -> Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let body = serde_json::to_vec(seal)
+            .map_err(|e| Error::failed(format!("cannot encode a table seal: {e}")))?;
+        atomic_file::replace(&self.seal_path(slug), &body, 0o600)
+    }
+
+    /// The seal of `slug`'s gate netns table; `None` when there is none or
+    /// it cannot be read (the table is then listed instead).
+    pub fn seal(&self, slug: &Slug) -> Option<TableSeal> {
+        serde_json::from_slice(&std::fs::read(self.seal_path(slug)).ok()?).ok()
     }
 
     fn claim_path(&self, index: u32) -> PathBuf {
@@ -234,9 +260,9 @@ impl Records {
         }
     }
 
-    /// Removes the record of `slug`, its routes directory and its DNS
-    /// refresh schedule, and releases its index; a missing record is
-    /// success.
+    /// Removes the record of `slug`, its routes directory, its DNS refresh
+    /// schedule and its table seal, and releases its index; a missing
+    /// record is success.
     pub fn remove(&self, slug: &Slug) -> Result<()> {
         self.release_indexes(slug)?;
         let routes = self.routes_dir(slug);
@@ -245,18 +271,14 @@ impl Records {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", routes.display())),
         }
-        let schedule = self.refresh_path(slug);
-        match std::fs::remove_file(&schedule) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", schedule.display())),
+        for path in [self.refresh_path(slug), self.seal_path(slug), self.path(slug)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+            }
         }
-        let path = self.path(slug);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-        }
+        Ok(())
     }
 
     /// Slugs that have a record, sorted.

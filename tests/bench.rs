@@ -49,7 +49,17 @@ const ROWS: &[&str] = &[
     "System calls per connection in the forwarder process",
     "First HTTP request through the new gate",
     "10 open sessions, MemoryCurrent",
-    "| `gatectl list` with",
+    "| `gatectl list` |",
+    "| `gatectl status --json` |",
+    "| `gatectl check` |",
+    "| `gatectl prune --dry-run` |",
+    "| `gatectl reconcile` |",
+    "| `gatectl reconcile` right after `nft flush ruleset` |",
+    "| one start, p50 / p99 of the last",
+    "| one stop, p50 / p99 of the first",
+    "| gatectl (",
+    "| shell script (",
+    "| an agent netns alone (",
 ];
 
 #[test]

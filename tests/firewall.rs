@@ -375,3 +375,50 @@ fn the_firewall_runs_no_nft_command() {
     std::env::set_var("PATH", path);
     assert!(nft(&["list", "tables"]).trim().is_empty());
 }
+
+#[test]
+fn a_gate_table_seal_holds_until_anything_commits_in_its_netns() {
+    if !in_private_netns("a_gate_table_seal_holds_until_anything_commits_in_its_netns") {
+        return;
+    }
+    use gatectl::net::firewall::gate::{GateTable, TableState};
+    let table = |port: u16| GateTable {
+        agent: "10.231.0.0".parse().unwrap(),
+        listen_ports: [30000].into(),
+        allowed: [
+            "192.0.2.10:22".parse().unwrap(),
+            SocketAddr::from(([192, 0, 2, 11], port)),
+        ]
+        .into(),
+    };
+    let seal = table(22).apply().expect("apply the gate table");
+    assert!(table(22).sealed(Some(&seal)).unwrap(), "right after apply");
+    assert_eq!(table(22).survey_sealed(Some(&seal)).unwrap(), TableState::Intact);
+    // Another table (another gatectl's batch) does not take this seal for its own.
+    assert!(!table(2222).sealed(Some(&seal)).unwrap());
+    assert!(!table(22).sealed(None).unwrap());
+    let elsewhere = gatectl::net::firewall::gate::TableSeal {
+        netns: seal.netns + 1,
+        ..seal
+    };
+    assert!(
+        !table(22).sealed(Some(&elsewhere)).unwrap(),
+        "a seal of another netns"
+    );
+
+    // Any commit in the netns breaks the seal, even one that leaves the table
+    // as it was; the listing then tells.
+    nft(&["add", "table", "inet", "unrelated"]);
+    assert!(
+        !table(22).sealed(Some(&seal)).unwrap(),
+        "after another table was added"
+    );
+    assert_eq!(table(22).survey_sealed(Some(&seal)).unwrap(), TableState::Intact);
+    nft(&["add", "element", "inet", TABLE, "listen", "{ 31000 }"]);
+    assert_eq!(table(22).survey_sealed(Some(&seal)).unwrap(), TableState::Differs);
+
+    // Applying again gives a seal that holds.
+    let again = table(22).apply().expect("apply again");
+    assert_ne!(again.generation, seal.generation);
+    assert!(table(22).sealed(Some(&again)).unwrap());
+}

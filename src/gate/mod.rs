@@ -33,6 +33,10 @@ use crate::timings::Timings;
 
 pub use state::{GateFacts, GateState, GateStatus, RecordFact};
 
+/// How many gates `reconcile` takes at a time: each holds a slug lock (a
+/// file descriptor) until its chunk's allowlists are back.
+const RECONCILE_CHUNK: usize = 256;
+
 /// The link alias that marks an outer link end as belonging to `slug`.
 pub fn link_alias(slug: &Slug) -> String {
     format!("gatectl:{slug}")
@@ -171,37 +175,73 @@ impl Host {
     /// Re-applies what every running gate needs, from its record, e.g.
     /// after `nft flush ruleset` or a reload of nftables.service: the
     /// host's forwarding, routing rules and table base, each gate's
-    /// allowlist in the host table, and each gate netns's own table.
-    /// Returns the slugs whose rules were applied.
+    /// allowlist in the host table, and each gate netns's own table where
+    /// its seal no longer holds (a host `flush ruleset` does not reach
+    /// those; an upgrade that builds them otherwise does). Returns the
+    /// slugs of the running gates.
+    ///
+    /// Gates are taken [`RECONCILE_CHUNK`] at a time, each chunk under its
+    /// slug locks (so no gate stops while its allowlist is added back) with
+    /// its host allowlists in one batch: a flush at thousands of gates is
+    /// undone in a few transactions, not one per gate.
     pub async fn reconcile(&self) -> Result<Vec<Slug>> {
         let systemd = Systemd::connect().await?;
         if !self.host_wide.reconcile().await? {
             return Ok(Vec::new());
         }
+        let units = systemd.all_gate_units().await?;
         let firewall = self.host_firewall();
         let mut applied = Vec::new();
-        for slug in self.records.slugs() {
-            let _slug_lock = lock::lock_slug(&self.settings.state_dir, &slug)?;
-            let Ok(Some(record)) = self.records.load(&slug) else {
-                continue;
-            };
-            let running = systemd
-                .gate_units(&slug)
-                .await?
-                .socket
-                .is_some_and(|u| u.is_active());
-            if record.complete && running {
-                firewall.add_elements(&gate_rules(&record.plan))?;
-                self.ssh_includes.write(&record.plan)?;
-                if netns::exists(&record.plan.netns) {
-                    let gate_ns = netns::open(&record.plan.netns_path())?;
-                    let table = GateTable::of(&record.plan);
-                    netns::run_in(&gate_ns, move || table.apply())?;
+        for chunk in self.records.slugs().chunks(RECONCILE_CHUNK) {
+            // Held until the chunk is done: no gate of it stops meanwhile.
+            let mut locks = Vec::with_capacity(chunk.len());
+            let mut plans = Vec::with_capacity(chunk.len());
+            for slug in chunk {
+                locks.push(lock::lock_slug(&self.settings.state_dir, slug)?);
+                let Ok(Some(record)) = self.records.load(slug) else {
+                    continue;
+                };
+                let running = GateUnits::of(slug, &units).socket.is_some_and(|u| u.is_active());
+                if record.complete && running {
+                    plans.push(record.plan);
                 }
-                applied.push(slug);
             }
+            let rules: Vec<GateRules> = plans.iter().map(gate_rules).collect();
+            firewall.add_elements(&rules)?;
+            for plan in &plans {
+                self.ssh_includes.write(plan)?;
+            }
+            self.reseal_gate_tables(&plans)?;
+            applied.extend(plans.into_iter().map(|plan| plan.slug));
         }
         Ok(applied)
+    }
+
+    /// Applies the gate netns tables of `plans` again where their seals no
+    /// longer hold, and keeps the new seals. Call it under their slug locks.
+    fn reseal_gate_tables(&self, plans: &[GatePlan]) -> Result<()> {
+        let mut work = Vec::with_capacity(plans.len());
+        for plan in plans.iter().filter(|plan| netns::exists(&plan.netns)) {
+            let ns = netns::open(&plan.netns_path())?;
+            work.push((
+                ns,
+                (
+                    plan.slug.clone(),
+                    GateTable::of(plan),
+                    self.records.seal(&plan.slug),
+                ),
+            ));
+        }
+        let resealed = netns::run_in_each(work, |(slug, table, seal)| match table.sealed(seal.as_ref())? {
+            true => Ok((slug, None)),
+            false => table.apply().map(|seal| (slug, Some(seal))),
+        });
+        for result in resealed {
+            if let (slug, Some(seal)) = result? {
+                self.records.save_seal(&slug, &seal)?;
+            }
+        }
+        Ok(())
     }
 
     /// The host table, for adding or removing one gate's allowlist (which

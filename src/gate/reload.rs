@@ -190,7 +190,8 @@ impl Apply<'_> {
             .unwrap_or_else(|e| Err(Error::failed(format!("a gatectl task failed: {e}"))))?;
         let gate_ns = netns::open(&new.netns_path())?;
         let table = GateTable::of(new);
-        netns::run_in(&gate_ns, move || table.apply())?;
+        let seal = netns::run_in(&gate_ns, move || table.apply())?;
+        self.host.records.save_seal(&new.slug, &seal)?;
         let routes = RoutesFile {
             generation,
             routes: unit::forward_routes(new),

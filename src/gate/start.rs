@@ -19,7 +19,7 @@ use crate::plan::{
     self, GatePlan, GateSpec, AGENT_LINK, AGENT_LINK_GROUP, GATE_EGRESS_LINK, GATE_LINK_GROUP,
     HOST_EGRESS_GROUP, LINK_PREFIX_LEN, LINK_PREFIX_LEN6,
 };
-use crate::state::{self, GateRecord};
+use crate::state::{self, GateRecord, Records};
 use crate::systemd::Systemd;
 use crate::timings::Timings;
 use crate::unit;
@@ -329,7 +329,13 @@ impl Start<'_> {
             .await?;
         let settle =
             "settle the gate netns: forwarding, IPv6 and router advertisements off, its own allowlist";
-        steps.run(settle, None, settle_gate_netns(plan, &gate_ns)).await?;
+        steps
+            .run(
+                settle,
+                None,
+                settle_gate_netns(&self.host.records, plan, &gate_ns),
+            )
+            .await?;
         steps
             .run(
                 "create the veth pairs",
@@ -378,13 +384,14 @@ impl Start<'_> {
 }
 
 /// Turns forwarding and IPv6 off in the new gate netns, before any link is
-/// up, and gives it its own allowlist table.
-async fn settle_gate_netns(plan: &GatePlan, gate_ns: &OwnedFd) -> Result<()> {
+/// up, and gives it its own allowlist table, whose seal it keeps.
+async fn settle_gate_netns(records: &Records, plan: &GatePlan, gate_ns: &OwnedFd) -> Result<()> {
     let table = GateTable::of(plan);
-    netns::run_in(gate_ns, move || {
+    let seal = netns::run_in(gate_ns, move || {
         sysctl::settle_gate_netns()?;
         table.apply()
-    })
+    })?;
+    records.save_seal(&plan.slug, &seal)
 }
 
 /// Starts the gate's socket unit, with its service defined in the same

@@ -6,6 +6,7 @@
 pub mod firewall;
 pub mod link;
 pub mod netns;
+pub mod nft_generation;
 mod nftlib;
 pub mod rule;
 pub mod sysctl;

@@ -151,6 +151,31 @@ pub fn list(prefix: &str) -> Vec<String> {
     names
 }
 
+/// Runs `f` once for each `(namespace, item)` of `work`, in order, on one
+/// fresh thread that joins each namespace in turn (one thread for all of
+/// them, where [`run_in`] costs one per namespace), and returns the results
+/// in the same order. The calling thread never changes namespace.
+pub fn run_in_each<W: Send + 'static, T: Send + 'static>(
+    work: Vec<(OwnedFd, W)>,
+    f: impl Fn(W) -> Result<T> + Send + 'static,
+) -> Vec<Result<T>> {
+    let count = work.len();
+    std::thread::spawn(move || {
+        work.into_iter()
+            .map(|(ns, item)| {
+                setns(&ns, CloneFlags::CLONE_NEWNET).context("cannot enter the network namespace (setns)")?;
+                f(item)
+            })
+            .collect()
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        (0..count)
+            .map(|_| Err(Error::failed("a namespace thread panicked")))
+            .collect()
+    })
+}
+
 /// Runs `f` on a fresh thread that has joined the namespace `ns`, and
 /// returns its result. The calling thread never changes namespace.
 pub fn run_in<T: Send + 'static>(ns: &OwnedFd, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -51,20 +51,24 @@
 //! messages.
 
 use std::collections::BTreeSet;
+use std::hash::Hasher;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 
 use nftables::batch::Batch;
 use nftables::expr::{Expression, MetaKey, NamedExpression};
 use nftables::schema::{Chain, Counter, NfListObject, Nftables, Set, SetType, SetTypeValue, Table};
 use nftables::stmt::{Counter as NamedCounter, Operator, Reject, RejectType, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};
+use serde::{Deserialize, Serialize};
 
 use super::host::neighbour_discovery;
 use super::{
     accept, batch_as_listing, counter, drop, listed, matches, meta, payload, replies, rule, rules_of,
     set_ref, string, Session, ALLOW4_SET, ALLOW6_SET, FAMILY, PRIO_FILTER, TABLE,
 };
-use crate::error::Result;
+use crate::error::{Context, Result};
+use crate::net::nft_generation;
 use crate::plan::{GatePlan, GATE_EGRESS_LINK, GATE_INTERNAL_LINK};
 
 /// The set of the gate's listen ports.
@@ -99,6 +103,14 @@ pub struct GateTable {
     pub allowed: BTreeSet<SocketAddr>,
 }
 
+/// The inode of the calling thread's network namespace.
+fn current_netns_inode() -> Result<u64> {
+    let path = "/proc/thread-self/ns/net";
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("cannot stat {path}"))?
+        .ino())
+}
+
 /// What [`GateTable::survey`] found in a gate netns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableState {
@@ -108,6 +120,24 @@ pub enum TableState {
     Differs,
     /// Exactly the table gatectl applies.
     Intact,
+}
+
+/// What [`GateTable::apply`] left in a gate netns, kept with the gate's
+/// record: with it, one `NFT_MSG_GETGEN` request tells that nobody changed
+/// that netns's ruleset since (the generation moves at every commit there,
+/// whoever makes it), where a listing costs libnftables' cache and a JSON
+/// document. `gatectl check` and `reconcile` list only the tables whose
+/// seal no longer holds, which keeps them fast at thousands of gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSeal {
+    /// The inode of the gate netns the table was applied in (a new netns of
+    /// the same name has another).
+    pub netns: u64,
+    /// That netns's nftables generation right after the table was applied.
+    pub generation: u32,
+    /// FNV-1a of the batch that was applied, so a gatectl that builds the
+    /// table otherwise (an upgrade) does not take the old one for its own.
+    pub digest: u64,
 }
 
 impl GateTable {
@@ -125,10 +155,42 @@ impl GateTable {
 
     /// Replaces the table in the calling thread's network namespace (a
     /// thread that joined the gate netns), in one atomic batch: there is
-    /// no moment without it once it exists.
-    pub fn apply(&self) -> Result<()> {
+    /// no moment without it once it exists. Returns the seal to keep.
+    pub fn apply(&self) -> Result<TableSeal> {
         let context = format!("could not set up the nftables table `inet {TABLE}` in the gate netns");
-        Session::open(&context)?.apply(&self.batch(), context)
+        Session::open(&context)?.apply(&self.batch(), context)?;
+        Ok(TableSeal {
+            netns: current_netns_inode()?,
+            generation: nft_generation::current()?,
+            digest: self.digest(),
+        })
+    }
+
+    /// Whether the calling thread's network namespace still holds exactly
+    /// what the `apply` that gave `seal` left: the same netns, no commit
+    /// since, and this very table. `false` says "list it to know".
+    pub fn sealed(&self, seal: Option<&TableSeal>) -> Result<bool> {
+        let Some(seal) = seal else {
+            return Ok(false);
+        };
+        Ok(seal.digest == self.digest()
+            && seal.netns == current_netns_inode()?
+            && seal.generation == nft_generation::current()?)
+    }
+
+    /// [`survey`](Self::survey), skipped when `seal` still holds.
+    pub fn survey_sealed(&self, seal: Option<&TableSeal>) -> Result<TableState> {
+        if self.sealed(seal)? {
+            return Ok(TableState::Intact);
+        }
+        self.survey()
+    }
+
+    /// FNV-1a of the batch [`apply`](Self::apply) sends.
+    fn digest(&self) -> u64 {
+        let mut hasher = fnv::FnvHasher::default();
+        hasher.write(&serde_json::to_vec(&self.batch()).unwrap_or_default());
+        hasher.finish()
     }
 
     /// How the table in the calling thread's network namespace compares

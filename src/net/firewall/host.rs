@@ -137,13 +137,23 @@ impl Firewall {
         Session::open(&gate_context(gate))?.apply(&batch.to_nftables(), gate_context(gate))
     }
 
-    /// Adds this gate's allowlist to the existing table, leaving the base
-    /// chains alone (no host lock needed). Fails if the table or its sets
-    /// are missing.
-    pub fn add_elements(&self, gate: &GateRules) -> Result<()> {
+    /// Adds these gates' allowlists to the existing table in one atomic
+    /// batch, leaving the base chains alone (no host lock needed). Fails if
+    /// the table or its sets are missing. Nothing to add is success.
+    pub fn add_elements(&self, gates: &[GateRules]) -> Result<()> {
         let mut batch = Batch::new();
-        add_elements(&mut batch, gate)?;
-        Session::open(&gate_context(gate))?.apply(&batch.to_nftables(), gate_context(gate))
+        for gate in gates {
+            add_elements(&mut batch, gate)?;
+        }
+        let context = match gates {
+            [] => return Ok(()),
+            [gate] => gate_context(gate),
+            _ => format!(
+                "could not add the allowlists of {} gate links to the nftables table `inet {TABLE}`",
+                gates.len()
+            ),
+        };
+        Session::open(&context)?.apply(&batch.to_nftables(), context)
     }
 
     /// Removes every element of the allowlist sets whose interface is
