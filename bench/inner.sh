@@ -366,9 +366,12 @@ scale() {
   : > /tmp/each-start
   t=$(now_ns)
   for i in $(seq 0 $((scale - 2))); do
+    # where systemd (PID 1) spends its time during the last starts
+    (( i == scale - window - 1 )) && pid1_profile_begin start
     t1=$(now_ns); gatectl start s$i >/dev/null; ms_since "$t1" >> /tmp/each-start
     for c in $checkpoints; do [[ $((i + 1)) == "$c" ]] && SNAPS+=("$(snapshot "$c")"); done
   done
+  pid1_profile_end
   # the last start, traced: where a start's time goes with many gates up
   t1=$(now_ns)
   strace -f -c -o /tmp/start-last.strace gatectl start s$((scale - 1)) >/dev/null
@@ -456,8 +459,31 @@ host_wide_commands() { # each host-wide command with all gates up, median of $li
   SCALE[list_n]=$(gatectl list | grep -c running || true)
   # the forwarding state must be whole again after the flushes
   gatectl check > /tmp/check-after-flush 2>&1 || log "check after the flushes: $(grep -v '^ok' /tmp/check-after-flush | head -3)"
-  # where check's time goes at this scale
+  # where check's time goes at this scale: its own system calls, and systemd
   strace -f -c -o /tmp/check.strace gatectl check >/dev/null 2>&1 || true
+  pid1_profile_begin check
+  gatectl check >/dev/null 2>&1 || true
+  pid1_profile_end
+}
+
+PID1_PERF=
+pid1_profile_begin() { # NAME: samples systemd (PID 1) until pid1_profile_end
+  command -v perf >/dev/null || return 0
+  perf record -q -g -p 1 -o "/tmp/pid1-$1.data" 2>/dev/null &
+  PID1_PERF="$! $1"
+  sleep 0.2
+}
+
+pid1_profile_end() { # writes the top symbols to /tmp/pid1-NAME.top
+  [[ -n $PID1_PERF ]] || return 0
+  local pid name
+  read -r pid name <<<"$PID1_PERF"
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  PID1_PERF=
+  perf report -i "/tmp/pid1-$name.data" --no-children --sort dso,sym -g none 2>/dev/null |
+    grep '%' | head -n 10 | cut -c1-110 > "/tmp/pid1-$name.top" || true
+  perf report -i "/tmp/pid1-$name.data" --stdio --header-only 2>/dev/null |
+    awk '/sample duration/ {print}' >> "/tmp/pid1-$name.top" || true
 }
 
 unit_memory() { # KiB, from systemd's MemoryCurrent
@@ -559,6 +585,18 @@ report() {
     echo
     echo '```'
     head -n 12 /tmp/check.strace 2>/dev/null || echo "(strace unavailable)"
+    echo '```'
+    echo
+    echo "systemd (PID 1) while \`gatectl check\` runs at this scale (perf record -g -p 1, top symbols by own samples):"
+    echo
+    echo '```'
+    cat /tmp/pid1-check.top 2>/dev/null || echo "(perf unavailable)"
+    echo '```'
+    echo
+    echo "systemd (PID 1) during the last ${SCALE[window]} starts (perf record -g -p 1, top symbols by own samples):"
+    echo
+    echo '```'
+    cat /tmp/pid1-start.top 2>/dev/null || echo "(perf unavailable)"
     echo '```'
     echo
     echo "### What an idle gate costs (snapshots of the throwaway host)"
