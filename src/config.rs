@@ -48,6 +48,12 @@ pub struct Settings {
     pub max_connections: u32,
     /// Timeout of each connect attempt to an upstream, in seconds.
     pub connect_timeout_secs: u32,
+    /// `start` has systemd start the gate's forwarder at once, without
+    /// waiting for it, so the first connection finds it running.
+    pub forwarder_prestart: bool,
+    /// A forwarder with no connection for this many seconds exits; systemd
+    /// starts it again at the next connection. 0: it never exits for that.
+    pub forwarder_idle_secs: u32,
     /// Whether an upstream may be a link-local address (169.254.0.0/16,
     /// fe80::/10), where cloud metadata services live. Off by default.
     pub allow_link_local: bool,
@@ -74,6 +80,8 @@ impl Default for Settings {
             forwarder_binary: PathBuf::from(FORWARDER_BINARIES[0]),
             max_connections: 256,
             connect_timeout_secs: 10,
+            forwarder_prestart: true,
+            forwarder_idle_secs: 60,
             allow_link_local: false,
             dns_refresh_min_secs: 30,
             dns_refresh_max_secs: 3600,
@@ -227,6 +235,12 @@ impl Settings {
         let floor = Duration::from_secs(self.dns_refresh_min_secs.into());
         let ceiling = Duration::from_secs(self.dns_refresh_max_secs.into());
         ttl.clamp(floor, ceiling)
+    }
+
+    /// How long a forwarder stays without connections before it exits;
+    /// `None` when it never exits for that.
+    pub fn forwarder_idle(&self) -> Option<Duration> {
+        (self.forwarder_idle_secs > 0).then(|| Duration::from_secs(self.forwarder_idle_secs.into()))
     }
 
     /// The connect timeout as a duration.

@@ -464,6 +464,17 @@ impl Systemd {
         started(watch, name, job).await
     }
 
+    /// Asks systemd to start unit `name` and returns once the job is queued,
+    /// without waiting for it. Mode `fail`: a stop job queued for the unit
+    /// is not replaced.
+    pub async fn queue_start(&self, name: &str) -> Result<()> {
+        self.manager
+            .start_unit(name, "fail")
+            .await
+            .map(drop)
+            .with_context(|| format!("cannot start {name}"))
+    }
+
     /// Sends `signal` to the main process of unit `name`.
     pub async fn signal_main(&self, name: &str, signal: i32) -> Result<()> {
         self.manager

@@ -389,7 +389,12 @@ async fn settle_gate_netns(plan: &GatePlan, gate_ns: &OwnedFd) -> Result<()> {
 
 /// Starts the gate's socket unit, with its service defined in the same
 /// call, after making sure the hardening drop-in is in place and writing
-/// the forwarder's routes file (removed with the record).
+/// the forwarder's routes file (removed with the record). With
+/// `forwarder_prestart`, then queues the start of the forwarder without
+/// waiting for it: its sandbox is set up while the agent gets ready, so the
+/// first connection need not wait for it. That start is an optimisation
+/// only: if it cannot be queued, the socket unit still starts the forwarder
+/// at the first connection, so the start goes on.
 async fn start_units(systemd: &Systemd, plan: &GatePlan, settings: &crate::config::Settings) -> Result<()> {
     unit::ensure_hardening_dropin()?;
     let routes = RoutesFile {
@@ -400,7 +405,13 @@ async fn start_units(systemd: &Systemd, plan: &GatePlan, settings: &crate::confi
     let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
     let service = unit::properties(plan, settings);
     let aux = [(plan.unit.as_str(), service.as_slice())];
-    systemd.start_transient(&socket_unit, &socket, &aux).await
+    systemd.start_transient(&socket_unit, &socket, &aux).await?;
+    if settings.forwarder_prestart {
+        if let Err(e) = systemd.queue_start(&plan.unit).await {
+            eprintln!("gatectl: note: {e}; the forwarder will start at the gate's first connection instead");
+        }
+    }
+    Ok(())
 }
 
 /// Creates the gate's two veth pairs, each outer end with its device group
