@@ -20,12 +20,13 @@ smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 lists=2 profile=1 profil
 *) echo "usage: $0 full|smoke RESULTS_MD" >&2; exit 2 ;;
 esac
 
-UP=10.99.2.1          # upstream netns: iperf3 :5201, nginx :80, sshd-less
+UP=10.99.2.1          # upstream netns: iperf3 :5201, nginx :80, sshd :2222
 GATE=10.231.0.1       # the bench gate's internal address (first gate)
 
 log() { printf '[bench %(%T)T] %s\n' -1 "$*" >&2; }
 now_ns() { date +%s%N; }
 ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
+mkfifo /tmp/nap && exec {nap_fd}<>/tmp/nap # never written: a read with -t of it sleeps
 # percentile P of the numbers on stdin (nearest rank)
 pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {if (NR==0) {print "n/a"; exit}; i=int((p*NR+99)/100); if (i<1) i=1; print a[i]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 > 0 && a+0 > 0) printf "%.2fx", a/b; else print "n/a" }'; }
@@ -55,6 +56,13 @@ http {
 }
 EOF
   ip netns exec up nginx -c /tmp/nginx/nginx.conf
+  # an sshd of the bench's own, for the first SSH banner through a new gate
+  mkdir -p -m 0700 /tmp/sshd && mkdir -p -m 0755 /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -C bench -f /tmp/sshd/host_key
+  printf '%s\n' "ListenAddress $UP:2222" "HostKey /tmp/sshd/host_key" "PidFile /tmp/sshd/sshd.pid" \
+    "UsePAM no" "PasswordAuthentication no" "KbdInteractiveAuthentication no" "UseDNS no" \
+    "MaxStartups 100:30:200" > /tmp/sshd/sshd_config
+  ip netns exec up /usr/sbin/sshd -f /tmp/sshd/sshd_config -E /tmp/sshd/sshd.log
   for ns in agent dagent; do
     ip netns add $ns
     ip -n $ns link set lo up
@@ -91,7 +99,12 @@ Host = "http"
 Hostname = "$UP"
 Port = 80
 EOF
+  # The traffic rows strace and perf the bench gate's forwarder between
+  # rounds: it must not exit for being idle meanwhile.
+  mkdir -p /etc/gatectl
+  echo "forwarder_idle_secs = 0" > /etc/gatectl/gatectl.toml
   gatectl start bench >/dev/null
+  rm /etc/gatectl/gatectl.toml # the defaults from here on
   local netns=/run/netns/gate-bench
   # The gate netns's own table admits the agent to gatectl's listen ports
   # only: admit it to the comparison forwarders' ports below and those of
@@ -114,6 +127,7 @@ EOF
   for port in 30000 30001 31000 31001 32000 32001 34001; do wait_listen gate-bench $port; done
   wait_listen up 5201
   wait_listen up 80
+  wait_listen up 2222
 }
 
 wait_listen() { # NETNS PORT: waits until something listens on PORT in NETNS
@@ -275,21 +289,43 @@ Host = "up"
 Hostname = "$UP"
 Port = 80
 EOF
-  local t i
-  : > /tmp/g-start; : > /tmp/g-stop; : > /tmp/s-start; : > /tmp/s-stop
+  printf '[[ssh]]\nHost = "up"\nHostname = "%s"\nPort = 2222\n' $UP > /etc/gatectl/bottles/cold.toml
+  local t i started tries
+  local f files=(g-start g-stop s-start s-stop n-start n-stop g-banner n-banner s-banner s-tries)
+  for f in "${files[@]}"; do : > /tmp/$f; done
   for i in $(seq "$cycles"); do
     t=$(now_ns); gatectl start lat >/dev/null; ms_since "$t" >> /tmp/g-start
     t=$(now_ns); gatectl stop lat >/dev/null; ms_since "$t" >> /tmp/g-stop
     t=$(now_ns); "$here/shellgate" start lat 1 $UP 80; ms_since "$t" >> /tmp/s-start
     t=$(now_ns); "$here/shellgate" stop lat 1 $UP 80; ms_since "$t" >> /tmp/s-stop
+    # the same with the forwarder started at the first connection (as
+    # before forwarder_prestart)
+    echo "forwarder_prestart = false" > /etc/gatectl/gatectl.toml
+    t=$(now_ns); gatectl start lat >/dev/null; ms_since "$t" >> /tmp/n-start
+    t=$(now_ns); gatectl stop lat >/dev/null; ms_since "$t" >> /tmp/n-stop
+    # cold gate to first SSH banner: start, then the first identification
+    # line of the upstream's sshd through the gate
+    t=$(now_ns); started=$(gatectl start cold); first_banner "$(gate_address "$started")" >/dev/null
+    ms_since "$t" >> /tmp/n-banner
+    gatectl stop cold >/dev/null
+    rm /etc/gatectl/gatectl.toml
+    t=$(now_ns); started=$(gatectl start cold); first_banner "$(gate_address "$started")" >/dev/null
+    ms_since "$t" >> /tmp/g-banner
+    gatectl stop cold >/dev/null
+    # the script's socat may not listen yet when systemd-run returns: the
+    # client tries again until the banner comes (the attempts are counted)
+    t=$(now_ns); "$here/shellgate" start cold 2 $UP 2222; tries=$(first_banner 10.97.0.5)
+    ms_since "$t" >> /tmp/s-banner; echo "$tries" >> /tmp/s-tries
+    "$here/shellgate" stop cold 2 $UP 2222
   done
   declare -gA LAT
-  local f
-  for f in g-start g-stop s-start s-stop; do
+  for f in "${files[@]}"; do
     LAT[$f,50]=$(pct 50 < /tmp/$f)
     LAT[$f,90]=$(pct 90 < /tmp/$f)
   done
+  LAT[s-tries,max]=$(pct 100 < /tmp/s-tries)
   log "gatectl start p50 ${LAT[g-start,50]} ms, stop p50 ${LAT[g-stop,50]} ms; script start p50 ${LAT[s-start,50]} ms, stop p50 ${LAT[s-stop,50]} ms"
+  log "start to first banner p50: gatectl ${LAT[g-banner,50]} ms (without prestart ${LAT[n-banner,50]} ms), script ${LAT[s-banner,50]} ms"
   # where a start's time goes: wall time per system call of one start
   strace -f -c -o /tmp/start.strace gatectl start lat >/dev/null 2>&1 || true
   gatectl stop lat >/dev/null
@@ -317,6 +353,28 @@ EOF
   gatectl stop lat >/dev/null
 }
 
+gate_address() { # "gate NAME running: N upstream(s) on ADDR ports ..." -> ADDR
+  [[ $1 =~ \ on\ ([0-9.]+)\ ports ]] && echo "${BASH_REMATCH[1]}"
+}
+
+first_banner() { # ADDR: connects to ADDR:30000 until the SSH identification line
+  # arrives (a refused connection is tried again after 1 ms); prints the
+  # number of connection attempts
+  local tries=0 line fd
+  while (( tries < 5000 )); do
+    tries=$((tries + 1))
+    if exec {fd}<>"/dev/tcp/$1/30000"; then
+      line=
+      IFS= read -r -t 5 line <&$fd || true
+      exec {fd}<&-
+      if [[ $line == SSH-2.0-* ]]; then echo $tries; return 0; fi
+    fi 2>/dev/null
+    read -r -t 0.001 -u $nap_fd || true
+  done
+  echo "no SSH banner from $1:30000 after $tries attempts" >&2
+  return 1
+}
+
 http_get() { # ADDR: one HTTP request to ADDR:30000, waits for the reply
   timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/30000"; printf "GET / HTTP/1.0\r\n\r\n" >&3; cat <&3 >/dev/null' _ "$1"
 }
@@ -328,6 +386,11 @@ scale() {
     printf '[[ssh]]\nHost = "http"\nHostname = "%s"\nPort = 80\n' $UP > /etc/gatectl/bottles/s$i.toml
   done
   declare -gA SCALE
+  # start runs each forwarder at once (forwarder_prestart); a short idle
+  # period shows them gone again within the run
+  local idle_secs=5
+  echo "forwarder_idle_secs = $idle_secs" > /etc/gatectl/gatectl.toml
+  SCALE[idle_secs]=$idle_secs
   log "starting $scale gates one after another"
   local t
   t=$(now_ns)
@@ -347,7 +410,12 @@ scale() {
 
   # a gate with no connection yet has no forwarder process: only its socket
   # unit, whose sockets systemd holds
-  SCALE[idle_forwarders]=$(systemctl list-units --plain --no-legend --state=running 'gate-s*.service' | wc -l)
+  running_forwarders() { systemctl list-units --plain --no-legend --state=running 'gate-s*.service' | wc -l; }
+  SCALE[started_forwarders]=$(running_forwarders)
+  # an idle gate costs no process: with no connection, each forwarder has
+  # exited once forwarder_idle_secs passed since its start
+  sleep $((idle_secs + 2))
+  SCALE[idle_forwarders]=$(running_forwarders)
   # memory of idle forwarders: started by one request each, then idle
   : > /tmp/mem-idle; : > /tmp/rss-idle
   local sample=$(( scale < 20 ? scale : 20 )) a
@@ -459,6 +527,18 @@ report() {
     echo "| gatectl stop | ${LAT[g-stop,50]} | ${LAT[g-stop,90]} | $(ratio "${LAT[s-stop,50]}" "${LAT[g-stop,50]}") |"
     echo "| shell script start | ${LAT[s-start,50]} | ${LAT[s-start,90]} | |"
     echo "| shell script stop | ${LAT[s-stop,50]} | ${LAT[s-stop,90]} | |"
+    echo "| gatectl start, forwarder_prestart = false | ${LAT[n-start,50]} | ${LAT[n-start,90]} | $(ratio "${LAT[s-start,50]}" "${LAT[n-start,50]}") |"
+    echo "| gatectl stop, forwarder_prestart = false | ${LAT[n-stop,50]} | ${LAT[n-stop,90]} | $(ratio "${LAT[s-stop,50]}" "${LAT[n-stop,50]}") |"
+    echo
+    echo "### Cold gate to first SSH banner ($cycles cycles)"
+    echo
+    echo "From the beginning of the start until the upstream sshd's identification line arrives through the new gate."
+    echo
+    echo "| | p50 ms | p90 ms | script p50 ÷ p50 |"
+    echo "| --- | ---: | ---: | ---: |"
+    echo "| gatectl start to first banner | ${LAT[g-banner,50]} | ${LAT[g-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[g-banner,50]}") |"
+    echo "| gatectl start to first banner, forwarder_prestart = false | ${LAT[n-banner,50]} | ${LAT[n-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[n-banner,50]}") |"
+    echo "| shell script start to first banner (connection attempts: p50 ${LAT[s-tries,50]}, max ${LAT[s-tries,max]}) | ${LAT[s-banner,50]} | ${LAT[s-banner,90]} | |"
     echo
     echo "### Scale ($scale gates)"
     echo
@@ -469,7 +549,8 @@ report() {
     echo "| stop them one after another | ${SCALE[seq_stop]} ms |"
     echo "| start $scale gates 8 at a time | ${SCALE[par_start]} ms (${SCALE[par_n]} running) |"
     echo "| stop them 8 at a time | ${SCALE[par_stop]} ms |"
-    echo "| forwarders running before any connection ($scale gates up) | ${SCALE[idle_forwarders]} |"
+    echo "| forwarders running right after the last start, before any connection (forwarder_prestart) | ${SCALE[started_forwarders]} |"
+    echo "| forwarders running with no connection, $((SCALE[idle_secs] + 2)) s after the last start (forwarder_idle_secs = ${SCALE[idle_secs]}; $scale gates up) | ${SCALE[idle_forwarders]} |"
     echo "| idle forwarder after one request, MemoryCurrent (median of $(wc -l < /tmp/mem-idle)) | ${SCALE[mem_idle]} KiB |"
     echo "| idle forwarder after one request, VmRSS (median) | ${SCALE[rss_idle]} KiB |"
     echo "| forwarder with 10 open sessions, MemoryCurrent | ${SCALE[mem_10]} KiB |"
