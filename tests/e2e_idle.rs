@@ -132,7 +132,7 @@ fn an_open_connection_and_a_port_added_by_reload_keep_the_forwarder() {
     let pid = main_pid(&host, FORWARDER);
 
     // A connection held open (sshd waits for the client's identification)
-    // for three idle periods keeps the forwarder.
+    // for three idle periods keeps the forwarder running and accepting.
     let holder = host
         .command(&[
             "ip",
@@ -149,14 +149,24 @@ fn an_open_connection_and_a_port_added_by_reload_keep_the_forwarder() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("run the holder");
-    let held = common::finish_within(holder, "the held connection", Duration::from_secs(30));
-    assert!(held.status.success(), "{}", text(&held));
-    assert!(String::from_utf8_lossy(&held.stdout).starts_with("SSH-2.0-"));
+    thread::sleep(Duration::from_secs(2 * IDLE_SECS + 1));
+    assert_eq!(
+        host.run_ok(&["systemctl", "is-active", FORWARDER]).trim(),
+        "active",
+        "the forwarder is leaving with a connection open"
+    );
     assert_eq!(
         main_pid(&host, FORWARDER),
         pid,
-        "the forwarder exited (or restarted) with a connection open"
+        "the forwarder exited with a connection open"
     );
+    assert!(
+        banner(&host, 30000).starts_with("SSH-2.0-"),
+        "a new connection meanwhile"
+    );
+    let held = common::finish_within(holder, "the held connection", Duration::from_secs(30));
+    assert!(held.status.success(), "{}", text(&held));
+    assert!(String::from_utf8_lossy(&held.stdout).starts_with("SSH-2.0-"));
     // Closed: it exits once idle.
     assert_eq!(
         wait_unit_state(&host, FORWARDER, "inactive", Duration::from_secs(IDLE_SECS + 5)),
