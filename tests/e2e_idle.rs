@@ -29,6 +29,12 @@ fn banner(host: &common::TestHost, port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// What `systemctl is-active` says of the forwarder.
+fn is_active(host: &common::TestHost) -> String {
+    let out = host.exec(&["systemctl", "is-active", FORWARDER]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn manifest(entries: &[&str]) -> String {
     let mut text = String::from("agent_netns = \"agent\"\n");
     for alias in entries {
@@ -95,10 +101,7 @@ fn start_runs_the_forwarder_which_exits_when_idle_and_comes_back_at_the_next_con
 
     // The next connection starts it again: the banner, then a real session.
     assert!(banner(&host, 30000).starts_with("SSH-2.0-"));
-    assert_eq!(
-        host.run_ok(&["systemctl", "is-active", FORWARDER]).trim(),
-        "active"
-    );
+    assert_eq!(is_active(&host), "active");
     let out = ssh_via_gate(&host, &sshd, "alice", Some("agent"), "echo through-again");
     assert!(
         out.as_deref().is_ok_and(|o| o.contains("through-again")),
@@ -151,7 +154,7 @@ fn an_open_connection_and_a_port_added_by_reload_keep_the_forwarder() {
         .expect("run the holder");
     thread::sleep(Duration::from_secs(2 * IDLE_SECS + 1));
     assert_eq!(
-        host.run_ok(&["systemctl", "is-active", FORWARDER]).trim(),
+        is_active(&host),
         "active",
         "the forwarder is leaving with a connection open"
     );
@@ -183,10 +186,7 @@ fn an_open_connection_and_a_port_added_by_reload_keep_the_forwarder() {
         0o644,
     );
     gatectl_ok(&host, &["reload", "alice"]);
-    assert_eq!(
-        host.run_ok(&["systemctl", "is-active", FORWARDER]).trim(),
-        "active"
-    );
+    assert_eq!(is_active(&host), "active");
     let pid = main_pid(&host, FORWARDER);
     thread::sleep(Duration::from_secs(3 * IDLE_SECS));
     assert_eq!(
