@@ -15,6 +15,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatectl/gatectl.toml";
 /// First listen port of a gate; entry i listens on `base_port + i`.
 pub const BASE_LISTEN_PORT: u16 = 30000;
 
+/// The shortest idle period a forwarder may exit after: it then starts at
+/// most three times in systemd's default start-limit interval (10 s; five
+/// starts are allowed), leaving room for a restart after a failure.
+pub const MIN_FORWARDER_IDLE_SECS: u32 = 5;
+
 /// Where the forwarder binary is looked for, in order, when the settings
 /// file does not set `forwarder_binary`: the Debian package's path, then a
 /// hand install's. The first is also the default when neither exists.
@@ -183,6 +188,13 @@ impl Settings {
         if self.connect_timeout_secs == 0 {
             return Err("connect_timeout_secs must be at least 1".into());
         }
+        if (1..MIN_FORWARDER_IDLE_SECS).contains(&self.forwarder_idle_secs) {
+            return Err(format!(
+                "forwarder_idle_secs must be 0 (never exit) or at least {MIN_FORWARDER_IDLE_SECS}: a forwarder \
+                 that exits and starts again more often could reach systemd's start limit (5 starts in 10 s), \
+                 which fails the gate's socket unit"
+            ));
+        }
         if !self.forwarder_binary.is_absolute() {
             return Err("forwarder_binary must be an absolute path".into());
         }
@@ -317,6 +329,10 @@ mod tests {
                 "egress_pool6 fd23:1:2::/127 is too small",
             ),
             ("bogus = 1", "unknown field `bogus`"),
+            (
+                "forwarder_idle_secs = 4",
+                "forwarder_idle_secs must be 0 (never exit) or at least 5",
+            ),
             (
                 "dns_refresh_min_secs = 0",
                 "dns_refresh_min_secs (0) must be at least 1",

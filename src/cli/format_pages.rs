@@ -72,7 +72,8 @@ pub const SETTINGS: [(&str, &str); 16] = [
         "A forwarder with no connection open or accepted for this many seconds exits, and systemd \
          starts it again at the next connection: an idle gate costs no process. A forwarder that \
          listens on a port gatectl reload added stays, since that port is its own socket. 0: \
-         forwarders never exit for being idle.",
+         forwarders never exit for being idle; otherwise at least 5, so that a forwarder cannot reach \
+         systemd's start limit (5 starts in 10 s) by exiting and starting again.",
     ),
     (
         "allow_link_local",
