@@ -387,13 +387,20 @@ impl Systemd {
     /// Starts transient unit `unit` with `properties`, defining the
     /// auxiliary units `aux` (name, properties) in the same call, and waits
     /// until the start job of `unit` finishes. For a socket unit that is
-    /// when it listens; its service is started at the first connection.
+    /// when it listens; its service is started at the first connection,
+    /// or, given as `then_queue`, right away: its start is queued (see
+    /// [`Systemd::queue_start`]) while the socket's job runs, and systemd
+    /// runs it once the socket listens (a service is ordered after its
+    /// socket). A failure to queue it is returned as the `Ok` value's
+    /// error, for the caller to report: the socket starts it at the first
+    /// connection anyway.
     pub async fn start_transient(
         &self,
         unit: &str,
         properties: &[Property],
         aux: &[(&str, &[Property])],
-    ) -> Result<()> {
+        then_queue: Option<&str>,
+    ) -> Result<Option<Error>> {
         let values = |props: &[Property]| -> Vec<(&'static str, Value<'static>)> {
             props.iter().map(|p| (p.name, p.value.to_value())).collect()
         };
@@ -411,7 +418,11 @@ impl Systemd {
             .during(self.manager.start_transient_unit(unit, "fail", &main, &aux_refs))
             .await?
             .with_context(|| format!("cannot start {unit}"))?;
-        started(watch, unit, job).await
+        let mut queued = None;
+        if let Some(then) = then_queue {
+            queued = watch.during(self.queue_start(then)).await?.err();
+        }
+        started(watch, unit, job).await.map(|()| queued)
     }
 
     /// Stops `units` at once and waits for them all; a unit that does not

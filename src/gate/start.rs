@@ -390,7 +390,8 @@ async fn settle_gate_netns(plan: &GatePlan, gate_ns: &OwnedFd) -> Result<()> {
 /// Starts the gate's socket unit, with its service defined in the same
 /// call, after making sure the hardening drop-in is in place and writing
 /// the forwarder's routes file (removed with the record). With
-/// `forwarder_prestart`, then queues the start of the forwarder without
+/// `forwarder_prestart`, also queues the start of the forwarder (while the
+/// socket's job runs; systemd runs it once the socket listens) without
 /// waiting for it: its sandbox is set up while the agent gets ready, so the
 /// first connection need not wait for it. That start is an optimisation
 /// only: if it cannot be queued, the socket unit still starts the forwarder
@@ -405,11 +406,12 @@ async fn start_units(systemd: &Systemd, plan: &GatePlan, settings: &crate::confi
     let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
     let service = unit::properties(plan, settings);
     let aux = [(plan.unit.as_str(), service.as_slice())];
-    systemd.start_transient(&socket_unit, &socket, &aux).await?;
-    if settings.forwarder_prestart {
-        if let Err(e) = systemd.queue_start(&plan.unit).await {
-            eprintln!("gatectl: note: {e}; the forwarder will start at the gate's first connection instead");
-        }
+    let prestart = settings.forwarder_prestart.then_some(plan.unit.as_str());
+    if let Some(e) = systemd
+        .start_transient(&socket_unit, &socket, &aux, prestart)
+        .await?
+    {
+        eprintln!("gatectl: note: {e}; the forwarder will start at the gate's first connection instead");
     }
     Ok(())
 }
