@@ -291,7 +291,7 @@ Port = 80
 EOF
   printf '[[ssh]]\nHost = "up"\nHostname = "%s"\nPort = 2222\n' $UP > /etc/gatectl/bottles/cold.toml
   local t i started tries
-  local f files=(g-start g-stop s-start s-stop n-start n-stop g-banner n-banner s-banner s-tries)
+  local f files=(g-start g-stop s-start s-stop n-start n-stop g-banner n-banner s-banner s-tries g-late n-late s-late)
   for f in "${files[@]}"; do : > /tmp/$f; done
   for i in $(seq "$cycles"); do
     t=$(now_ns); gatectl start lat >/dev/null; ms_since "$t" >> /tmp/g-start
@@ -308,14 +308,20 @@ EOF
     t=$(now_ns); started=$(gatectl start cold); first_banner "$(gate_address "$started")" >/dev/null
     ms_since "$t" >> /tmp/n-banner
     gatectl stop cold >/dev/null
+    late_banner n-late "$(gatectl start cold)"
+    gatectl stop cold >/dev/null
     rm /etc/gatectl/gatectl.toml
     t=$(now_ns); started=$(gatectl start cold); first_banner "$(gate_address "$started")" >/dev/null
     ms_since "$t" >> /tmp/g-banner
+    gatectl stop cold >/dev/null
+    late_banner g-late "$(gatectl start cold)"
     gatectl stop cold >/dev/null
     # the script's socat may not listen yet when systemd-run returns: the
     # client tries again until the banner comes (the attempts are counted)
     t=$(now_ns); "$here/shellgate" start cold 2 $UP 2222; tries=$(first_banner 10.97.0.5)
     ms_since "$t" >> /tmp/s-banner; echo "$tries" >> /tmp/s-tries
+    "$here/shellgate" stop cold 2 $UP 2222
+    "$here/shellgate" start cold 2 $UP 2222; late_banner s-late "on 10.97.0.5 ports"
     "$here/shellgate" stop cold 2 $UP 2222
   done
   declare -gA LAT
@@ -355,6 +361,14 @@ EOF
 
 gate_address() { # "gate NAME running: N upstream(s) on ADDR ports ..." -> ADDR
   [[ $1 =~ \ on\ ([0-9.]+)\ ports ]] && echo "${BASH_REMATCH[1]}"
+}
+
+late_banner() { # FILE STARTED: an agent that connects 100 ms after its gate
+  # started (as one started after its gate would): adds its wait for the
+  # first banner to /tmp/FILE
+  read -r -t 0.1 -u $nap_fd || true
+  local t
+  t=$(now_ns); first_banner "$(gate_address "$2")" >/dev/null; ms_since "$t" >> /tmp/$1
 }
 
 first_banner() { # ADDR: connects to ADDR:30000 until the SSH identification line
@@ -539,6 +553,9 @@ report() {
     echo "| gatectl start to first banner | ${LAT[g-banner,50]} | ${LAT[g-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[g-banner,50]}") |"
     echo "| gatectl start to first banner, forwarder_prestart = false | ${LAT[n-banner,50]} | ${LAT[n-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[n-banner,50]}") |"
     echo "| shell script start to first banner (connection attempts: p50 ${LAT[s-tries,50]}, max ${LAT[s-tries,max]}) | ${LAT[s-banner,50]} | ${LAT[s-banner,90]} | |"
+    echo "| agent connecting 100 ms after gatectl start: its wait for the banner | ${LAT[g-late,50]} | ${LAT[g-late,90]} | $(ratio "${LAT[s-late,50]}" "${LAT[g-late,50]}") |"
+    echo "| the same, forwarder_prestart = false | ${LAT[n-late,50]} | ${LAT[n-late,90]} | $(ratio "${LAT[s-late,50]}" "${LAT[n-late,50]}") |"
+    echo "| the same through the shell script's gate | ${LAT[s-late,50]} | ${LAT[s-late,90]} | |"
     echo
     echo "### Scale ($scale gates)"
     echo
