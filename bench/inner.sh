@@ -321,7 +321,7 @@ EOF
     t=$(now_ns); "$here/shellgate" start cold 2 $UP 2222; tries=$(first_banner 10.97.0.5)
     ms_since "$t" >> /tmp/s-banner; echo "$tries" >> /tmp/s-tries
     "$here/shellgate" stop cold 2 $UP 2222
-    "$here/shellgate" start cold 2 $UP 2222; late_banner s-late "on 10.97.0.5 ports"
+    "$here/shellgate" start cold 2 $UP 2222; late_banner s-late "gate cold on 10.97.0.5 ports"
     "$here/shellgate" stop cold 2 $UP 2222
   done
   declare -gA LAT
