@@ -20,12 +20,13 @@ smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 checkpoints="4" sg_scale
 *) echo "usage: $0 full|smoke RESULTS_MD" >&2; exit 2 ;;
 esac
 
-UP=10.99.2.1          # upstream netns: iperf3 :5201, nginx :80, sshd-less
+UP=10.99.2.1          # upstream netns: iperf3 :5201, nginx :80, sshd :2222
 GATE=10.231.0.1       # the bench gate's internal address (first gate)
 
 log() { printf '[bench %(%T)T] %s\n' -1 "$*" >&2; }
 now_ns() { date +%s%N; }
 ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
+mkfifo /tmp/nap && exec {nap_fd}<>/tmp/nap # never written: a read with -t of it sleeps
 # percentile P of the numbers on stdin (nearest rank)
 pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {if (NR==0) {print "n/a"; exit}; i=int((p*NR+99)/100); if (i<1) i=1; print a[i]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 > 0 && a+0 > 0) printf "%.2fx", a/b; else print "n/a" }'; }
@@ -55,6 +56,13 @@ http {
 }
 EOF
   ip netns exec up nginx -c /tmp/nginx/nginx.conf
+  # an sshd of the bench's own, for the first SSH banner through a new gate
+  mkdir -p -m 0700 /tmp/sshd && mkdir -p -m 0755 /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -C bench -f /tmp/sshd/host_key
+  printf '%s\n' "ListenAddress $UP:2222" "HostKey /tmp/sshd/host_key" "PidFile /tmp/sshd/sshd.pid" \
+    "UsePAM no" "PasswordAuthentication no" "KbdInteractiveAuthentication no" "UseDNS no" \
+    "MaxStartups 100:30:200" > /tmp/sshd/sshd_config
+  ip netns exec up /usr/sbin/sshd -f /tmp/sshd/sshd_config -E /tmp/sshd/sshd.log
   for ns in agent dagent; do
     ip netns add $ns
     ip -n $ns link set lo up
@@ -91,7 +99,12 @@ Host = "http"
 Hostname = "$UP"
 Port = 80
 EOF
+  # The traffic rows strace and perf the bench gate's forwarder between
+  # rounds: it must not exit for being idle meanwhile.
+  mkdir -p /etc/gatectl
+  echo "forwarder_idle_secs = 0" > /etc/gatectl/gatectl.toml
   gatectl start bench >/dev/null
+  rm /etc/gatectl/gatectl.toml # the defaults from here on
   local netns=/run/netns/gate-bench
   # The gate netns's own table admits the agent to gatectl's listen ports
   # only: admit it to the comparison forwarders' ports below and those of
@@ -114,6 +127,7 @@ EOF
   for port in 30000 30001 31000 31001 32000 32001 34001; do wait_listen gate-bench $port; done
   wait_listen up 5201
   wait_listen up 80
+  wait_listen up 2222
 }
 
 wait_listen() { # NETNS PORT: waits until something listens on PORT in NETNS
@@ -275,21 +289,49 @@ Host = "up"
 Hostname = "$UP"
 Port = 80
 EOF
-  local t i
-  : > /tmp/g-start; : > /tmp/g-stop; : > /tmp/s-start; : > /tmp/s-stop
+  printf '[[ssh]]\nHost = "up"\nHostname = "%s"\nPort = 2222\n' $UP > /etc/gatectl/bottles/cold.toml
+  local t i started tries
+  local f files=(g-start g-stop s-start s-stop n-start n-stop g-banner n-banner s-banner s-tries g-late n-late s-late)
+  for f in "${files[@]}"; do : > /tmp/$f; done
   for i in $(seq "$cycles"); do
     t=$(now_ns); gatectl start lat >/dev/null; ms_since "$t" >> /tmp/g-start
     t=$(now_ns); gatectl stop lat >/dev/null; ms_since "$t" >> /tmp/g-stop
     t=$(now_ns); "$here/shellgate" start lat 1 $UP 80; ms_since "$t" >> /tmp/s-start
     t=$(now_ns); "$here/shellgate" stop lat 1 $UP 80; ms_since "$t" >> /tmp/s-stop
+    # the same with the forwarder started at the first connection (as
+    # before forwarder_prestart)
+    echo "forwarder_prestart = false" > /etc/gatectl/gatectl.toml
+    t=$(now_ns); gatectl start lat >/dev/null; ms_since "$t" >> /tmp/n-start
+    t=$(now_ns); gatectl stop lat >/dev/null; ms_since "$t" >> /tmp/n-stop
+    # cold gate to first SSH banner: start, then the first identification
+    # line of the upstream's sshd through the gate
+    t=$(now_ns); started=$(gatectl start cold); first_banner "$(gate_address "$started")" >/dev/null
+    ms_since "$t" >> /tmp/n-banner
+    gatectl stop cold >/dev/null
+    late_banner n-late "$(gatectl start cold)"
+    gatectl stop cold >/dev/null
+    rm /etc/gatectl/gatectl.toml
+    t=$(now_ns); started=$(gatectl start cold); first_banner "$(gate_address "$started")" >/dev/null
+    ms_since "$t" >> /tmp/g-banner
+    gatectl stop cold >/dev/null
+    late_banner g-late "$(gatectl start cold)"
+    gatectl stop cold >/dev/null
+    # the script's socat may not listen yet when systemd-run returns: the
+    # client tries again until the banner comes (the attempts are counted)
+    t=$(now_ns); "$here/shellgate" start cold 2 $UP 2222; tries=$(first_banner 10.97.0.5)
+    ms_since "$t" >> /tmp/s-banner; echo "$tries" >> /tmp/s-tries
+    "$here/shellgate" stop cold 2 $UP 2222
+    "$here/shellgate" start cold 2 $UP 2222; late_banner s-late "gate cold on 10.97.0.5 ports"
+    "$here/shellgate" stop cold 2 $UP 2222
   done
   declare -gA LAT
-  local f
-  for f in g-start g-stop s-start s-stop; do
+  for f in "${files[@]}"; do
     LAT[$f,50]=$(pct 50 < /tmp/$f)
     LAT[$f,90]=$(pct 90 < /tmp/$f)
   done
+  LAT[s-tries,max]=$(pct 100 < /tmp/s-tries)
   log "gatectl start p50 ${LAT[g-start,50]} ms, stop p50 ${LAT[g-stop,50]} ms; script start p50 ${LAT[s-start,50]} ms, stop p50 ${LAT[s-stop,50]} ms"
+  log "start to first banner p50: gatectl ${LAT[g-banner,50]} ms (without prestart ${LAT[n-banner,50]} ms), script ${LAT[s-banner,50]} ms"
   # where a start's time goes: wall time per system call of one start
   strace -f -c -o /tmp/start.strace gatectl start lat >/dev/null 2>&1 || true
   gatectl stop lat >/dev/null
@@ -315,6 +357,36 @@ EOF
   journalctl --since "$since" -o short-precise --no-pager -u gate-lat.socket -u gate-lat.service |
     grep -v '^-- ' | sed -E 's/^[A-Z][a-z]{2} [0-9]+ //' >> /tmp/start.journal || true
   gatectl stop lat >/dev/null
+}
+
+gate_address() { # "gate NAME running: N upstream(s) on ADDR ports ..." -> ADDR
+  [[ $1 =~ \ on\ ([0-9.]+)\ ports ]] && echo "${BASH_REMATCH[1]}"
+}
+
+late_banner() { # FILE STARTED: an agent that connects 100 ms after its gate
+  # started (as one started after its gate would): adds its wait for the
+  # first banner to /tmp/FILE
+  read -r -t 0.1 -u $nap_fd || true
+  local t
+  t=$(now_ns); first_banner "$(gate_address "$2")" >/dev/null; ms_since "$t" >> /tmp/$1
+}
+
+first_banner() { # ADDR: connects to ADDR:30000 until the SSH identification line
+  # arrives (a refused connection is tried again after 1 ms); prints the
+  # number of connection attempts
+  local tries=0 line fd
+  while (( tries < 5000 )); do
+    tries=$((tries + 1))
+    if exec {fd}<>"/dev/tcp/$1/30000"; then
+      line=
+      IFS= read -r -t 5 line <&$fd || true
+      exec {fd}<&-
+      if [[ $line == SSH-2.0-* ]]; then echo $tries; return 0; fi
+    fi 2>/dev/null
+    read -r -t 0.001 -u $nap_fd || true
+  done
+  echo "no SSH banner from $1:30000 after $tries attempts" >&2
+  return 1
 }
 
 http_get() { # ADDR: one HTTP request to ADDR:30000, waits for the reply
@@ -355,6 +427,10 @@ scale() {
   window=$(( scale >= 400 ? 100 : (scale + 3) / 4 ))
   declare -gA SCALE
   declare -ga SNAPS=()
+  # a short idle period shows the forwarders gone again within the run
+  local idle_secs=5
+  echo "forwarder_idle_secs = $idle_secs" > /etc/gatectl/gatectl.toml
+  SCALE[idle_secs]=$idle_secs
   log "creating $scale agent netns and manifests"
   SNAPS+=("$(snapshot 0-before-agents)")
   for i in $(seq 0 $((scale - 1))); do
@@ -383,7 +459,12 @@ scale() {
 
   # a gate with no connection yet has no forwarder process: only its socket
   # unit, whose sockets systemd holds
-  SCALE[idle_forwarders]=$(systemctl list-units --plain --no-legend --state=running 'gate-s*.service' | wc -l)
+  running_forwarders() { systemctl list-units --plain --no-legend --state=running 'gate-s*.service' | wc -l; }
+  SCALE[started_forwarders]=$(running_forwarders)
+  # an idle gate costs no process: with no connection, each forwarder has
+  # exited once forwarder_idle_secs passed since its start
+  sleep $((idle_secs + 2))
+  SCALE[idle_forwarders]=$(running_forwarders)
   # memory of idle forwarders: started by one request each, then idle
   : > /tmp/mem-idle; : > /tmp/rss-idle
   local sample=$(( scale < 20 ? scale : 20 )) a
@@ -551,6 +632,21 @@ report() {
     echo "| gatectl stop | ${LAT[g-stop,50]} | ${LAT[g-stop,90]} | $(ratio "${LAT[s-stop,50]}" "${LAT[g-stop,50]}") |"
     echo "| shell script start | ${LAT[s-start,50]} | ${LAT[s-start,90]} | |"
     echo "| shell script stop | ${LAT[s-stop,50]} | ${LAT[s-stop,90]} | |"
+    echo "| gatectl start, forwarder_prestart = false | ${LAT[n-start,50]} | ${LAT[n-start,90]} | $(ratio "${LAT[s-start,50]}" "${LAT[n-start,50]}") |"
+    echo "| gatectl stop, forwarder_prestart = false | ${LAT[n-stop,50]} | ${LAT[n-stop,90]} | $(ratio "${LAT[s-stop,50]}" "${LAT[n-stop,50]}") |"
+    echo
+    echo "### Cold gate to first SSH banner ($cycles cycles)"
+    echo
+    echo "From the beginning of the start until the upstream sshd's identification line arrives through the new gate."
+    echo
+    echo "| | p50 ms | p90 ms | script p50 ÷ p50 |"
+    echo "| --- | ---: | ---: | ---: |"
+    echo "| gatectl start to first banner | ${LAT[g-banner,50]} | ${LAT[g-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[g-banner,50]}") |"
+    echo "| gatectl start to first banner, forwarder_prestart = false | ${LAT[n-banner,50]} | ${LAT[n-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[n-banner,50]}") |"
+    echo "| shell script start to first banner (connection attempts: p50 ${LAT[s-tries,50]}, max ${LAT[s-tries,max]}) | ${LAT[s-banner,50]} | ${LAT[s-banner,90]} | |"
+    echo "| agent connecting 100 ms after gatectl start: its wait for the banner | ${LAT[g-late,50]} | ${LAT[g-late,90]} | $(ratio "${LAT[s-late,50]}" "${LAT[g-late,50]}") |"
+    echo "| the same, forwarder_prestart = false | ${LAT[n-late,50]} | ${LAT[n-late,90]} | $(ratio "${LAT[s-late,50]}" "${LAT[n-late,50]}") |"
+    echo "| the same through the shell script's gate | ${LAT[s-late,50]} | ${LAT[s-late,90]} | |"
     echo
     echo "### Scale ($scale gates, each with its own agent netns)"
     echo
@@ -564,7 +660,8 @@ report() {
     echo "| one stop, p50 / p99 of the last ${SCALE[window]} (few gates up; first ÷ last) | ${SCALE[stoplast50]} ms / ${SCALE[stoplast99]} ms ($(ratio "${SCALE[stopfirst50]}" "${SCALE[stoplast50]}") / $(ratio "${SCALE[stopfirst99]}" "${SCALE[stoplast99]}")) |"
     echo "| start $scale gates 8 at a time | ${SCALE[par_start]} ms (${SCALE[par_n]} running) |"
     echo "| stop them 8 at a time | ${SCALE[par_stop]} ms |"
-    echo "| forwarders running before any connection ($scale gates up) | ${SCALE[idle_forwarders]} |"
+    echo "| forwarders running right after the last start, before any connection (forwarder_prestart) | ${SCALE[started_forwarders]} |"
+    echo "| forwarders running with no connection, $((SCALE[idle_secs] + 2)) s after the last start (forwarder_idle_secs = ${SCALE[idle_secs]}; $scale gates up) | ${SCALE[idle_forwarders]} |"
     echo "| idle forwarder after one request, MemoryCurrent (median of $(wc -l < /tmp/mem-idle)) | ${SCALE[mem_idle]} KiB |"
     echo "| idle forwarder after one request, VmRSS (median) | ${SCALE[rss_idle]} KiB |"
     echo "| forwarder with 10 open sessions, MemoryCurrent | ${SCALE[mem_10]} KiB |"

@@ -15,6 +15,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatectl/gatectl.toml";
 /// First listen port of a gate; entry i listens on `base_port + i`.
 pub const BASE_LISTEN_PORT: u16 = 30000;
 
+/// The shortest idle period a forwarder may exit after: it then starts at
+/// most three times in systemd's default start-limit interval (10 s; five
+/// starts are allowed), leaving room for a restart after a failure.
+pub const MIN_FORWARDER_IDLE_SECS: u32 = 5;
+
 /// Where the forwarder binary is looked for, in order, when the settings
 /// file does not set `forwarder_binary`: the Debian package's path, then a
 /// hand install's. The first is also the default when neither exists.
@@ -48,6 +53,12 @@ pub struct Settings {
     pub max_connections: u32,
     /// Timeout of each connect attempt to an upstream, in seconds.
     pub connect_timeout_secs: u32,
+    /// `start` has systemd start the gate's forwarder at once, without
+    /// waiting for it, so the first connection finds it running.
+    pub forwarder_prestart: bool,
+    /// A forwarder with no connection for this many seconds exits; systemd
+    /// starts it again at the next connection. 0: it never exits for that.
+    pub forwarder_idle_secs: u32,
     /// Whether an upstream may be a link-local address (169.254.0.0/16,
     /// fe80::/10), where cloud metadata services live. Off by default.
     pub allow_link_local: bool,
@@ -74,6 +85,8 @@ impl Default for Settings {
             forwarder_binary: PathBuf::from(FORWARDER_BINARIES[0]),
             max_connections: 256,
             connect_timeout_secs: 10,
+            forwarder_prestart: true,
+            forwarder_idle_secs: 60,
             allow_link_local: false,
             dns_refresh_min_secs: 30,
             dns_refresh_max_secs: 3600,
@@ -175,6 +188,13 @@ impl Settings {
         if self.connect_timeout_secs == 0 {
             return Err("connect_timeout_secs must be at least 1".into());
         }
+        if (1..MIN_FORWARDER_IDLE_SECS).contains(&self.forwarder_idle_secs) {
+            return Err(format!(
+                "forwarder_idle_secs must be 0 (never exit) or at least {MIN_FORWARDER_IDLE_SECS}: a forwarder \
+                 that exits and starts again more often could reach systemd's start limit (5 starts in 10 s), \
+                 which fails the gate's socket unit"
+            ));
+        }
         if !self.forwarder_binary.is_absolute() {
             return Err("forwarder_binary must be an absolute path".into());
         }
@@ -227,6 +247,12 @@ impl Settings {
         let floor = Duration::from_secs(self.dns_refresh_min_secs.into());
         let ceiling = Duration::from_secs(self.dns_refresh_max_secs.into());
         ttl.clamp(floor, ceiling)
+    }
+
+    /// How long a forwarder stays without connections before it exits;
+    /// `None` when it never exits for that.
+    pub fn forwarder_idle(&self) -> Option<Duration> {
+        (self.forwarder_idle_secs > 0).then(|| Duration::from_secs(self.forwarder_idle_secs.into()))
     }
 
     /// The connect timeout as a duration.
@@ -303,6 +329,10 @@ mod tests {
                 "egress_pool6 fd23:1:2::/127 is too small",
             ),
             ("bogus = 1", "unknown field `bogus`"),
+            (
+                "forwarder_idle_secs = 4",
+                "forwarder_idle_secs must be 0 (never exit) or at least 5",
+            ),
             (
                 "dns_refresh_min_secs = 0",
                 "dns_refresh_min_secs (0) must be at least 1",

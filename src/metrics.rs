@@ -60,7 +60,7 @@ pub fn render(gates: &[GateMetrics<'_>]) -> String {
     let mut forwarder = Family::new(
         "gatectl_forwarder_up",
         "gauge",
-        "Whether the gate's forwarder runs and its counters were read (it starts at the first connection).",
+        "Whether the gate's forwarder runs and its counters were read (it exits when idle; the next connection starts it, counting from zero).",
     );
     let mut active = Family::new(
         "gatectl_connections_active",

@@ -218,6 +218,18 @@ impl GateUnits {
     }
 }
 
+/// A unit to start without waiting for it, after a transient unit's start
+/// (see [`Systemd::start_transient`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Prestart<'a> {
+    /// The unit to start.
+    pub unit: &'a str,
+    /// Skip the start while a unit matching this pattern is activating:
+    /// starts in a row would otherwise compete with each other's unit for
+    /// systemd's time and the CPU.
+    pub unless_activating: &'a str,
+}
+
 /// A connection to systemd's manager on the system bus.
 pub struct Systemd {
     manager: ManagerProxy<'static>,
@@ -387,13 +399,20 @@ impl Systemd {
     /// Starts transient unit `unit` with `properties`, defining the
     /// auxiliary units `aux` (name, properties) in the same call, and waits
     /// until the start job of `unit` finishes. For a socket unit that is
-    /// when it listens; its service is started at the first connection.
+    /// when it listens; its service is started at the first connection,
+    /// or, given as `then`, right away: its start is queued (see
+    /// [`Systemd::queue_start`]) while the socket's job runs, and systemd
+    /// runs it once the socket listens (a service is ordered after its
+    /// socket). A failure to queue it is returned as the `Ok` value's
+    /// error, for the caller to report: the socket starts it at the first
+    /// connection anyway.
     pub async fn start_transient(
         &self,
         unit: &str,
         properties: &[Property],
         aux: &[(&str, &[Property])],
-    ) -> Result<()> {
+        then: Option<Prestart<'_>>,
+    ) -> Result<Option<Error>> {
         let values = |props: &[Property]| -> Vec<(&'static str, Value<'static>)> {
             props.iter().map(|p| (p.name, p.value.to_value())).collect()
         };
@@ -411,7 +430,26 @@ impl Systemd {
             .during(self.manager.start_transient_unit(unit, "fail", &main, &aux_refs))
             .await?
             .with_context(|| format!("cannot start {unit}"))?;
-        started(watch, unit, job).await
+        let mut queued = None;
+        if let Some(then) = then {
+            let busy = watch.during(self.any_activating(then.unless_activating)).await?;
+            queued = match busy {
+                Ok(true) => None,
+                Ok(false) => watch.during(self.queue_start(then.unit)).await?.err(),
+                Err(e) => Some(e),
+            };
+        }
+        started(watch, unit, job).await.map(|()| queued)
+    }
+
+    /// Whether a unit matching `pattern` is activating.
+    async fn any_activating(&self, pattern: &str) -> Result<bool> {
+        let units = self
+            .manager
+            .list_units_by_patterns(&["activating"], &[pattern])
+            .await
+            .context("cannot list units from systemd")?;
+        Ok(!units.is_empty())
     }
 
     /// Stops `units` at once and waits for them all; a unit that does not
@@ -462,6 +500,17 @@ impl Systemd {
             .await?
             .with_context(|| format!("cannot start {name}"))?;
         started(watch, name, job).await
+    }
+
+    /// Asks systemd to start unit `name` and returns once the job is queued,
+    /// without waiting for it. Mode `fail`: a stop job queued for the unit
+    /// is not replaced.
+    pub async fn queue_start(&self, name: &str) -> Result<()> {
+        self.manager
+            .start_unit(name, "fail")
+            .await
+            .map(drop)
+            .with_context(|| format!("cannot start {name}"))
     }
 
     /// Sends `signal` to the main process of unit `name`.

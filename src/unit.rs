@@ -167,6 +167,8 @@ pub fn forwarder_argv(plan: &GatePlan, settings: &Settings) -> Vec<String> {
         settings.connect_timeout_secs.to_string(),
         "--routes-file".to_string(),
         RoutesFile::mounted_path().display().to_string(),
+        "--idle-exit".to_string(),
+        settings.forwarder_idle_secs.to_string(),
     ]
 }
 

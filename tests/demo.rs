@@ -36,7 +36,7 @@ fn demo() {
     host.write_file("/etc/gatectl/bottles/demo.toml", &manifest, 0o644);
 
     show(&host, &[GATECTL, "start", "demo"]);
-    println!("\n== the gate listens; systemd starts the forwarder at the first connection:");
+    println!("\n== the gate listens; start also started the forwarder, which exits when idle:");
     show(&host, &[GATECTL, "status", "demo"]);
     let config = show(&host, &[GATECTL, "ssh-config", "demo"]);
     host.write_file("/root/demo_ssh_config", config.as_bytes(), 0o600);

@@ -56,6 +56,13 @@ fn status_counts_connections_bytes_and_refusals_per_entry() {
           [[ssh]]\nHost = \"down\"\nHostname = \"10.99.2.1\"\nPort = 2222\n",
         0o644,
     );
+    // The status of a gate whose forwarder has not started yet (as after it
+    // exited for being idle).
+    host.write_file(
+        "/etc/gatectl/gatectl.toml",
+        b"forwarder_prestart = false\n",
+        0o644,
+    );
     gatectl_ok(&host, &["start", "alice"]);
     let idle: Value = serde_json::from_str(&gatectl_ok(&host, &["status", "alice", "--json"])).unwrap();
     assert!(idle["counters"].is_null(), "no forwarder yet: {idle:#}");

@@ -260,6 +260,13 @@ fn systemctl_reload_applies_the_manifest_to_an_idle_gate_and_refuses_what_it_can
     install_unit(&host, "units/gatectl@.service");
     host.run_ok(&["systemctl", "daemon-reload"]);
     write_manifest(&host, &[("up", "upstream.test", 22)]);
+    // A gate whose forwarder is not running: started only at the first
+    // connection (as after it exited for being idle).
+    host.write_file(
+        "/etc/gatectl/gatectl.toml",
+        b"forwarder_prestart = false\n",
+        0o644,
+    );
 
     // Not running: nothing to reload.
     let out = gatectl(&host, &["reload", "alice"]);

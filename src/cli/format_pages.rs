@@ -9,7 +9,7 @@ use crate::manifest::{ENTRY_KEYS, TOP_LEVEL_KEYS};
 use crate::plan::MAX_ENTRIES;
 
 /// Each host setting with what it does, in the order the page lists them.
-pub const SETTINGS: [(&str, &str); 14] = [
+pub const SETTINGS: [(&str, &str); 16] = [
     (
         "internal_pool",
         "IPv4 pool of the internal /31s (agent end and gate). A gate whose agent has a netns \
@@ -60,6 +60,21 @@ pub const SETTINGS: [(&str, &str); 14] = [
     (
         "connect_timeout_secs",
         "Timeout of each connection attempt to an upstream, in seconds.",
+    ),
+    (
+        "forwarder_prestart",
+        "Whether gatectl start has systemd start the gate's forwarder right away, without waiting for \
+         it, so that the agent's first connection finds it running instead of waiting for its sandbox \
+         to be set up. Skipped while another gate's forwarder is still starting, so that a burst of \
+         starts does not slow itself down. When false, the forwarder starts at the first connection.",
+    ),
+    (
+        "forwarder_idle_secs",
+        "A forwarder with no connection open or accepted for this many seconds exits, and systemd \
+         starts it again at the next connection: an idle gate costs no process. A forwarder that \
+         listens on a port gatectl reload added stays, since that port is its own socket. 0: \
+         forwarders never exit for being idle; otherwise at least 5, so that a forwarder cannot reach \
+         systemd's start limit (5 starts in 10 s) by exiting and starting again.",
     ),
     (
         "allow_link_local",

@@ -37,6 +37,10 @@ pub struct ForwardArgs {
     /// the default.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_PIPE_SIZE)]
     pub pipe_size: usize,
+    /// Exit after this many seconds without a connection, if every listener
+    /// came from systemd (socket activation starts it again); 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub idle_exit: u64,
 }
 
 impl From<ForwardArgs> for ForwardConfig {
@@ -51,6 +55,7 @@ impl From<ForwardArgs> for ForwardConfig {
             connect_timeout: Duration::from_secs(args.connect_timeout),
             pipe_size: args.pipe_size,
             stats_socket: Some(crate::forward::stats::SOCKET.to_string()),
+            idle_exit: (args.idle_exit > 0).then(|| Duration::from_secs(args.idle_exit)),
         }
     }
 }

@@ -150,7 +150,7 @@ pub fn status_text(s: &GateStatus) -> String {
         None if s.state == GateState::Running => {
             let _ = writeln!(
                 out,
-                "  traffic:   none yet (the forwarder starts at the first connection)"
+                "  traffic:   none yet (the forwarder starts at the next connection)"
             );
         }
         None => {}

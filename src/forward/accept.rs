@@ -71,6 +71,18 @@ impl Forwarder {
         self.live.entry(alias);
     }
 
+    /// Whether no connection is open and no refusal is being written.
+    pub fn is_quiet(&self) -> bool {
+        self.limit.available_permits() == self.max_connections as usize
+            && self.refusing.available_permits() == MAX_REFUSING
+    }
+
+    /// A count that changes whenever a connection is accepted or refused.
+    pub fn activity(&self) -> (u64, u64) {
+        let stats = self.live.snapshot();
+        (stats.total, stats.refused.total())
+    }
+
     /// Waits until no connection is open, or for `grace` at most. Returns
     /// whether every connection ended.
     pub async fn drained(&self, grace: Duration) -> bool {

@@ -10,6 +10,10 @@
 //! logging one audit event per connection (see `audit`). It tells systemd it
 //! is ready once it serves every route (see `status`).
 //!
+//! Given an idle period, a forwarder whose listeners all came from systemd
+//! exits after that long without connections, and systemd starts it again
+//! at the next one (see `idle`).
+//!
 //! On SIGTERM or SIGINT it stops accepting and closes the connections still
 //! open at once, logging each as aborted, then exits successfully: a gate is
 //! stopped when its agent is done, and an ssh session would not end by itself
@@ -18,6 +22,7 @@
 mod accept;
 mod audit;
 mod disconnect;
+mod idle;
 mod pipe;
 mod refuse;
 mod relay;
@@ -80,6 +85,8 @@ pub struct ForwardConfig {
     /// The abstract Unix socket the counters are served on (see
     /// [`stats`]), if any.
     pub stats_socket: Option<String>,
+    /// Exit after this long without connections, if set (see `idle`).
+    pub idle_exit: Option<Duration>,
 }
 
 impl ForwardConfig {
@@ -113,6 +120,9 @@ impl ForwardConfig {
         self.connection_limit()?;
         if self.connect_timeout.is_zero() {
             return Err(Error::invalid("--connect-timeout must be at least 1 second"));
+        }
+        if self.idle_exit.is_some_and(|idle| idle.is_zero()) {
+            return Err(Error::invalid("--idle-exit must be at least 1 second"));
         }
         if self.pipe_size == 0 {
             return Err(Error::invalid(format!(
@@ -194,7 +204,9 @@ fn inherited_sockets() -> Result<Vec<std::net::TcpListener>> {
 }
 
 /// Serves `config`'s routes until `stop` completes, then closes every
-/// connection and returns. A route is served on the `passed` socket of its
+/// connection and returns; or, given `idle_exit`, until it has been idle
+/// that long while serving only passed sockets, then returns at once (no
+/// connection is open then). A route is served on the `passed` socket of its
 /// port (socket activation), or on one bound here; a passed socket of no
 /// route is kept for a route a reload may add. Each routes file from
 /// `reloads` replaces the routes in place (see [`served`]).
@@ -256,8 +268,14 @@ pub async fn serve(
     let result = {
         tokio::pin!(stop);
         loop {
+            let may_idle = config.idle_exit.filter(|_| !served.binds_its_own());
             tokio::select! {
-                () = &mut stop => break Ok(()),
+                () = &mut stop => break Ok(false),
+                () = idle::expired(&forwarder, may_idle.unwrap_or_default()), if may_idle.is_some() => {
+                    // No `.await` between the last idle check and this.
+                    served.stop_accepting();
+                    break Ok(true);
+                }
                 never = status::report(&forwarder, shown.clone()) => match never {},
                 error = served.loop_ended() => break Err(error),
                 reload = reloads.recv(), if reloading => match reload {
@@ -273,6 +291,18 @@ pub async fn serve(
     };
 
     status::stopping();
+    let idle = matches!(result, Ok(true));
+    if idle {
+        served.join().await;
+        // Only a runtime with more threads could have accepted meanwhile:
+        // serve that connection to its end.
+        while !forwarder.drained(STOP_GRACE).await {}
+        tracing::info!(
+            slug = config.slug,
+            "no connection for {:?}; exiting until systemd starts me again at the next one",
+            config.idle_exit.unwrap_or_default()
+        );
+    }
     stopping.send_replace(true);
     served.join().await;
     if !forwarder.drained(STOP_GRACE).await {
@@ -293,7 +323,7 @@ pub async fn serve(
         bytes_from_upstream = stats.bytes_down,
         "forwarder stopped"
     );
-    result
+    result.map(|_| ())
 }
 
 /// Applies one routes file read at SIGHUP, or keeps the routes served when

@@ -36,6 +36,8 @@ pub struct Served {
     stop: watch::Receiver<bool>,
     routes: BTreeMap<u16, ServedRoute>,
     listeners: BTreeMap<u16, Arc<TcpListener>>,
+    /// Ports whose listener was bound here rather than passed by systemd.
+    bound_here: usize,
     loops: JoinSet<u16>,
 }
 
@@ -49,6 +51,7 @@ impl Served {
             stop,
             routes: BTreeMap::new(),
             listeners: BTreeMap::new(),
+            bound_here: 0,
             loops: JoinSet::new(),
         }
     }
@@ -89,7 +92,15 @@ impl Served {
                 .with_context(|| format!("listening on {addr} for route {}", route.alias))?,
         );
         self.listeners.insert(route.listen_port, Arc::clone(&listener));
+        self.bound_here += 1;
         Ok(listener)
+    }
+
+    /// Whether a listener was bound here (a route the socket unit has no
+    /// socket for): only this process listens on that port, so it must not
+    /// exit while the gate runs.
+    pub fn binds_its_own(&self) -> bool {
+        self.bound_here > 0
     }
 
     /// Starts the accept loop of `route` on `listener`.
@@ -193,6 +204,14 @@ impl Served {
                 None => std::future::pending::<()>().await,
             }
         }
+    }
+
+    /// Stops every accept loop where it is, without accepting again
+    /// (connections not accepted yet stay queued in the listening sockets).
+    /// Synchronous: on the forwarder's one-thread runtime no accept happens
+    /// between the caller's last check and this.
+    pub fn stop_accepting(&mut self) {
+        self.loops.abort_all();
     }
 
     /// Waits until every accept loop has returned (after stop).

@@ -50,6 +50,7 @@ fn config(max_connections: usize, routes: Vec<ForwardRoute>) -> ForwardConfig {
         connect_timeout: TIMEOUT,
         pipe_size: DEFAULT_PIPE_SIZE,
         stats_socket: None,
+        idle_exit: None,
     }
 }
 
@@ -499,4 +500,100 @@ async fn counts_connections_bytes_and_refusals_per_entry() {
     );
     assert_eq!(counters.last_error.as_ref(), Some(error));
     forwarder.stop().await.unwrap();
+}
+
+/// A forwarder of passed sockets (as systemd passes them) that exits after
+/// `idle` without connections; the test keeps its own copy of each socket,
+/// as systemd does.
+fn idle_forwarder(idle: Duration, upstream: SocketAddr) -> (Running, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = listener.try_clone().unwrap();
+    let config = ForwardConfig {
+        idle_exit: Some(idle),
+        ..config(8, vec![route(port, "echo", vec![upstream])])
+    };
+    (Running::serve(config, vec![listener]), held)
+}
+
+/// Whether the forwarder of `running` is still serving after `wait`.
+async fn still_runs(running: &mut Running, wait: Duration) -> bool {
+    tokio::time::timeout(wait, &mut running.task).await.is_err()
+}
+
+#[tokio::test]
+async fn an_idle_forwarder_exits_and_a_connection_meanwhile_waits_in_the_socket() {
+    let upstream = echo_upstream().await;
+    let idle = Duration::from_millis(300);
+    let (mut running, held) = idle_forwarder(idle, upstream);
+    let mut stream = TcpStream::connect(running.addr).await.unwrap();
+    round_trip(&mut stream, b"before").await;
+    drop(stream);
+    let quiet = Instant::now();
+    let ended = tokio::time::timeout(TIMEOUT, &mut running.task)
+        .await
+        .expect("an idle forwarder did not exit");
+    ended.unwrap().unwrap();
+    assert!(quiet.elapsed() >= idle, "exited after {:?}", quiet.elapsed());
+
+    // Nothing accepts now, but the socket (systemd's copy) queues the
+    // connection; the next forwarder, started for it, serves it.
+    let mut waiting = TcpStream::connect(running.addr).await.unwrap();
+    let config = ForwardConfig {
+        idle_exit: Some(idle),
+        ..config(8, vec![route(running.addr.port(), "echo", vec![upstream])])
+    };
+    let again = Running::serve(config, vec![held]);
+    round_trip(&mut waiting, b"queued meanwhile").await;
+    drop(waiting);
+    again.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_open_connection_keeps_an_idle_forwarder_running() {
+    let upstream = echo_upstream().await;
+    let (mut running, _held) = idle_forwarder(Duration::from_millis(200), upstream);
+    let mut stream = TcpStream::connect(running.addr).await.unwrap();
+    round_trip(&mut stream, b"hello").await;
+    assert!(
+        still_runs(&mut running, Duration::from_millis(1000)).await,
+        "exited with a connection open"
+    );
+    round_trip(&mut stream, b"still relayed").await;
+    drop(stream);
+    assert!(
+        !still_runs(&mut running, TIMEOUT).await,
+        "did not exit once the connection closed"
+    );
+}
+
+#[tokio::test]
+async fn a_forwarder_listening_on_a_port_of_its_own_never_exits_for_idleness() {
+    let upstream = echo_upstream().await;
+    let idle = Duration::from_millis(200);
+    let (mut running, _held) = idle_forwarder(idle, upstream);
+    // A reload adds a route on a port systemd passed no socket for.
+    let added = free_port();
+    let routes = vec![
+        route(running.addr.port(), "echo", vec![upstream]),
+        route(added, "added", vec![upstream]),
+    ];
+    running.reload_to(2, routes).await;
+    assert!(
+        still_runs(&mut running, Duration::from_millis(1000)).await,
+        "exited while it alone listens on port {added}"
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", added)).await.unwrap();
+    round_trip(&mut stream, b"added").await;
+    drop(stream);
+    running.stop().await.unwrap();
+
+    // One run by hand binds every port itself: it stays as well.
+    let config = ForwardConfig {
+        idle_exit: Some(idle),
+        ..config(8, vec![route(free_port(), "echo", vec![upstream])])
+    };
+    let mut by_hand = Running::serve(config, Vec::new());
+    assert!(still_runs(&mut by_hand, Duration::from_millis(800)).await);
+    by_hand.stop().await.unwrap();
 }

@@ -223,10 +223,10 @@ impl Apply<'_> {
     }
 
     /// Has the forwarder of `unit` serve routes file `generation`: a
-    /// running one re-reads it at SIGHUP; one that is not running reads it
-    /// when it starts, which happens now if the gate gained a port (only a
-    /// running forwarder listens on it). Waits for the forwarder's status to
-    /// show the generation.
+    /// running one re-reads it at SIGHUP; one that is not running (or exits
+    /// for being idle meanwhile) reads it when it starts, which happens now
+    /// if the gate gained a port (only a running forwarder listens on it).
+    /// Waits for the forwarder's status to show the generation.
     async fn tell_forwarder(&self, unit: &str, generation: u64, gains_a_port: bool) -> Result<()> {
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
         let before = loop {
@@ -254,6 +254,16 @@ impl Apply<'_> {
             last = self.status_text(unit).await?;
             if last.contains(&wanted) {
                 return Ok(());
+            }
+            // A forwarder that exited for being idle before it read the file
+            // reads it when it starts again; start it now if only it can
+            // listen on the gained port.
+            if !self.systemd.unit_state(unit).await?.is_up() {
+                if !gains_a_port {
+                    return Ok(());
+                }
+                self.systemd.start(unit).await?;
+                continue;
             }
             // A failure it reports after this SIGHUP (not an earlier one).
             if let Some((_, why)) = last.split_once("reload failed: ").filter(|_| last != before) {

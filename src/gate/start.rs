@@ -20,7 +20,7 @@ use crate::plan::{
     HOST_EGRESS_GROUP, LINK_PREFIX_LEN, LINK_PREFIX_LEN6,
 };
 use crate::state::{self, GateRecord, Records};
-use crate::systemd::Systemd;
+use crate::systemd::{Prestart, Systemd};
 use crate::timings::Timings;
 use crate::unit;
 
@@ -396,7 +396,13 @@ async fn settle_gate_netns(records: &Records, plan: &GatePlan, gate_ns: &OwnedFd
 
 /// Starts the gate's socket unit, with its service defined in the same
 /// call, after making sure the hardening drop-in is in place and writing
-/// the forwarder's routes file (removed with the record).
+/// the forwarder's routes file (removed with the record). With
+/// `forwarder_prestart`, also queues the start of the forwarder (while the
+/// socket's job runs; systemd runs it once the socket listens) without
+/// waiting for it: its sandbox is set up while the agent gets ready, so the
+/// first connection need not wait for it. That start is an optimisation
+/// only: if it cannot be queued, the socket unit still starts the forwarder
+/// at the first connection, so the start goes on.
 async fn start_units(systemd: &Systemd, plan: &GatePlan, settings: &crate::config::Settings) -> Result<()> {
     unit::ensure_hardening_dropin()?;
     let routes = RoutesFile {
@@ -407,7 +413,21 @@ async fn start_units(systemd: &Systemd, plan: &GatePlan, settings: &crate::confi
     let (socket_unit, socket) = (plan.socket_unit(), unit::socket_properties(plan));
     let service = unit::properties(plan, settings);
     let aux = [(plan.unit.as_str(), service.as_slice())];
-    systemd.start_transient(&socket_unit, &socket, &aux).await
+    // Not while another gate's forwarder is still starting: in a burst of
+    // starts (a boot, the benchmark's 500 gates), each forwarder's sandbox
+    // set-up would hold up systemd and the CPU for the next start; those
+    // forwarders start at their first connection instead.
+    let prestart = settings.forwarder_prestart.then_some(Prestart {
+        unit: &plan.unit,
+        unless_activating: "gate-*.service",
+    });
+    if let Some(e) = systemd
+        .start_transient(&socket_unit, &socket, &aux, prestart)
+        .await?
+    {
+        eprintln!("gatectl: note: {e}; the forwarder will start at the gate's first connection instead");
+    }
+    Ok(())
 }
 
 /// Creates the gate's two veth pairs, each outer end with its device group

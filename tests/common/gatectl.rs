@@ -465,3 +465,24 @@ pub fn spawn_gatectl(host: &TestHost, args: &[&str]) -> std::process::Child {
         .spawn()
         .expect("cannot run gatectl in the host")
 }
+
+/// Waits up to `within` for `systemctl is-active unit` to print `state`;
+/// returns the last state it printed.
+pub fn wait_unit_state(host: &TestHost, unit: &str, state: &str, within: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let out = host.exec(&["systemctl", "is-active", unit]);
+        let now = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if now == state || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The main PID systemd holds for `unit` (0 when it runs none).
+pub fn main_pid(host: &TestHost, unit: &str) -> String {
+    host.run_ok(&["systemctl", "show", "-p", "MainPID", "--value", unit])
+        .trim()
+        .to_string()
+}
