@@ -298,9 +298,9 @@ EOF
     t=$(now_ns); gatectl stop lat >/dev/null; ms_since "$t" >> /tmp/g-stop
     t=$(now_ns); "$here/shellgate" start lat 1 $UP 80; ms_since "$t" >> /tmp/s-start
     t=$(now_ns); "$here/shellgate" stop lat 1 $UP 80; ms_since "$t" >> /tmp/s-stop
-    # the same with the forwarder started at the first connection (as
-    # before forwarder_prestart)
-    echo "forwarder_prestart = false" > /etc/gatectl/gatectl.toml
+    # the same with the forwarder started by start (forwarder_prestart),
+    # not at the first connection
+    echo "forwarder_prestart = true" > /etc/gatectl/gatectl.toml
     t=$(now_ns); gatectl start lat >/dev/null; ms_since "$t" >> /tmp/n-start
     t=$(now_ns); gatectl stop lat >/dev/null; ms_since "$t" >> /tmp/n-stop
     # cold gate to first SSH banner: start, then the first identification
@@ -331,7 +331,7 @@ EOF
   done
   LAT[s-tries,max]=$(pct 100 < /tmp/s-tries)
   log "gatectl start p50 ${LAT[g-start,50]} ms, stop p50 ${LAT[g-stop,50]} ms; script start p50 ${LAT[s-start,50]} ms, stop p50 ${LAT[s-stop,50]} ms"
-  log "start to first banner p50: gatectl ${LAT[g-banner,50]} ms (without prestart ${LAT[n-banner,50]} ms), script ${LAT[s-banner,50]} ms"
+  log "start to first banner p50: gatectl ${LAT[g-banner,50]} ms (with prestart ${LAT[n-banner,50]} ms), script ${LAT[s-banner,50]} ms"
   # where a start's time goes: wall time per system call of one start
   strace -f -c -o /tmp/start.strace gatectl start lat >/dev/null 2>&1 || true
   gatectl stop lat >/dev/null
@@ -389,8 +389,8 @@ first_banner() { # ADDR: connects to ADDR:30000 until the SSH identification lin
   return 1
 }
 
-http_get() { # ADDR: one HTTP request to ADDR:30000, waits for the reply
-  timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/30000"; printf "GET / HTTP/1.0\r\n\r\n" >&3; cat <&3 >/dev/null' _ "$1"
+http_get() { # ADDR [SECS]: one HTTP request to ADDR:30000, waits for the reply (10 s at most)
+  timeout "${2:-10}" bash -c 'exec 3<>"/dev/tcp/$1/30000"; printf "GET / HTTP/1.0\r\n\r\n" >&3; cat <&3 >/dev/null' _ "$1"
 }
 
 # --- scale ---------------------------------------------------------------------
@@ -445,7 +445,11 @@ scale() {
     # where systemd (PID 1) spends its time during the last starts
     (( i == scale - window - 1 )) && pid1_profile_begin start
     t1=$(now_ns); gatectl start s$i >/dev/null; ms_since "$t1" >> /tmp/each-start
-    for c in $checkpoints; do [[ $((i + 1)) == "$c" ]] && SNAPS+=("$(snapshot "$c")"); done
+    for c in $checkpoints; do
+      [[ $((i + 1)) == "$c" ]] || continue
+      SNAPS+=("$(snapshot "$c")")
+      cold_first "$c" "$i"
+    done
   done
   pid1_profile_end
   # the last start, traced: where a start's time goes with many gates up
@@ -453,6 +457,7 @@ scale() {
   strace -f -c -o /tmp/start-last.strace gatectl start s$((scale - 1)) >/dev/null
   SCALE[seq_start]=$(( $(ms_since "$t") - $(ms_since "$t1") ))
   SNAPS+=("$(snapshot "$scale")")
+  cold_first "$scale" $((scale - 1))
   read -r SCALE[first50] SCALE[first99] <<<"$(window_pcts /tmp/each-start 1 $window)"
   read -r SCALE[last50] SCALE[last99] <<<"$(window_pcts /tmp/each-start $((scale - window)) $((scale - 1)))"
   log "$scale sequential starts: ${SCALE[seq_start]} ms; first $window p50/p99 ${SCALE[first50]}/${SCALE[first99]} ms, last ${SCALE[last50]}/${SCALE[last99]} ms"
@@ -520,6 +525,20 @@ scale() {
   sleep 1 # systemd-run returns before socat runs
   SG_SNAPS+=("$(snapshot "$sg_scale")")
   for i in $(seq 1 "$sg_scale"); do "$here/shellgate" stop sg$i $((i + 10)) $UP 80; done
+}
+
+declare -a COLD=()
+cold_first() { # GATES INDEX: the first request through gate sINDEX, whose forwarder is not running yet
+  local a t ms
+  a=$(gatectl ssh-config s$2 | awk '/HostName/ {print $2}')
+  t=$(now_ns)
+  if ip netns exec agent-s$2 bash -c "$(declare -f http_get); http_get $a 150"; then
+    ms=$(ms_since "$t")
+  else
+    ms="no answer within 150 s"
+  fi
+  COLD+=("$1 $(ip netns list | wc -l) $(wc -l < /proc/self/mountinfo) $ms")
+  log "first request through a new gate with $1 gates up: $ms ms"
 }
 
 host_wide_commands() { # each host-wide command with all gates up, median of $lists runs
@@ -632,8 +651,8 @@ report() {
     echo "| gatectl stop | ${LAT[g-stop,50]} | ${LAT[g-stop,90]} | $(ratio "${LAT[s-stop,50]}" "${LAT[g-stop,50]}") |"
     echo "| shell script start | ${LAT[s-start,50]} | ${LAT[s-start,90]} | |"
     echo "| shell script stop | ${LAT[s-stop,50]} | ${LAT[s-stop,90]} | |"
-    echo "| gatectl start, forwarder_prestart = false | ${LAT[n-start,50]} | ${LAT[n-start,90]} | $(ratio "${LAT[s-start,50]}" "${LAT[n-start,50]}") |"
-    echo "| gatectl stop, forwarder_prestart = false | ${LAT[n-stop,50]} | ${LAT[n-stop,90]} | $(ratio "${LAT[s-stop,50]}" "${LAT[n-stop,50]}") |"
+    echo "| gatectl start, forwarder_prestart = true | ${LAT[n-start,50]} | ${LAT[n-start,90]} | $(ratio "${LAT[s-start,50]}" "${LAT[n-start,50]}") |"
+    echo "| gatectl stop, forwarder_prestart = true | ${LAT[n-stop,50]} | ${LAT[n-stop,90]} | $(ratio "${LAT[s-stop,50]}" "${LAT[n-stop,50]}") |"
     echo
     echo "### Cold gate to first SSH banner ($cycles cycles)"
     echo
@@ -642,10 +661,10 @@ report() {
     echo "| | p50 ms | p90 ms | script p50 ÷ p50 |"
     echo "| --- | ---: | ---: | ---: |"
     echo "| gatectl start to first banner | ${LAT[g-banner,50]} | ${LAT[g-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[g-banner,50]}") |"
-    echo "| gatectl start to first banner, forwarder_prestart = false | ${LAT[n-banner,50]} | ${LAT[n-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[n-banner,50]}") |"
+    echo "| gatectl start to first banner, forwarder_prestart = true | ${LAT[n-banner,50]} | ${LAT[n-banner,90]} | $(ratio "${LAT[s-banner,50]}" "${LAT[n-banner,50]}") |"
     echo "| shell script start to first banner (connection attempts: p50 ${LAT[s-tries,50]}, max ${LAT[s-tries,max]}) | ${LAT[s-banner,50]} | ${LAT[s-banner,90]} | |"
     echo "| agent connecting 100 ms after gatectl start: its wait for the banner | ${LAT[g-late,50]} | ${LAT[g-late,90]} | $(ratio "${LAT[s-late,50]}" "${LAT[g-late,50]}") |"
-    echo "| the same, forwarder_prestart = false | ${LAT[n-late,50]} | ${LAT[n-late,90]} | $(ratio "${LAT[s-late,50]}" "${LAT[n-late,50]}") |"
+    echo "| the same, forwarder_prestart = true | ${LAT[n-late,50]} | ${LAT[n-late,90]} | $(ratio "${LAT[s-late,50]}" "${LAT[n-late,50]}") |"
     echo "| the same through the shell script's gate | ${LAT[s-late,50]} | ${LAT[s-late,90]} | |"
     echo
     echo "### Scale ($scale gates, each with its own agent netns)"
@@ -660,12 +679,23 @@ report() {
     echo "| one stop, p50 / p99 of the last ${SCALE[window]} (few gates up; first ÷ last) | ${SCALE[stoplast50]} ms / ${SCALE[stoplast99]} ms ($(ratio "${SCALE[stopfirst50]}" "${SCALE[stoplast50]}") / $(ratio "${SCALE[stopfirst99]}" "${SCALE[stoplast99]}")) |"
     echo "| start $scale gates 8 at a time | ${SCALE[par_start]} ms (${SCALE[par_n]} running) |"
     echo "| stop them 8 at a time | ${SCALE[par_stop]} ms |"
-    echo "| forwarders running right after the last start, before any connection (forwarder_prestart) | ${SCALE[started_forwarders]} |"
+    echo "| forwarders running right after the last start, before any connection | ${SCALE[started_forwarders]} |"
     echo "| forwarders running with no connection, $((SCALE[idle_secs] + 2)) s after the last start (forwarder_idle_secs = ${SCALE[idle_secs]}; $scale gates up) | ${SCALE[idle_forwarders]} |"
     echo "| idle forwarder after one request, MemoryCurrent (median of $(wc -l < /tmp/mem-idle)) | ${SCALE[mem_idle]} KiB |"
     echo "| idle forwarder after one request, VmRSS (median) | ${SCALE[rss_idle]} KiB |"
     echo "| forwarder with 10 open sessions, MemoryCurrent | ${SCALE[mem_10]} KiB |"
     echo "| forwarder with 10 open sessions, VmRSS | ${SCALE[rss_10]} KiB |"
+    echo
+    echo "### First request through a gate whose forwarder is not running, as gates are added"
+    echo
+    echo "systemd sets the forwarder's sandbox up at its first connection; its mount namespace holds every named network namespace (a mount under /run/netns), gatectl's and the agents'."
+    echo
+    echo "| gates up | named netns | mounts | first request ms |"
+    echo "| ---: | ---: | ---: | ---: |"
+    local cold
+    for cold in "${COLD[@]}"; do
+      echo "$cold" | awk '{printf "| %s | %s | %s | ", $1, $2, $3; for (i = 4; i <= NF; i++) printf "%s%s", $i, (i < NF ? " " : ""); print " |"}'
+    done
     echo
     echo "### Host-wide commands with ${SCALE[list_n]} gates running (median of $lists runs)"
     echo

@@ -54,7 +54,9 @@ pub struct Settings {
     /// Timeout of each connect attempt to an upstream, in seconds.
     pub connect_timeout_secs: u32,
     /// `start` has systemd start the gate's forwarder at once, without
-    /// waiting for it, so the first connection finds it running.
+    /// waiting for it, so the first connection finds it running (off by
+    /// default: it costs each start, and a burst of starts, more than it
+    /// saves an agent that connects at once; see BENCHMARKS.md).
     pub forwarder_prestart: bool,
     /// A forwarder with no connection for this many seconds exits; systemd
     /// starts it again at the next connection. 0: it never exits for that.
@@ -85,7 +87,7 @@ impl Default for Settings {
             forwarder_binary: PathBuf::from(FORWARDER_BINARIES[0]),
             max_connections: 256,
             connect_timeout_secs: 10,
-            forwarder_prestart: true,
+            forwarder_prestart: false,
             forwarder_idle_secs: 60,
             allow_link_local: false,
             dns_refresh_min_secs: 30,

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -74,8 +75,7 @@ pub enum PropertyValue {
     Prefixes(#[schemars(with = "Vec<String>")] Vec<IpNet>),
     /// `a(ss)`: pairs of strings, for a socket unit's `Listen` (kind,
     /// address: (`Stream`, `10.231.0.1:30000`) for
-    /// `ListenStream=10.231.0.1:30000`) and `TemporaryFileSystem=` (path,
-    /// mount options).
+    /// `ListenStream=10.231.0.1:30000`).
     Pairs(Vec<(String, String)>),
     /// `a(ssbt)`, for `BindReadOnlyPaths=`: source, destination, whether a
     /// missing source is ignored, mount flags.
@@ -286,6 +286,13 @@ pub struct Hardening {
 /// user without capabilities, the kernel and clock protected, a system call
 /// filter, and of the host's `/run` only the journal and notify sockets:
 /// no system D-Bus, no systemd or resolver socket to talk to.
+///
+/// `/run` is hidden by binding the empty [`FORWARDER_RUN`] over it, not by
+/// `TemporaryFileSystem=/run`: before mounting a tmpfs there, systemd 252
+/// unmounts every mount below `/run` one at a time, reading the whole mount
+/// table again after each, and each named netns (`/run/netns/*`, gatectl's
+/// and the agents') is such a mount. With 4,000 of them a forwarder took
+/// about 2 minutes to start; with the bind, about 4 s (BENCHMARKS.md).
 pub fn hardening() -> Vec<Hardening> {
     let on = |name: &'static str| Hardening {
         property: yes(name),
@@ -298,9 +305,12 @@ pub fn hardening() -> Vec<Hardening> {
     let word = |name: &'static str, value: &str| set(name, PropertyValue::Str(value.into()), value);
     // MS_REC: a bind in a unit file is recursive unless it says `norbind`,
     // so the transient unit and the drop-in state the same mount.
-    let sockets = HOST_SOCKETS
-        .iter()
-        .map(|path| (path.to_string(), path.to_string(), false, libc::MS_REC))
+    let binds = std::iter::once((FORWARDER_RUN.to_string(), "/run".to_string(), false, libc::MS_REC))
+        .chain(
+            HOST_SOCKETS
+                .iter()
+                .map(|path| (path.to_string(), path.to_string(), false, libc::MS_REC)),
+        )
         .collect();
     vec![
         // With NetworkNamespacePath= set, systemd joins that netns instead of
@@ -364,14 +374,9 @@ pub fn hardening() -> Vec<Hardening> {
             "native",
         ),
         set(
-            "TemporaryFileSystem",
-            PropertyValue::Pairs(vec![("/run".into(), String::new())]),
-            "/run",
-        ),
-        set(
             "BindReadOnlyPaths",
-            PropertyValue::Binds(sockets),
-            &HOST_SOCKETS.join(" "),
+            PropertyValue::Binds(binds),
+            &format!("{FORWARDER_RUN}:/run {}", HOST_SOCKETS.join(" ")),
         ),
         deny_all(),
         set("TasksMax", PropertyValue::U64(16), "16"),
@@ -390,10 +395,17 @@ pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
         let actual = properties.get(name).map(|v| Value::from(v.clone()));
         let holds = match &actual {
             None => false,
-            // The gate's routes directory is bound too, at its mount point.
-            Some(actual) if name == "BindReadOnlyPaths" => bind_destinations(actual)
-                .iter()
-                .all(|d| HOST_SOCKETS.contains(&d.as_str()) || d == MOUNT),
+            // The empty /run first; the gate's routes directory is bound
+            // too, at its mount point.
+            Some(actual) if name == "BindReadOnlyPaths" => {
+                let binds = binds_of(actual);
+                binds.contains(&(FORWARDER_RUN.to_string(), "/run".to_string()))
+                    && binds.iter().all(|(source, destination)| {
+                        HOST_SOCKETS.contains(&destination.as_str())
+                            || destination == MOUNT
+                            || (destination == "/run" && source == FORWARDER_RUN)
+                    })
+            }
             Some(actual) if name == "SystemCallFilter" => {
                 let text = canonical(actual);
                 // An allow list, without a call of @privileged or @resources.
@@ -415,22 +427,25 @@ pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
     drift
 }
 
-/// The destinations of a `BindReadOnlyPaths=` value (`a(ssbt)`).
-fn bind_destinations(value: &Value<'_>) -> Vec<String> {
+/// The (source, destination) pairs of a `BindReadOnlyPaths=` value
+/// (`a(ssbt)`); an unreadable entry is an empty pair, which no check takes.
+fn binds_of(value: &Value<'_>) -> Vec<(String, String)> {
     let Value::Array(array) = value else {
         return match value {
-            Value::Value(inner) => bind_destinations(inner),
-            _ => vec![String::new()],
+            Value::Value(inner) => binds_of(inner),
+            _ => vec![(String::new(), String::new())],
         };
     };
     array
         .iter()
         .map(|bind| match bind {
-            Value::Structure(fields) => match fields.fields().get(1) {
-                Some(Value::Str(destination)) => destination.to_string(),
-                _ => String::new(),
+            Value::Structure(fields) => match (fields.fields().first(), fields.fields().get(1)) {
+                (Some(Value::Str(source)), Some(Value::Str(destination))) => {
+                    (source.to_string(), destination.to_string())
+                }
+                _ => (String::new(), String::new()),
             },
-            _ => String::new(),
+            _ => (String::new(), String::new()),
         })
         .collect()
 }
@@ -460,6 +475,12 @@ fn canonical(value: &Value<'_>) -> String {
         other => other.to_string(),
     }
 }
+
+/// The empty directory bound read-only over the forwarder's `/run`; systemd
+/// makes the mount points of the binds below it ([`HOST_SOCKETS`], the
+/// routes directory) in it, which leaves it a skeleton of empty files and
+/// directories. Root's, 0755; [`ensure_hardening_dropin`] makes it.
+pub const FORWARDER_RUN: &str = "/run/gatectl-forward-run";
 
 /// The host sockets the forwarder may see under its empty `/run`: the
 /// journal (its audit records and stdout) and the notify socket
@@ -500,8 +521,14 @@ pub fn hardening_dropin() -> String {
 /// Makes sure systemd finds the hardening drop-in at its next reload:
 /// when the packaged copy is missing or differs, writes one under
 /// [`RUNTIME_DROPIN_DIR`] (a runtime copy overrides the packaged one).
-/// Returns whether it wrote a file.
+/// Also makes [`FORWARDER_RUN`], without which a forwarder does not start.
+/// Returns whether it wrote the drop-in.
 pub fn ensure_hardening_dropin() -> Result<bool> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(FORWARDER_RUN)
+        .with_context(|| format!("cannot create {FORWARDER_RUN}"))?;
     let wanted = hardening_dropin();
     let packaged = Path::new(PACKAGED_DROPIN_DIR).join(DROPIN);
     let runtime = Path::new(RUNTIME_DROPIN_DIR).join(DROPIN);
@@ -802,8 +829,8 @@ mod tests {
             "DynamicUser=yes",
             "CapabilityBoundingSet=",
             "IPAddressDeny=any",
-            "TemporaryFileSystem=/run",
-            "BindReadOnlyPaths=/run/systemd/journal/socket /run/systemd/journal/stdout /run/systemd/notify",
+            "BindReadOnlyPaths=/run/gatectl-forward-run:/run /run/systemd/journal/socket \
+             /run/systemd/journal/stdout /run/systemd/notify",
             "SystemCallFilter=~@privileged @resources",
         ] {
             assert!(lines.contains(&line), "{line} missing from\n{text}");
@@ -890,6 +917,36 @@ mod tests {
             drift[0].starts_with("BindReadOnlyPaths=[") && drift[0].contains("/run/dbus"),
             "{drift:?}"
         );
+    }
+
+    #[test]
+    fn run_must_stay_bound_to_the_empty_directory() {
+        let with_binds = |binds: Vec<(String, String, bool, u64)>| {
+            let mut live = live_with_dropin();
+            live.insert(
+                "BindReadOnlyPaths".into(),
+                OwnedValue::try_from(PropertyValue::Binds(binds).to_value()).unwrap(),
+            );
+            sandbox_drift(&live)
+        };
+        let sockets: Vec<_> = HOST_SOCKETS
+            .iter()
+            .map(|p| (p.to_string(), p.to_string(), false, libc::MS_REC))
+            .collect();
+        // Without the empty /run, the forwarder would see the host's.
+        let drift = with_binds(sockets.clone());
+        assert_eq!(drift.len(), 1, "{drift:?}");
+        assert!(
+            drift[0].contains("gatectl sets BindReadOnlyPaths=/run/gatectl-forward-run:/run"),
+            "{drift:?}"
+        );
+        // The host's /run bound in its place is no better.
+        let mut host_run = sockets.clone();
+        host_run.insert(0, ("/run".into(), "/run".into(), false, libc::MS_REC));
+        assert_eq!(with_binds(host_run).len(), 1);
+        let mut as_set = sockets;
+        as_set.insert(0, (FORWARDER_RUN.into(), "/run".into(), false, libc::MS_REC));
+        assert_eq!(with_binds(as_set), Vec::<String>::new());
     }
 
     #[test]

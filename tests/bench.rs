@@ -46,13 +46,13 @@ const ROWS: &[&str] = &[
     "8 at a time |",
     "| forwarders running right after the last start",
     "| forwarders running with no connection,",
-    "| gatectl start, forwarder_prestart = false |",
-    "| gatectl stop, forwarder_prestart = false |",
+    "| gatectl start, forwarder_prestart = true |",
+    "| gatectl stop, forwarder_prestart = true |",
     "| gatectl start to first banner |",
-    "| gatectl start to first banner, forwarder_prestart = false |",
+    "| gatectl start to first banner, forwarder_prestart = true |",
     "| shell script start to first banner",
     "| agent connecting 100 ms after gatectl start: its wait for the banner |",
-    "| the same, forwarder_prestart = false |",
+    "| the same, forwarder_prestart = true |",
     "| the same through the shell script's gate |",
     "| idle forwarder after one request, MemoryCurrent",
     "System calls per connection in the forwarder process",
@@ -69,6 +69,7 @@ const ROWS: &[&str] = &[
     "| gatectl (",
     "| shell script (",
     "| an agent netns alone (",
+    "### First request through a gate whose forwarder is not running",
 ];
 
 #[test]

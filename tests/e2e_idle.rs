@@ -48,7 +48,7 @@ fn manifest(entries: &[&str]) -> String {
 fn settings(host: &common::TestHost) {
     host.write_file(
         "/etc/gatectl/gatectl.toml",
-        format!("forwarder_idle_secs = {IDLE_SECS}\n").as_bytes(),
+        format!("forwarder_prestart = true\nforwarder_idle_secs = {IDLE_SECS}\n").as_bytes(),
         0o644,
     );
 }

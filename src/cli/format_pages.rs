@@ -66,7 +66,8 @@ pub const SETTINGS: [(&str, &str); 16] = [
         "Whether gatectl start has systemd start the gate's forwarder right away, without waiting for \
          it, so that the agent's first connection finds it running instead of waiting for its sandbox \
          to be set up. Skipped while another gate's forwarder is still starting, so that a burst of \
-         starts does not slow itself down. When false, the forwarder starts at the first connection.",
+         starts does not slow itself down. When false (the default: it costs each start more than it \
+         saves an agent that connects at once), the forwarder starts at the first connection.",
     ),
     (
         "forwarder_idle_secs",
