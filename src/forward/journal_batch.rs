@@ -19,12 +19,10 @@ use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, UnixAddr};
-use std::sync::Arc;
-
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
