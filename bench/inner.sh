@@ -63,12 +63,12 @@ EOF
     "UsePAM no" "PasswordAuthentication no" "KbdInteractiveAuthentication no" "UseDNS no" \
     "MaxStartups 100:30:200" > /tmp/sshd/sshd_config
   ip netns exec up /usr/sbin/sshd -f /tmp/sshd/sshd_config -E /tmp/sshd/sshd.log
-  for ns in agent dagent; do
+  for ns in agent agent2 dagent; do
     ip netns add $ns
     ip -n $ns link set lo up
   done
   # clients in the agent namespaces open many short connections
-  for ns in agent dagent up; do
+  for ns in agent agent2 dagent up; do
     ip netns exec $ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
   done
 
@@ -119,10 +119,32 @@ EOF
     systemd-socket-activate -l $GATE:32000 /lib/systemd/systemd-socket-proxyd $UP:5201
   systemd-run --quiet --unit bench-proxyd-http -p NetworkNamespacePath=$netns -p DynamicUser=yes \
     systemd-socket-activate -l $GATE:32001 /lib/systemd/systemd-socket-proxyd --connections-max=1024 $UP:80
+  # The gate's own forwarder first (a request starts it), so that it holds
+  # the gate netns's counters socket (what `gatectl status bench` reads)
+  # before the forwarders run by hand in the same netns try to.
+  wait_listen gate-bench 30001
+  ip netns exec agent timeout 10 bash -c "exec 3<>/dev/tcp/$GATE/30001; printf 'GET / HTTP/1.0\r\n\r\n' >&3; cat <&3 >/dev/null"
+  systemctl is-active --quiet gate-bench.service
   # diagnostic: the same forwarder run by hand, logging to /dev/null instead
   # of the journal (what the per-connection audit event costs)
   ip netns exec gate-bench gatectl forward --slug nojournal --listen $GATE \
     --route "34001,http,$UP:80" >/dev/null 2>&1 &
+  # a second real gate, for agent2, whose forwarder writes no audit record:
+  # its unit's log level (a drop-in) leaves out the info events
+  cat > /etc/gatectl/bottles/noaudit.toml <<EOF
+agent_netns = "agent2"
+[[ssh]]
+Host = "http"
+Hostname = "$UP"
+Port = 80
+EOF
+  mkdir -p /run/systemd/system/gate-noaudit.service.d
+  printf '[Service]\nEnvironment=RUST_LOG=warn\n' > /run/systemd/system/gate-noaudit.service.d/bench-no-audit.conf
+  systemctl daemon-reload
+  gatectl start noaudit >/dev/null
+  NOAUDIT=$(gatectl ssh-config noaudit | awk '/HostName/ {print $2}')
+  PATHS[noaudit]="agent2 $NOAUDIT - 30000"
+  wait_listen gate-noaudit 30000
   local port
   for port in 30000 30001 31000 31001 32000 32001 34001; do wait_listen gate-bench $port; done
   wait_listen up 5201
@@ -150,8 +172,14 @@ declare -A PATHS=(
   [direct]="dagent $UP 5201 80"
   [nojournal]="agent $GATE - 34001"
 )
+# (and [noaudit], the second gate, set by setup)
 ORDER=(gatectl proxyd socat direct)
+# the rows of connections per second
+CPS_ORDER=(gatectl noaudit proxyd socat direct nojournal)
 declare -A GBIT CPS RUNS
+# audit records of the gatectl gate counted in the journal, and the
+# connections its forwarder counted, over the ab runs of wire()
+declare -A AUDIT=([records]=0 [connections]=0 [short]=0)
 
 iperf_gbit() { # NETNS ADDR PORT STREAMS -> Gbit/s received
   local out try
@@ -186,6 +214,54 @@ ab_cps() { # NETNS ADDR PORT PATH -> requests (= connections) per second
   echo "${rps:-0}"
 }
 
+cursor() { journalctl -q -n 0 --show-cursor | sed -n 's/^-- cursor: //p'; }
+
+gate_total() { # SLUG -> connections its forwarder counted so far
+  gatectl status "$1" --json | jq '.counters.total // 0'
+}
+
+audit_records() { # SLUG CURSOR -> the gate's audit records in the journal after CURSOR
+  # (matched by jq: journalctl --after-cursor with a field match skips the
+  # first matching entry when the cursor's own entry does not match)
+  journalctl -q --no-pager --after-cursor="$2" -o json --output-fields=GATE_SLUG,GATE_OUTCOME |
+    jq -c --arg slug "$1" 'select(.GATE_SLUG == $slug and .GATE_OUTCOME != null)' | wc -l
+}
+
+audited_cps() { # ab_cps through the gatectl gate, counting its audit records in AUDIT
+  local before total records connections
+  before=$(cursor)
+  total=$(gate_total bench)
+  CPS_AUDITED=$(ab_cps agent $GATE 30001 gatectl)
+  # wait for the last records (written in batches) and connections (closed
+  # by ab at its time limit) to be counted
+  for _ in $(seq 50); do
+    connections=$(( $(gate_total bench) - total ))
+    records=$(audit_records bench "$before")
+    (( records >= connections )) && break
+    sleep 0.1
+  done
+  AUDIT[records]=$(( AUDIT[records] + records ))
+  AUDIT[connections]=$(( AUDIT[connections] + connections ))
+  if (( connections <= 0 || records < connections )); then
+    AUDIT[short]=$(( AUDIT[short] + 1 ))
+    log "gatectl gate: $records audit records in the journal for $connections connections"
+  fi
+}
+
+audit_column() { # PATH -> the "audit records / connections" cell
+  case $1 in
+  gatectl)
+    if (( AUDIT[short] > 0 )); then
+      echo "${AUDIT[records]} / ${AUDIT[connections]} (records missing, or no connection counted, in ${AUDIT[short]} run(s); the figure is not valid)"
+    else
+      echo "${AUDIT[records]} / ${AUDIT[connections]} (all)"
+    fi ;;
+  noaudit) echo "none (off: RUST_LOG=warn)" ;;
+  nojournal) echo "to /dev/null" ;;
+  *) echo "-" ;;
+  esac
+}
+
 ab_failed() { # PATH -> " (N failed requests)" when an ab run of PATH had failures
   local n
   n=$(awk -v p="$1" '$1 == p {if ($2 ~ /^[0-9]+$/) s += $2; else s = "no result"} END {print s}' "$AB_FAILURES")
@@ -203,15 +279,20 @@ wire() { # each path once per round, interleaved; the median of the rounds
         runs[$p,$streams]+=" $(iperf_gbit "$ns" "$addr" "$iport" $streams)"
       done
     done
-    for p in "${ORDER[@]}" nojournal; do
+    for p in "${CPS_ORDER[@]}"; do
       read -r ns addr _ hport <<<"${PATHS[$p]}"
-      runs[$p,cps]+=" $(ab_cps "$ns" "$addr" "$hport" "$p")"
+      if [[ $p == gatectl ]]; then
+        audited_cps
+        runs[$p,cps]+=" $CPS_AUDITED"
+      else
+        runs[$p,cps]+=" $(ab_cps "$ns" "$addr" "$hport" "$p")"
+      fi
     done
     log "round $round: $(for k in "${!runs[@]}"; do printf '%s=[%s] ' "$k" "${runs[$k]# }"; done)"
   done
-  for p in "${ORDER[@]}" nojournal; do
+  for p in "${CPS_ORDER[@]}"; do
     for streams in 1 4; do
-      [[ $p == nojournal ]] || GBIT[$p,$streams]=$(median <<<"${runs[$p,$streams]}")
+      [[ -z ${runs[$p,$streams]:-} ]] || GBIT[$p,$streams]=$(median <<<"${runs[$p,$streams]}")
     done
     CPS[$p]=$(median <<<"${runs[$p,cps]}")
     RUNS[$p]="${runs[$p,1]:-} / ${runs[$p,4]:-} / ${runs[$p,cps]# }"
@@ -631,12 +712,19 @@ report() {
     echo
     echo "### New connections per second (ab -c 32, ${ab_secs} s, nginx upstream)"
     echo
-    echo "| path | conn/s | gatectl ÷ path |"
-    echo "| --- | ---: | ---: |"
-    for p in "${ORDER[@]}"; do
-      echo "| $p | ${CPS[$p]}$(ab_failed "$p") | $(ratio "${CPS[gatectl]}" "${CPS[$p]}") |"
+    echo "Median of $rounds rounds, paths interleaved in each round; every run in the last column. Audit records: the gatectl gate's records in the journal (entries with \`GATE_SLUG=bench\` and a \`GATE_OUTCOME\` after a cursor taken before each of its ab runs) against the connections its forwarder counted in those runs (\`gatectl status\`)."
+    echo
+    echo "| path | conn/s | path ÷ proxyd | audit records / connections | runs |"
+    echo "| --- | ---: | ---: | --- | --- |"
+    local label
+    for p in "${CPS_ORDER[@]}"; do
+      case $p in
+      noaudit) label="gatectl, no audit record (a second gate, RUST_LOG=warn)" ;;
+      nojournal) label="gatectl forward run by hand, audit log to /dev/null (diagnostic)" ;;
+      *) label=$p ;;
+      esac
+      echo "| $label | ${CPS[$p]}$(ab_failed "$p") | $(ratio "${CPS[$p]}" "${CPS[proxyd]}") | $(audit_column "$p") | ${RUNS[$p]##*/ } |"
     done
-    echo "| gatectl forward run by hand, audit log to /dev/null (diagnostic) | ${CPS[nojournal]}$(ab_failed nojournal) | $(ratio "${CPS[gatectl]}" "${CPS[nojournal]}") |"
     echo
     echo "System calls per connection in the forwarder process (strace -c -f during ab -c 32 -n $profile_conns):"
     echo

@@ -2,6 +2,7 @@
 //! in a systemd unit), otherwise compact lines on stderr.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
@@ -11,7 +12,10 @@ use tracing_subscriber::EnvFilter;
 const JOURNAL_FIELD_PREFIX: &str = "GATE";
 
 /// The `SYSLOG_IDENTIFIER` of journal entries (`journalctl -t gatectl`).
-const SYSLOG_IDENTIFIER: &str = "gatectl";
+pub const SYSLOG_IDENTIFIER: &str = "gatectl";
+
+/// Whether [`init`] chose the journal.
+static TO_JOURNAL: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global logger.
 ///
@@ -33,6 +37,7 @@ pub fn init(verbose: bool) {
                 .with(filter(verbose))
                 .with(journal)
                 .try_init();
+            TO_JOURNAL.store(true, Ordering::Relaxed);
             return;
         }
     }
@@ -43,6 +48,12 @@ pub fn init(verbose: bool) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter(verbose))
         .try_init();
+}
+
+/// Whether [`init`] installed the journal logger: the events of this
+/// process go to the journal.
+pub fn to_journal() -> bool {
+    TO_JOURNAL.load(Ordering::Relaxed)
 }
 
 /// Runs `f` with its events going to the journal (with gatectl's field

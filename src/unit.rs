@@ -223,6 +223,22 @@ pub fn allow_also(prefixes: Vec<IpNet>) -> Property {
     prop("IPAddressAllow", PropertyValue::Prefixes(prefixes))
 }
 
+/// journald's rate limit on the forwarder's messages, its audit records
+/// included: [`LOG_RATE_LIMIT_BURST`] per this interval (journald's default
+/// interval). Beyond it journald drops the gate's messages until the
+/// interval ends and then logs how many (`Suppressed N messages from
+/// gate-<slug>.service`); the forwarder's counters still count every
+/// connection. See docs/security.md, "What is logged and where".
+const LOG_RATE_LIMIT_INTERVAL_USEC: u64 = 30_000_000;
+
+/// The messages the forwarder may log per [`LOG_RATE_LIMIT_INTERVAL_USEC`]:
+/// three times journald's default, so that a burst of connections at the
+/// forwarder's full speed for seconds is recorded in full, while a flood
+/// kept up for longer costs the journal 1,000 records a second on average
+/// (journald scales the burst up to 5 times with the free space of the
+/// journal's file system, the same for every unit).
+const LOG_RATE_LIMIT_BURST: u32 = 30_000;
+
 /// Bytes of memory the forwarder may use: a base plus a per-connection share.
 fn memory_max(settings: &Settings) -> u64 {
     32 * 1024 * 1024 + u64::from(settings.max_connections) * 256 * 1024
@@ -260,6 +276,11 @@ pub fn properties(plan: &GatePlan, settings: &Settings) -> Vec<Property> {
             PropertyValue::U64(MAX_ENTRIES as u64 + u64::from(settings.max_connections) * 6 + 64),
         ),
         prop("MemoryMax", PropertyValue::U64(memory_max(settings))),
+        prop(
+            "LogRateLimitIntervalUSec",
+            PropertyValue::U64(LOG_RATE_LIMIT_INTERVAL_USEC),
+        ),
+        prop("LogRateLimitBurst", PropertyValue::U32(LOG_RATE_LIMIT_BURST)),
     ];
     properties.extend(hardening().into_iter().map(|h| h.property));
     // Its own gate's routes directory, read-only, and nothing else of the
@@ -660,6 +681,8 @@ mod tests {
             ("IPAddressDeny", "a(iayu)"),
             ("LimitNOFILE", "t"),
             ("MemoryMax", "t"),
+            ("LogRateLimitIntervalUSec", "t"),
+            ("LogRateLimitBurst", "u"),
             ("TasksMax", "t"),
             ("UMask", "u"),
         ];

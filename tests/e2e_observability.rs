@@ -1,7 +1,9 @@
 //! End to end, in a throwaway systemd host: what an operator sees of a
 //! gate's traffic. `gatectl status` (text and `--json`) shows the
 //! forwarder's live counters per gate and per entry, matching the bytes the
-//! test sent; `systemctl status` shows the one-line summary.
+//! test sent; `systemctl status` shows the one-line summary. Every
+//! connection has exactly one audit record in the journal, a burst of them
+//! and those a stop cuts included.
 //!
 //! Needs root; skipped otherwise (fails under `CI`).
 
@@ -416,4 +418,138 @@ fn metrics_parse_and_denied_attempts_are_recorded_once_per_run() {
     ]);
     assert!(timers.contains("gatectl-metrics.service"), "{timers}");
     gatectl_ok(&host, &["stop", "alice"]);
+}
+
+/// Connections the audit test opens to a refusing upstream.
+const BURST: usize = 300;
+
+/// Sessions the audit test holds open when the gate stops.
+const HELD: usize = 4;
+
+/// gatectl's connection records of alice (`gatectl log --json`), once there
+/// are `expected` of the `outcome` (or the deadline passed).
+fn connection_records(host: &TestHost, outcome: &str, expected: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log: Value = serde_json::from_str(&gatectl_ok(host, &["log", "alice", "--json"])).unwrap();
+        let records: Vec<Value> = log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "connection" && e["outcome"] == outcome)
+            .cloned()
+            .collect();
+        if records.len() >= expected || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn every_connection_is_recorded_once_and_a_stop_writes_the_last_records() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("audit");
+    serve_echo(&host, Some("upstream"), "10.99.2.1", 7007);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n\
+          [[ssh]]\nHost = \"down\"\nHostname = \"10.99.2.1\"\nPort = 2222\n\
+          [[ssh]]\nHost = \"echo\"\nHostname = \"10.99.2.1\"\nPort = 7007\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "alice"]);
+
+    // A burst of connections, 4 at a time, each refused by the upstream (the
+    // gate tells the client so, then closes): one record each.
+    let script = format!(
+        "for j in 1 2 3 4; do (for i in $(seq {}); do \
+           (exec 3<>/dev/tcp/10.231.0.1/30000; cat <&3 >/dev/null); done) & done; wait",
+        BURST / 4
+    );
+    let out = bash_in(&host, "agent", 120, &script);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = status_when(&host, |c| c["total"] == BURST && c["active"] == 0);
+    assert_eq!(status["counters"]["refused"]["upstream"], BURST, "{status:#}");
+    let records = connection_records(&host, "connect_failed", BURST);
+    // No record twice either: what arrived late is counted too.
+    std::thread::sleep(Duration::from_secs(1));
+    let records_now = connection_records(&host, "connect_failed", BURST);
+    assert_eq!(
+        (records.len(), records_now.len()),
+        (BURST, BURST),
+        "one record per connection"
+    );
+    let mut peers: Vec<&str> = records.iter().map(|r| r["peer"].as_str().unwrap()).collect();
+    peers.sort_unstable();
+    peers.dedup();
+    assert_eq!(peers.len(), BURST, "a record per client port");
+    for record in &records {
+        assert_eq!(
+            (
+                &record["slug"],
+                &record["alias"],
+                &record["upstream"],
+                &record["bytes_up"]
+            ),
+            (
+                &Value::from("alice"),
+                &Value::from("down"),
+                &Value::Null,
+                &Value::from(0)
+            ),
+            "{record:#}"
+        );
+        assert!(
+            record["peer"].as_str().unwrap().starts_with("10.231.0.0:"),
+            "{record:#}"
+        );
+        assert!(record["duration_ms"].is_u64(), "{record:#}");
+        assert!(
+            record["error"].as_str().unwrap().contains("10.99.2.1:2222"),
+            "{record:#}"
+        );
+        assert!(
+            record["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("down: 10.231.0.0:"),
+            "{record:#}"
+        );
+    }
+
+    // Sessions open when the gate stops: each is recorded as aborted by the
+    // stopping forwarder, which writes out its last records before it exits.
+    let held = host
+        .command(&[
+            "ip",
+            "netns",
+            "exec",
+            "agent",
+            "bash",
+            "-c",
+            &format!(
+                "for i in $(seq {HELD}); do (sleep 60 | socat - TCP:10.231.0.1:30001 >/dev/null) & done; wait"
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    status_when(&host, |c| c["active"] == HELD);
+    gatectl_ok(&host, &["stop", "alice"]);
+    let aborted = connection_records(&host, "aborted", HELD);
+    assert_eq!(aborted.len(), HELD, "{aborted:#?}");
+    assert!(
+        aborted
+            .iter()
+            .all(|r| r["alias"] == "echo" && r["upstream"] == "10.99.2.1:7007"),
+        "{aborted:#?}"
+    );
+    // (its sleeps end with the throwaway host)
+    let mut held = held;
+    let _ = held.kill();
+    let _ = held.wait();
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::audit::{ConnectionLog, Outcome};
+use super::audit::{AuditLog, ConnectionLog, Outcome};
 use super::pipe::PipePool;
 use super::refuse::{self, Refusal};
 use super::relay;
@@ -36,14 +36,21 @@ pub struct Forwarder {
     refusing: Arc<Semaphore>,
     live: Arc<Live>,
     pipes: PipePool,
+    audit: AuditLog,
 }
 
 impl Forwarder {
     /// A forwarder for `slug` allowing `max_connections` open connections at
     /// once, each connect attempt to an upstream limited to `connect_timeout`,
     /// with the splice pipes of `pipe_size` bytes that the file-descriptor
-    /// limit leaves room for.
-    pub fn new(slug: String, max_connections: u32, connect_timeout: Duration, pipe_size: usize) -> Self {
+    /// limit leaves room for, writing each connection's record to `audit`.
+    pub fn new(
+        slug: String,
+        max_connections: u32,
+        connect_timeout: Duration,
+        pipe_size: usize,
+        audit: AuditLog,
+    ) -> Self {
         Forwarder {
             slug,
             connect_timeout,
@@ -52,7 +59,13 @@ impl Forwarder {
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             live: Arc::default(),
             pipes: PipePool::for_forwarder(pipe_size, max_connections),
+            audit,
         }
+    }
+
+    /// Where the connections' records go.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The counters right now.
@@ -230,7 +243,7 @@ async fn serve_connection(
         _ => {}
     }
     entry.closed(log.bytes.to_upstream, log.bytes.from_upstream);
-    log.finish(outcome);
+    log.finish(outcome, &forwarder.audit);
     if let Some((why, description)) = refusal {
         refuse::refuse(client, why, &description).await;
     }

@@ -7,22 +7,25 @@
 //! Its routes come from the gate's routes file (see [`routes_file`]), read
 //! again at SIGHUP and applied in place (see `served`), or from the command
 //! line. It relays each connection to that route's upstream (see `relay`),
-//! logging one audit event per connection (see `audit`). It tells systemd it
-//! is ready once it serves every route (see `status`).
+//! writing one audit record per connection (see `audit`; to the journal in
+//! batches, see `journal_batch`). It tells systemd it is ready once it
+//! serves every route (see `status`).
 //!
 //! Given an idle period, a forwarder whose listeners all came from systemd
 //! exits after that long without connections, and systemd starts it again
 //! at the next one (see `idle`).
 //!
 //! On SIGTERM or SIGINT it stops accepting and closes the connections still
-//! open at once, logging each as aborted, then exits successfully: a gate is
-//! stopped when its agent is done, and an ssh session would not end by itself
-//! within any grace period worth waiting for.
+//! open at once, recording each as aborted, writes out the audit records
+//! not written yet, then exits successfully: a gate is stopped when its
+//! agent is done, and an ssh session would not end by itself within any
+//! grace period worth waiting for.
 
 mod accept;
 mod audit;
 mod disconnect;
 mod idle;
+mod journal_batch;
 mod pipe;
 mod refuse;
 mod relay;
@@ -47,6 +50,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use self::accept::Forwarder;
+use self::audit::AuditLog;
 pub use self::pipe::DEFAULT_PIPE_SIZE;
 pub use self::route::ForwardRoute;
 pub use self::routes_file::RoutesFile;
@@ -226,6 +230,7 @@ pub async fn serve(
         config.connection_limit()?,
         config.connect_timeout,
         config.pipe_size,
+        AuditLog::for_this_process(),
     ));
     let counters = config
         .stats_socket
@@ -311,6 +316,7 @@ pub async fn serve(
             "some connections were still closing after {STOP_GRACE:?}"
         );
     }
+    forwarder.audit().close().await;
     if let Some(task) = counters {
         task.abort();
     }
