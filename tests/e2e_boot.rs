@@ -131,3 +131,57 @@ fn a_state_dir_on_disk_from_the_earlier_boot_does_not_stop_the_gate() {
     let record = host.run_ok(&["ls", "/var/lib/gatectl/gates"]);
     assert!(record.contains("alice.json"), "{record}");
 }
+
+/// At boot a `gatectl@` unit may wait long for one of the 16 work slots
+/// (2,000 units start at once); the wait must not count against the
+/// unit's start timeout. The waiting `gatectl start` tells systemd it is
+/// alive (`EXTEND_TIMEOUT_USEC`, heard through `NotifyAccess=all`): with the
+/// start timeout cut to 3 s and every slot held for 8 s, the unit still
+/// comes up, once a slot is free.
+#[test]
+fn a_unit_waiting_for_a_work_slot_outlives_its_start_timeout() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::boot("e2e-slots");
+    host.install_binary(std::path::Path::new(env!("CARGO_BIN_EXE_gatectl")), GATECTL);
+    install_unit(&host, "units/gatectl@.service");
+    host.write_file(
+        "/etc/systemd/system/gatectl@.service.d/timeout.conf",
+        b"[Service]\nTimeoutStartSec=3s\n",
+        0o644,
+    );
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"[[ssh]]\nHost = \"up\"\nHostname = \"10.99.2.1\"\n",
+        0o644,
+    );
+    host.run_ok(&["systemctl", "daemon-reload"]);
+    // Every slot held by someone else for 8 s.
+    host.run_ok(&[
+        "sh",
+        "-c",
+        "mkdir -p /run/gatectl/locks/work && for i in $(seq 0 15); do \
+           setsid flock /run/gatectl/locks/work/$i.lock sleep 8 </dev/null >/dev/null 2>&1 & done; \
+         sleep 0.5",
+    ]);
+    let start = std::time::Instant::now();
+    let out = host.exec(&["systemctl", "start", "gatectl@alice.service"]);
+    assert!(
+        out.status.success(),
+        "gatectl@alice timed out while it waited for a slot: {}\n{}",
+        text(&out),
+        String::from_utf8_lossy(
+            &host
+                .exec(&["journalctl", "-u", "gatectl@alice.service", "--no-pager"])
+                .stdout
+        )
+    );
+    assert!(
+        start.elapsed() > std::time::Duration::from_secs(5),
+        "the start did not wait for a slot ({:?})",
+        start.elapsed()
+    );
+    let status = gatectl_ok(&host, &["status", "alice"]);
+    assert!(status.starts_with("gate alice: running"), "{status}");
+}
