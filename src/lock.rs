@@ -15,7 +15,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg};
 
 use crate::error::{Context, Result};
 use crate::slug::Slug;
@@ -110,15 +111,34 @@ const WAIT_NOTICE: Duration = Duration::from_secs(10);
 /// long as systemd's default start timeout.
 const WORK_TIME: Duration = Duration::from_secs(90);
 
+/// A held work slot; released when dropped (or when the process dies).
+pub struct WorkSlot {
+    _file: File,
+}
+
 /// Takes one of the [`WORK_SLOTS`] host-wide work slots, waiting for one if
 /// all are taken: tries each once, starting at a slot chosen by the process
 /// id (so waiters spread over the slots), then waits for that first one.
-pub fn take_work_slot(state_dir: &Path) -> Result<LockGuard> {
+///
+/// The slots are the first bytes of one file, `locks/work.lock`, each locked
+/// with an open file description lock (`F_OFD_SETLK`): no file per slot,
+/// so after the first command the state directory looks the same whichever
+/// slots are in use (a refused command changes nothing there).
+pub fn take_work_slot(state_dir: &Path) -> Result<WorkSlot> {
+    let path = state_dir.join("locks").join("work.lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock {}; gatectl must run as root", path.display()))?;
     let first = std::process::id() as usize % WORK_SLOTS;
     for i in 0..WORK_SLOTS {
-        let slot = (first + i) % WORK_SLOTS;
-        if let Some(guard) = take(&work_slot_path(state_dir, slot), FlockArg::LockExclusiveNonblock)? {
-            return Ok(guard);
+        if lock_byte(&file, &path, (first + i) % WORK_SLOTS, false)? {
+            return Ok(WorkSlot { _file: file });
         }
     }
     let (taken, notices) = mpsc::channel::<()>();
@@ -135,17 +155,42 @@ pub fn take_work_slot(state_dir: &Path) -> Result<LockGuard> {
             }
         })
     });
-    let guard = lock(&work_slot_path(state_dir, first));
+    let locked = lock_byte(&file, &path, first, true);
     drop(taken);
     if let Some(notifier) = notifier {
         let _ = notifier.join();
         extend(WORK_TIME);
     }
-    guard
+    locked?;
+    Ok(WorkSlot { _file: file })
 }
 
-fn work_slot_path(state_dir: &Path, slot: usize) -> std::path::PathBuf {
-    state_dir.join("locks").join("work").join(format!("{slot}.lock"))
+/// Locks byte `slot` of `file` (at `path`) for writing with an open file
+/// description lock, waiting if `wait`; without `wait`, `false` if another
+/// holds it.
+fn lock_byte(file: &File, path: &Path, slot: usize, wait: bool) -> Result<bool> {
+    // SAFETY: flock is a plain C struct; all-zero is a valid value.
+    let mut range: libc::flock = unsafe { std::mem::zeroed() };
+    range.l_type = libc::F_WRLCK as libc::c_short;
+    range.l_whence = libc::SEEK_SET as libc::c_short;
+    range.l_start = slot as libc::off_t;
+    range.l_len = 1;
+    loop {
+        let arg = if wait {
+            FcntlArg::F_OFD_SETLKW(&range)
+        } else {
+            FcntlArg::F_OFD_SETLK(&range)
+        };
+        match fcntl(file, arg) {
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN | Errno::EACCES) if !wait => return Ok(false),
+            Err(errno) => {
+                return Err(errno)
+                    .with_context(|| format!("cannot take work slot {slot} of {}", path.display()))
+            }
+        }
+    }
 }
 
 /// Serialises the allocation of gate indexes across all slugs.
@@ -163,7 +208,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         // Each take opens the lock file anew: flock excludes across open
         // files, in one process too.
-        let mut held: Vec<LockGuard> = (0..WORK_SLOTS).map(|_| take_work_slot(&dir).unwrap()).collect();
+        let mut held: Vec<WorkSlot> = (0..WORK_SLOTS).map(|_| take_work_slot(&dir).unwrap()).collect();
         let waiter = {
             let dir = dir.clone();
             thread::spawn(move || take_work_slot(&dir).map(|_| ()))

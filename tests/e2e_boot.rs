@@ -157,13 +157,14 @@ fn a_unit_waiting_for_a_work_slot_outlives_its_start_timeout() {
         0o644,
     );
     host.run_ok(&["systemctl", "daemon-reload"]);
-    // Every slot held by someone else for 8 s.
+    // Every slot (bytes 0-15 of the work lock file) held by someone else for
+    // 8 s: a POSIX record lock conflicts with gatectl's OFD locks.
     host.run_ok(&[
         "sh",
         "-c",
-        "mkdir -p /run/gatectl/locks/work && for i in $(seq 0 15); do \
-           setsid flock /run/gatectl/locks/work/$i.lock sleep 8 </dev/null >/dev/null 2>&1 & done; \
-         sleep 0.5",
+        "mkdir -p /run/gatectl/locks && setsid python3 -c 'import fcntl, time; \
+           f = open(\"/run/gatectl/locks/work.lock\", \"a\"); fcntl.lockf(f, fcntl.LOCK_EX, 16, 0); \
+           time.sleep(8)' </dev/null >/dev/null 2>&1 & sleep 0.5",
     ]);
     let start = std::time::Instant::now();
     let out = host.exec(&["systemctl", "start", "gatectl@alice.service"]);
