@@ -95,9 +95,10 @@ pub fn lock_host(state_dir: &Path) -> Result<LockGuard> {
 /// fail with `LimitsExceeded`, and systemd's own connection, refused as
 /// well, never takes its bus name, so even the admitted ones time out. Each
 /// connection also receives every other start's `JobRemoved` signals (a
-/// cost that grows with the square of the starts at once). The kernel
-/// serialises most of a start anyway (rtnl, the nftables commit), so a few
-/// slots per CPU keep the CPUs busy.
+/// cost that grows with the square of the starts at once). 16 is far below
+/// the bus's limit, leaving room for systemd and other root clients; it is
+/// not tuned further (BENCHMARKS.md, the boot rows: the boot of 2,000 gates
+/// is bound by CPU, systemd's share included).
 pub const WORK_SLOTS: usize = 16;
 
 /// While a command waits for a work slot under systemd (`gatectl@`'s
@@ -123,7 +124,7 @@ pub struct WorkSlot {
 /// The slots are the first bytes of one file, `locks/work.lock`, each locked
 /// with an open file description lock (`F_OFD_SETLK`): no file per slot,
 /// so after the first command the state directory looks the same whichever
-/// slots are in use (a refused command changes nothing there).
+/// slots are in use.
 pub fn take_work_slot(state_dir: &Path) -> Result<WorkSlot> {
     let path = state_dir.join("locks").join("work.lock");
     if let Some(dir) = path.parent() {
