@@ -371,17 +371,61 @@ async fn started(watch: JobWatch, unit: &str, job: OwnedObjectPath) -> Result<()
     }
 }
 
+/// How long [`Systemd::connect`] keeps trying while the bus refuses a
+/// connection for a passing reason (see [`refused_for_now`]).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether the bus refused a connection for a reason that passes: its
+/// connections per user are used up (`LimitsExceeded`: dbus-daemon's
+/// `max_connections_per_user`, 256 on the system bus), or it dropped the
+/// connection during the handshake (beyond `max_incomplete_connections`, 64).
+/// A bus that is not there (no socket, refused) is no such reason.
+fn refused_for_now(e: &zbus::Error) -> bool {
+    const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
+    match e {
+        zbus::Error::MethodError(name, _, _) => name.as_str() == LIMITS_EXCEEDED,
+        zbus::Error::FDO(e) => matches!(**e, zbus::fdo::Error::LimitsExceeded(_)),
+        zbus::Error::InputOutput(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::BrokenPipe
+        ),
+        zbus::Error::Handshake(_) => true,
+        _ => false,
+    }
+}
+
+/// A connection to the system bus, tried again for up to
+/// [`CONNECT_PATIENCE`] while the bus refuses it for a passing reason.
+async fn system_bus() -> std::result::Result<zbus::Connection, zbus::Error> {
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let attempt = async {
+            zbus::connection::Builder::system()?
+                .method_timeout(CALL_TIMEOUT)
+                .build()
+                .await
+        };
+        match attempt.await {
+            Err(e) if refused_for_now(&e) && tokio::time::Instant::now() + pause < deadline => {
+                // spread the retries of many refused commands apart
+                let jitter = Duration::from_millis(u64::from(std::process::id() % 50));
+                tokio::time::sleep(pause + jitter).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Systemd {
     /// Connects to the system bus. One connection serves every call.
     pub async fn connect() -> Result<Systemd> {
         let unreachable =
             "cannot connect to systemd over the system D-Bus; is systemd running as PID 1 and dbus up?";
-        let connection = zbus::connection::Builder::system()
-            .context(unreachable)?
-            .method_timeout(CALL_TIMEOUT)
-            .build()
-            .await
-            .context(unreachable)?;
+        let connection = system_bus().await.context(unreachable)?;
         // No property cache: its PropertiesChanged stream is one more
         // queue that could fill; gatectl asks for what it needs.
         let manager = ManagerProxy::builder(&connection)
@@ -634,6 +678,24 @@ mod tests {
 
     /// Units with the results of their stop jobs.
     type Stopped<'a> = &'a [(&'a str, &'a str)];
+
+    #[test]
+    fn only_a_full_or_busy_bus_is_tried_again() {
+        use std::io::{Error as IoError, ErrorKind};
+        use std::sync::Arc;
+        let limits = zbus::Error::FDO(Box::new(zbus::fdo::Error::LimitsExceeded(
+            "The maximum number of active connections for UID 0 has been reached".into(),
+        )));
+        assert!(refused_for_now(&limits));
+        let reset = zbus::Error::InputOutput(Arc::new(IoError::from(ErrorKind::ConnectionReset)));
+        assert!(refused_for_now(&reset));
+        let absent = zbus::Error::InputOutput(Arc::new(IoError::from(ErrorKind::NotFound)));
+        assert!(!refused_for_now(&absent));
+        let refused = zbus::Error::InputOutput(Arc::new(IoError::from(ErrorKind::ConnectionRefused)));
+        assert!(!refused_for_now(&refused));
+        let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("no".into())));
+        assert!(!refused_for_now(&denied));
+    }
 
     #[test]
     fn a_stop_succeeds_only_when_every_job_is_done() {

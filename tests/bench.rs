@@ -16,6 +16,8 @@
 //! (`latest.md`), an `strace -f -tt -T` of one start (`start.trace`) and CPU
 //! profiles of traffic through the gate (`perf-iperf.txt`, `perf-ab.txt`).
 
+#[path = "bench_rows/boot.rs"]
+mod boot;
 mod common;
 
 use std::fs;
@@ -73,6 +75,17 @@ const ROWS: &[&str] = &[
     "| shell script (",
     "| an agent netns alone (",
     "### First request through a gate whose forwarder is not running",
+    // the boot rows: tests/bench_rows/boot.rs (boot::ROWS)
+    "| boot: `gatectl@` units active after the reboot |",
+    "| boot: reached active after systemd started, p50 / p90 / p99 / max |",
+    "| boot: reached active after power-on, max |",
+    "| boot: each unit's own start (activating → active), p50 / p90 / max |",
+    "| boot: systemd began the unit (activating) after it started, p50 / max |",
+    "| boot: CPU time until the boot finished: whole host / systemd / dbus-daemon / journald |",
+    "| boot: gates running (`gatectl list --json`) |",
+    "| boot: a connection through a gate after the boot |",
+    "| boot: peak `gatectl` processes at once |",
+    "| boot: peak memory of the whole host |",
 ];
 
 #[test]
@@ -87,6 +100,23 @@ fn benchmark() {
         "GATECTL_BENCH_MODE is smoke or full, not {mode}"
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        boot::ROWS.iter().all(|r| ROWS.contains(r)),
+        "ROWS lacks boot::ROWS"
+    );
+    // GATECTL_BENCH_ONLY=boot: only the boot rows (they boot hosts of their
+    // own); prints them, writes nothing.
+    if std::env::var("GATECTL_BENCH_ONLY").is_ok_and(|v| v == "boot") {
+        let boot = boot::measure(&mode);
+        println!("\n{}", boot.text);
+        check_rows(&boot.text, boot::ROWS);
+        assert!(
+            boot.problems.is_empty(),
+            "the boot rows failed: {:?}",
+            boot.problems
+        );
+        return;
+    }
 
     let host = TestHost::boot("bench");
     host.install_binary(Path::new(env!("CARGO_BIN_EXE_gatectl")), "/usr/local/bin/gatectl");
@@ -103,11 +133,40 @@ fn benchmark() {
     let limit = Duration::from_secs(if mode == "smoke" { 15 * 60 } else { 120 * 60 });
     let status = finish_within(inner, "bench/inner.sh", limit).status;
     assert!(status.success(), "bench/inner.sh failed: {status}");
-    let results = host.read_file("/root/bench/results.md");
+    let mut results = host.read_file("/root/bench/results.md");
     let header = header(&host, &mode);
+    let raws: Vec<(&str, Vec<u8>)> = ["start.trace", "perf-iperf.txt", "perf-ab.txt"]
+        .into_iter()
+        .map(|raw| (raw, host.exec(&["cat", &format!("/root/bench/{raw}")]).stdout))
+        .collect();
+    // The boot rows power their own hosts on and off: after this one is gone.
+    drop(host);
+    let boot = boot::measure(&mode);
+    results.push_str(&boot.text);
     println!("\n{header}\n{results}");
 
-    for row in ROWS {
+    check_rows(&results, ROWS);
+    assert!(
+        boot.problems.is_empty(),
+        "the boot rows failed: {:?}",
+        boot.problems
+    );
+
+    if mode == "full" {
+        let dir = root.join("bench/results");
+        fs::create_dir_all(&dir).expect("create bench/results");
+        fs::write(dir.join("latest.md"), format!("{header}\n{results}")).expect("write latest.md");
+        for (raw, text) in raws {
+            fs::write(dir.join(raw), text)
+                .unwrap_or_else(|e| panic!("cannot write bench/results/{raw}: {e}"));
+        }
+        update_benchmarks_md(&root.join("BENCHMARKS.md"), &format!("{header}\n{results}"));
+    }
+}
+
+/// Fails unless `results` has every row of `rows` and no failed measurement.
+fn check_rows(results: &str, rows: &[&str]) {
+    for row in rows {
         assert!(
             results.contains(row),
             "the results lack the row {row:?}:\n{results}"
@@ -118,18 +177,6 @@ fn benchmark() {
             !results.contains(bad),
             "a measurement failed ({bad:?} in the results):\n{results}"
         );
-    }
-
-    if mode == "full" {
-        let dir = root.join("bench/results");
-        fs::create_dir_all(&dir).expect("create bench/results");
-        fs::write(dir.join("latest.md"), format!("{header}\n{results}")).expect("write latest.md");
-        for raw in ["start.trace", "perf-iperf.txt", "perf-ab.txt"] {
-            let text = host.exec(&["cat", &format!("/root/bench/{raw}")]).stdout;
-            fs::write(dir.join(raw), text)
-                .unwrap_or_else(|e| panic!("cannot write bench/results/{raw}: {e}"));
-        }
-        update_benchmarks_md(&root.join("BENCHMARKS.md"), &format!("{header}\n{results}"));
     }
 }
 

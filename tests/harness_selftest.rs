@@ -1,13 +1,14 @@
 //! Proves the throwaway-host harness of `tests/common` itself: a real systemd boots as PID 1
 //! of private namespaces, transient units run (with `DynamicUser=`), fixtures build
-//! namespaced networks with a working `sshd`, and dropping the host — also while a test
-//! panics — leaves nothing behind on the real machine.
+//! namespaced networks with a working `sshd`, dropping the host — also while a test
+//! panics — leaves nothing behind on the real machine, and a host booted again on its disk
+//! keeps its files and nothing else.
 //!
 //! Needs root; skipped otherwise (fails under `CI`).
 
 mod common;
 
-use common::{list_dir, pid_exists, require_root, ssh_args, TestHost, STATE_ROOT};
+use common::{list_dir, pid_exists, require_root, ssh_args, HostDisk, TestHost, STATE_ROOT};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -205,6 +206,40 @@ fn throwaway_host_runs_systemd_units_and_ssh() {
             .any(|f| f.starts_with(&format!("{name}."))),
         "the host's pid file, log and mount point must be removed"
     );
+}
+
+#[test]
+fn a_host_booted_again_on_its_disk_keeps_its_files_and_nothing_else() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::boot_with_disk("selftest-reboot", HostDisk::new("selftest-reboot"));
+    let disk = host.disk_path().unwrap().to_path_buf();
+    let first_pid = host.pid();
+    host.write_file("/etc/gatectl-selftest-kept", b"kept\n", 0o644);
+    host.write_file("/var/lib/gatectl-selftest-kept", b"kept\n", 0o644);
+    host.write_file("/run/gatectl-selftest-gone", b"gone\n", 0o644);
+    host.add_netns("selftest-gone");
+    host.run_ok(&["systemd-run", "--unit", "selftest-gone", "sleep", "infinity"]);
+
+    let host = host.reboot();
+    assert!(!pid_exists(first_pid), "the first boot's systemd still runs");
+    assert_ne!(host.pid(), first_pid);
+    assert_eq!(host.read_file("/etc/gatectl-selftest-kept"), "kept\n");
+    assert_eq!(host.read_file("/var/lib/gatectl-selftest-kept"), "kept\n");
+    for gone in ["/run/gatectl-selftest-gone", "/run/netns/selftest-gone"] {
+        assert!(
+            !host.exec(&["test", "-e", gone]).status.success(),
+            "{gone} survived the reboot"
+        );
+    }
+    let unit = host.exec(&["systemctl", "is-active", "selftest-gone.service"]);
+    assert_eq!(String::from_utf8_lossy(&unit.stdout), "inactive\n");
+    // Nothing of it on the real machine but the disk, which goes with the host.
+    assert!(!Path::new("/etc/gatectl-selftest-kept").exists());
+    assert!(disk.join("upper/etc/gatectl-selftest-kept").exists());
+    drop(host);
+    assert!(!disk.exists(), "the disk {} outlived its host", disk.display());
 }
 
 #[test]

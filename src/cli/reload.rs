@@ -6,6 +6,7 @@ use super::{block_on, render, GateArgs, Outcome};
 use crate::error::Result;
 use crate::gate::reload::Reloaded;
 use crate::gate::Host;
+use crate::lock;
 
 /// Arguments of `reload`.
 #[derive(Args, Debug)]
@@ -18,6 +19,7 @@ pub struct ReloadArgs {
 /// Runs `reload`.
 pub fn run(args: ReloadArgs) -> Result<Outcome> {
     let host = Host::load()?;
+    let _slot = lock::take_work_slot(&host.settings.state_dir)?;
     let gate = args.gate;
     let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
     let spec = host.spec(&gate.slug, &manifest, gate.agent_netns.as_deref())?;

@@ -6,6 +6,7 @@ use super::{block_on, render, GateArgs, Outcome};
 use crate::error::Result;
 use crate::gate::start::Started;
 use crate::gate::Host;
+use crate::lock;
 use crate::timings::Timings;
 
 /// Arguments of `start`.
@@ -22,9 +23,11 @@ pub struct StartArgs {
 /// Runs `start`.
 pub fn run(args: StartArgs) -> Result<Outcome> {
     let host = Host::load()?;
+    let mut timings = Timings::default();
+    let _slot = lock::take_work_slot(&host.settings.state_dir)?;
+    timings.mark("wait for a work slot");
     let gate = args.gate;
     let manifest = host.manifest(&gate.slug, gate.manifest.as_deref())?;
-    let mut timings = Timings::default();
     let spec = host.spec(&gate.slug, &manifest, gate.agent_netns.as_deref())?;
     timings.mark("read the manifest, resolve and check the upstreams");
     let (plan, how) = match block_on(host.start(&spec, &mut timings))? {

@@ -140,6 +140,8 @@ impl Host {
     /// already gone is success; returns whether anything of it existed. Each step's duration goes to
     /// `timings`.
     pub async fn stop(&self, slug: &Slug, timings: &mut Timings) -> Result<bool> {
+        let slot = lock::take_work_slot(&self.settings.state_dir)?;
+        timings.mark("wait for a work slot");
         let systemd = Systemd::connect().await?;
         let manager = plan::manager_unit_name(slug);
         if systemd.unit_state(&manager).await?.active == ActiveState::Active {
@@ -147,6 +149,8 @@ impl Host {
             // whose ExecStop= runs this command again (the unit is then
             // deactivating), so the unit does not stay active over a gate
             // that is gone, and a later `systemctl start` starts it again.
+            // That command needs a work slot of its own: let this one go.
+            drop(slot);
             systemd.stop(&[&manager]).await?;
             timings.mark("stop the gate through its unit gatectl@SLUG.service");
             return Ok(true);

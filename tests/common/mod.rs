@@ -158,6 +158,89 @@ pub struct TestHost {
     pidfile: PathBuf,
     /// Per-host cgroups created for this host (one per hierarchy), removed on drop.
     cgroups: Vec<PathBuf>,
+    /// The name given to [`TestHost::boot`], for a reboot.
+    base_name: String,
+    /// The disk holding the host's writes across boots, if it has one; removed when the
+    /// host is dropped (not at a [`TestHost::reboot`]).
+    disk: Option<HostDisk>,
+    /// `CLOCK_MONOTONIC` (µs) just before the host's init was started: its power-on.
+    powered_on_usec: u64,
+}
+
+/// How to boot a [`TestHost`]: see [`TestHost::boot_with`].
+#[derive(Default)]
+pub struct Boot {
+    /// A disk that keeps the host's writes for its next boot (see [`HostDisk`]); `None`:
+    /// they go to a tmpfs and die with the host.
+    pub disk: Option<HostDisk>,
+    /// Return as soon as systemd answers (`is-system-running` says `initializing` or
+    /// `starting`), without
+    /// waiting for its boot jobs to finish: for a test that watches the boot itself.
+    pub until_answering: bool,
+    /// How long to wait; `None`: `GATECTL_TEST_BOOT_TIMEOUT` (seconds) or
+    /// [`DEFAULT_BOOT_TIMEOUT`].
+    pub timeout: Option<Duration>,
+}
+
+/// A directory on the real machine's disk holding a throwaway host's overlay upper and work
+/// directories (`GATECTL_TEST_DISK` of `tests/harness/testhost-init`), so that its writes to
+/// `/etc`, `/var`, `/root` … outlive it: a host booted again with it ([`TestHost::reboot`])
+/// sees them, while `/run`, `/tmp` and the kernel state (network namespaces, links,
+/// nftables) are fresh, as after a reboot.
+///
+/// It lives under `CARGO_TARGET_TMPDIR` (the build's own `target/tmp`, never `/dev`, `/etc`,
+/// `/run` or `/tmp` of the machine), named after the test process, and is removed with the
+/// host that holds it (or, after a killed test run, by the next boot of any test host).
+pub struct HostDisk {
+    dir: PathBuf,
+}
+
+/// Where [`HostDisk`]s go.
+fn disks_root() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("gatectl-disks")
+}
+
+impl HostDisk {
+    /// Creates an empty disk named after `name` (made unique with the process id and a
+    /// counter).
+    pub fn new(name: &str) -> HostDisk {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = disks_root().join(format!("{}-{}-{}", sanitize(name, 32), std::process::id(), seq));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        HostDisk { dir }
+    }
+
+    /// The directory (on the real machine).
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for HostDisk {
+    /// Removes the directory and everything the host wrote there. Never panics.
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!(
+                    "cannot remove the throwaway host disk {}: {e}",
+                    self.dir.display()
+                );
+            }
+        }
+        let _ = fs::remove_dir(disks_root());
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in µs: the clock of systemd's `…TimestampMonotonic` properties.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 impl TestHost {
@@ -172,8 +255,59 @@ impl TestHost {
     /// Panics, with the host's log, when the host cannot be started or systemd does not come
     /// up within [`DEFAULT_BOOT_TIMEOUT`]; whatever was already created is cleaned up.
     pub fn boot(name: &str) -> TestHost {
+        TestHost::boot_with(name, Boot::default())
+    }
+
+    /// [`TestHost::boot`] on `disk`: the host's writes stay there for a [`TestHost::reboot`].
+    pub fn boot_with_disk(name: &str, disk: HostDisk) -> TestHost {
+        TestHost::boot_with(
+            name,
+            Boot {
+                disk: Some(disk),
+                ..Boot::default()
+            },
+        )
+    }
+
+    /// Powers the host off (SIGKILL to its PID 1: nothing of it runs its shutdown) and boots
+    /// it again on the same disk, with `boot`'s other options: the new host sees the old
+    /// one's writes to files, and nothing else of it. Panics if the host has no disk.
+    pub fn reboot_with(mut self, boot: Boot) -> TestHost {
+        let disk = self
+            .disk
+            .take()
+            .expect("reboot: the host has no disk (boot it with a HostDisk)");
+        let name = self.base_name.clone();
+        drop(self);
+        TestHost::boot_with(
+            &name,
+            Boot {
+                disk: Some(disk),
+                ..boot
+            },
+        )
+    }
+
+    /// [`TestHost::reboot_with`] waiting until the new host is up.
+    pub fn reboot(self) -> TestHost {
+        self.reboot_with(Boot::default())
+    }
+
+    /// The directory of the host's disk on the real machine, if it has one.
+    pub fn disk_path(&self) -> Option<&Path> {
+        self.disk.as_ref().map(HostDisk::path)
+    }
+
+    /// `CLOCK_MONOTONIC` (µs) just before the host's init started: when it was powered on.
+    pub fn powered_on_usec(&self) -> u64 {
+        self.powered_on_usec
+    }
+
+    /// [`TestHost::boot`] with options: a disk of its own, and how long to wait.
+    pub fn boot_with(name: &str, boot: Boot) -> TestHost {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let base_name = name.to_string();
         let name = format!("{}-{}-{}", sanitize(name, 32), std::process::id(), seq);
         let state = Path::new(STATE_ROOT);
         fs::create_dir_all(state).unwrap_or_else(|e| panic!("cannot create {}: {e}", state.display()));
@@ -206,6 +340,9 @@ impl TestHost {
             pid: 0,
             runner: None,
             cgroups: Vec::new(),
+            base_name,
+            disk: boot.disk,
+            powered_on_usec: 0,
         };
         fs::create_dir_all(&host.mnt).unwrap_or_else(|e| panic!("cannot create {}: {e}", host.mnt.display()));
         host.cgroups = create_host_cgroups(&host.name);
@@ -236,6 +373,10 @@ impl TestHost {
         .arg(&host.mnt)
         .env("GATECTL_TEST_NAME", &host.name)
         .env("GATECTL_TEST_OUTER_MNTNS", &outer_mntns)
+        .env(
+            "GATECTL_TEST_DISK",
+            host.disk.as_ref().map_or(Path::new(""), |d| d.path()),
+        )
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
@@ -263,17 +404,20 @@ impl TestHost {
                 Ok(())
             });
         }
+        host.powered_on_usec = monotonic_usec();
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start unshare (util-linux): {e}"));
         let upid = child.id() as i32;
         host.runner = Some(child);
 
-        let timeout = std::env::var("GATECTL_TEST_BOOT_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_BOOT_TIMEOUT);
+        let timeout = boot.timeout.unwrap_or_else(|| {
+            std::env::var("GATECTL_TEST_BOOT_TIMEOUT")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_BOOT_TIMEOUT)
+        });
         let deadline = Instant::now() + timeout;
         let mut state = String::from("(systemd not started yet)");
         loop {
@@ -296,7 +440,10 @@ impl TestHost {
             if host.pid != 0 {
                 let out = host.exec(&["systemctl", "is-system-running"]);
                 state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                if state == "running" || state == "degraded" {
+                if state == "running"
+                    || state == "degraded"
+                    || (boot.until_answering && (state == "starting" || state == "initializing"))
+                {
                     return host;
                 }
             }
@@ -597,6 +744,53 @@ impl TestHost {
         SshFixture {
             host_public_key,
             ..fx
+        }
+    }
+
+    /// Starts the daemon of `fx` again, with its keys and config as they are: on a host
+    /// booted again on its disk ([`TestHost::reboot`]), whose files of the fixture are still
+    /// there but whose processes and network namespaces are not. The caller makes the
+    /// namespace `fx.ns` again first. Waits until it answers, like [`TestHost::start_sshd`].
+    pub fn restart_sshd(&self, fx: &SshFixture) {
+        self.run_ok(&["mkdir", "-p", "-m", "0755", "/run/sshd"]);
+        self.run_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &fx.ns,
+            "/usr/sbin/sshd",
+            "-f",
+            &fx.config,
+            "-E",
+            &fx.log,
+        ]);
+        let key_b64 = fx.host_public_key.split(' ').nth(1).unwrap_or("").to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let scan = self.exec(&[
+                "ip",
+                "netns",
+                "exec",
+                &fx.ns,
+                "ssh-keyscan",
+                "-T",
+                "2",
+                "-t",
+                "ed25519",
+                "-p",
+                &fx.port.to_string(),
+                &fx.listen,
+            ]);
+            if !key_b64.is_empty() && String::from_utf8_lossy(&scan.stdout).contains(&key_b64) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the restarted sshd in netns {} does not answer; sshd log:\n{}",
+                fx.ns,
+                fx.log_text(self)
+            );
+            thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -1073,6 +1267,13 @@ fn sweep_stale_hosts() {
         }
         let _ = fs::remove_file(&pidfile);
         let _ = fs::remove_file(state.join(format!("{name}.log")));
+    }
+    // Disks of hosts whose test process was killed: nothing boots them again.
+    for entry in fs::read_dir(disks_root()).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if matches!(owner_pid(&file), Some(p) if !pid_exists(p)) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
     for parent in own_cgroup_dirs() {
         for entry in fs::read_dir(&parent).into_iter().flatten().flatten() {
