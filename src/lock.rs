@@ -33,16 +33,20 @@ fn lock(path: &Path) -> Result<LockGuard> {
 
 /// Takes the lock at `path`; with a non-blocking `arg`, `None` if it is held.
 fn take(path: &Path, arg: FlockArg) -> Result<Option<LockGuard>> {
+    take_open(open_lock_file(path)?, path, arg)
+}
+
+/// Opens (creating it and its directory if need be) the lock file `path`.
+fn open_lock_file(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .with_context(|| format!("cannot open lock {}; gatectl must run as root", path.display()))?;
-    take_open(file, path, arg)
+        .with_context(|| format!("cannot open lock {}; gatectl must run as root", path.display()))
 }
 
 /// Takes the lock of the open lock file `file` (at `path`); with a
@@ -127,15 +131,7 @@ pub struct WorkSlot {
 /// slots are in use.
 pub fn take_work_slot(state_dir: &Path) -> Result<WorkSlot> {
     let path = state_dir.join("locks").join("work.lock");
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open lock {}; gatectl must run as root", path.display()))?;
+    let file = open_lock_file(&path)?;
     let first = std::process::id() as usize % WORK_SLOTS;
     for i in 0..WORK_SLOTS {
         if lock_byte(&file, &path, (first + i) % WORK_SLOTS, false)? {

@@ -45,6 +45,19 @@ fn manifest(entries: &[&str]) -> String {
     text
 }
 
+/// A host with the short idle period and gate alice started, with entry `up`.
+fn alice_started(name: &str) -> (common::TestHost, common::SshFixture) {
+    let (host, sshd) = setup(name);
+    settings(&host);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        manifest(&["up"]).as_bytes(),
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "alice"]);
+    (host, sshd)
+}
+
 fn settings(host: &common::TestHost) {
     host.write_file(
         "/etc/gatectl/gatectl.toml",
@@ -58,15 +71,7 @@ fn start_runs_the_forwarder_which_exits_when_idle_and_comes_back_at_the_next_con
     if !require_root() {
         return;
     }
-    let (host, sshd) = setup("e2e-idle");
-    settings(&host);
-    host.write_file(
-        "/etc/gatectl/bottles/alice.toml",
-        manifest(&["up"]).as_bytes(),
-        0o644,
-    );
-
-    gatectl_ok(&host, &["start", "alice"]);
+    let (host, sshd) = alice_started("e2e-idle");
     let started = Instant::now();
     // Running without any connection: start queued it.
     assert_eq!(
@@ -120,14 +125,7 @@ fn an_open_connection_and_a_port_added_by_reload_keep_the_forwarder() {
     if !require_root() {
         return;
     }
-    let (host, _sshd) = setup("e2e-idle-kept");
-    settings(&host);
-    host.write_file(
-        "/etc/gatectl/bottles/alice.toml",
-        manifest(&["up"]).as_bytes(),
-        0o644,
-    );
-    gatectl_ok(&host, &["start", "alice"]);
+    let (host, _sshd) = alice_started("e2e-idle-kept");
     assert_eq!(
         wait_unit_state(&host, FORWARDER, "active", Duration::from_secs(5)),
         "active"

@@ -30,7 +30,7 @@ const BIN: &str = "/usr/local/bin/gatectl";
 /// The upstream every gate declares (a socat in a netns made after the boot).
 const UP: &str = "10.99.2.1";
 
-/// Row labels of the boot section (also in `ROWS`).
+/// Row labels of the boot section (checked beside `bench.rs`'s `ROWS`).
 pub const ROWS: &[&str] = &[
     "| boot: `gatectl@` units active after the reboot |",
     "| boot: reached active after systemd started, p50 / p90 / p99 / max |",
