@@ -526,6 +526,9 @@ scale() {
     # where systemd (PID 1) spends its time during the last starts
     (( i == scale - window - 1 )) && pid1_profile_begin start
     t1=$(now_ns); gatectl start s$i >/dev/null; ms_since "$t1" >> /tmp/each-start
+    # forwarder memory while few gates are up: with thousands, each cold
+    # start takes seconds and the first forwarders would exit idle meanwhile
+    (( i + 1 == (scale - 1 < 20 ? scale - 1 : 20) )) && forwarder_memory $((i + 1))
     for c in $checkpoints; do
       [[ $((i + 1)) == "$c" ]] || continue
       SNAPS+=("$(snapshot "$c")")
@@ -551,30 +554,6 @@ scale() {
   # exited once forwarder_idle_secs passed since its start
   sleep $((idle_secs + 2))
   SCALE[idle_forwarders]=$(running_forwarders)
-  # memory of idle forwarders: started by one request each, then idle
-  : > /tmp/mem-idle; : > /tmp/rss-idle
-  local sample=$(( scale < 20 ? scale : 20 )) a
-  for i in $(seq 0 $((sample - 1))); do
-    a=$(gatectl ssh-config s$i | awk '/HostName/ {print $2}')
-    ip netns exec agent-s$i bash -c "$(declare -f http_get); http_get $a"
-  done
-  sleep 1
-  for i in $(seq 0 $((sample - 1))); do
-    unit_memory gate-s$i.service >> /tmp/mem-idle
-    unit_rss gate-s$i.service >> /tmp/rss-idle
-  done
-  SCALE[mem_idle]=$(pct 50 < /tmp/mem-idle)
-  SCALE[rss_idle]=$(pct 50 < /tmp/rss-idle)
-  # 10 open sessions (HTTP keep-alive, one request each) through gate s1
-  local addr
-  addr=$(gatectl ssh-config s1 | awk '/HostName/ {print $2}')
-  ip netns exec agent-s1 bash -c "$(declare -f sessions); sessions $addr 10" &
-  local holder=$!
-  sleep 1
-  SCALE[mem_10]=$(unit_memory gate-s1.service)
-  SCALE[rss_10]=$(unit_rss gate-s1.service)
-  kill $holder 2>/dev/null; wait $holder 2>/dev/null || true
-
   host_wide_commands
   log "list ${SCALE[cmd,list]} ms, status ${SCALE[cmd,status]} ms, check ${SCALE[cmd,check]} ms, prune ${SCALE[cmd,prune]} ms, reconcile ${SCALE[cmd,reconcile]} ms, after a flush ${SCALE[cmd,flush]} ms"
 
@@ -606,6 +585,32 @@ scale() {
   sleep 1 # systemd-run returns before socat runs
   SG_SNAPS+=("$(snapshot "$sg_scale")")
   for i in $(seq 1 "$sg_scale"); do "$here/shellgate" stop sg$i $((i + 10)) $UP 80; done
+}
+
+forwarder_memory() { # memory of idle forwarders and of one with 10 sessions, with few gates up
+  # memory of idle forwarders: started by one request each, then idle
+  : > /tmp/mem-idle; : > /tmp/rss-idle
+  local sample=$1 a i
+  for i in $(seq 0 $((sample - 1))); do
+    a=$(gatectl ssh-config s$i | awk '/HostName/ {print $2}')
+    ip netns exec agent-s$i bash -c "$(declare -f http_get); http_get $a"
+  done
+  sleep 1
+  for i in $(seq 0 $((sample - 1))); do
+    unit_memory gate-s$i.service >> /tmp/mem-idle
+    unit_rss gate-s$i.service >> /tmp/rss-idle
+  done
+  SCALE[mem_idle]=$(pct 50 < /tmp/mem-idle)
+  SCALE[rss_idle]=$(pct 50 < /tmp/rss-idle)
+  # 10 open sessions (HTTP keep-alive, one request each) through gate s1
+  local addr
+  addr=$(gatectl ssh-config s1 | awk '/HostName/ {print $2}')
+  ip netns exec agent-s1 bash -c "$(declare -f sessions); sessions $addr 10" &
+  local holder=$!
+  sleep 1
+  SCALE[mem_10]=$(unit_memory gate-s1.service)
+  SCALE[rss_10]=$(unit_rss gate-s1.service)
+  kill $holder 2>/dev/null; wait $holder 2>/dev/null || true
 }
 
 declare -a COLD=()
