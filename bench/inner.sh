@@ -591,12 +591,12 @@ forwarder_memory() { # memory of idle forwarders and of one with 10 sessions, wi
   # memory of idle forwarders: started by one request each, then idle
   : > /tmp/mem-idle; : > /tmp/rss-idle
   local sample=$1 a i
+  # each read a second after its request, well within the idle period
+  # (with thousands of agent netns up, a cold start takes a second or more)
   for i in $(seq 0 $((sample - 1))); do
     a=$(gatectl ssh-config s$i | awk '/HostName/ {print $2}')
-    ip netns exec agent-s$i bash -c "$(declare -f http_get); http_get $a"
-  done
-  sleep 1
-  for i in $(seq 0 $((sample - 1))); do
+    ip netns exec agent-s$i bash -c "$(declare -f http_get); http_get $a 150"
+    sleep 1
     unit_memory gate-s$i.service >> /tmp/mem-idle
     unit_rss gate-s$i.service >> /tmp/rss-idle
   done
@@ -607,7 +607,7 @@ forwarder_memory() { # memory of idle forwarders and of one with 10 sessions, wi
   addr=$(gatectl ssh-config s1 | awk '/HostName/ {print $2}')
   ip netns exec agent-s1 bash -c "$(declare -f sessions); sessions $addr 10" &
   local holder=$!
-  sleep 1
+  sleep 3 # the forwarder may have to start again first
   SCALE[mem_10]=$(unit_memory gate-s1.service)
   SCALE[rss_10]=$(unit_rss gate-s1.service)
   kill $holder 2>/dev/null; wait $holder 2>/dev/null || true
