@@ -699,52 +699,12 @@ impl TestHost {
         // sshd's privilege-separation directory (on the host's /run tmpfs)
         self.run_ok(&["mkdir", "-p", "-m", "0755", "/run/sshd"]);
         self.run_ok(&["/usr/sbin/sshd", "-t", "-f", &fx.config]);
-        self.run_ok(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "/usr/sbin/sshd",
-            "-f",
-            &fx.config,
-            "-E",
-            &fx.log,
-        ]);
-
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let port_s = port.to_string();
-        let key_b64 = host_public_key.split(' ').nth(1).unwrap_or("").to_string();
-        loop {
-            let scan = self.exec(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "ssh-keyscan",
-                "-T",
-                "2",
-                "-t",
-                "ed25519",
-                "-p",
-                &port_s,
-                listen,
-            ]);
-            if !key_b64.is_empty() && String::from_utf8_lossy(&scan.stdout).contains(&key_b64) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "sshd in netns {ns} did not answer on {listen_addr}; keyscan said: {}\nsshd log:\n{}",
-                    String::from_utf8_lossy(&scan.stderr),
-                    String::from_utf8_lossy(&self.exec(&["cat", &fx.log]).stdout)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        SshFixture {
+        let fx = SshFixture {
             host_public_key,
             ..fx
-        }
+        };
+        self.run_sshd(&fx);
+        fx
     }
 
     /// Starts the daemon of `fx` again, with its keys and config as they are: on a host
@@ -752,6 +712,12 @@ impl TestHost {
     /// there but whose processes and network namespaces are not. The caller makes the
     /// namespace `fx.ns` again first. Waits until it answers, like [`TestHost::start_sshd`].
     pub fn restart_sshd(&self, fx: &SshFixture) {
+        self.run_sshd(fx);
+    }
+
+    /// Runs the daemon of `fx` in its netns and waits (10 s at most) until it
+    /// answers with its host key.
+    fn run_sshd(&self, fx: &SshFixture) {
         self.run_ok(&["mkdir", "-p", "-m", "0755", "/run/sshd"]);
         self.run_ok(&[
             "ip",
@@ -786,8 +752,11 @@ impl TestHost {
             }
             assert!(
                 Instant::now() < deadline,
-                "the restarted sshd in netns {} does not answer; sshd log:\n{}",
+                "sshd in netns {} does not answer on {}:{}; keyscan said: {}\nsshd log:\n{}",
                 fx.ns,
+                fx.listen,
+                fx.port,
+                String::from_utf8_lossy(&scan.stderr),
                 fx.log_text(self)
             );
             thread::sleep(Duration::from_millis(50));
