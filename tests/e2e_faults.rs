@@ -160,14 +160,23 @@ fn upstream_down_and_connection_flood() {
         "took {:?}",
         start.elapsed()
     );
-    let journal = host.run_ok(&[
-        "journalctl",
-        "-u",
-        "gate-alice.service",
-        "-o",
-        "cat",
-        "--no-pager",
-    ]);
+    // Audit records reach the journal in batches, a few ms after the close.
+    let read = || {
+        host.run_ok(&[
+            "journalctl",
+            "-u",
+            "gate-alice.service",
+            "-o",
+            "cat",
+            "--no-pager",
+        ])
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut journal = read();
+    while !(journal.contains("connect failed") && journal.contains("refused")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        journal = read();
+    }
     assert!(
         journal.contains("connect failed") && journal.contains("refused"),
         "{journal}"
