@@ -11,8 +11,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
 use common::gatectl::{
-    allowlist, bash_in, connect, gatectl, gatectl_ok, ip_forward, leftovers, serve, serve_echo, setup,
-    ssh_via_gate, text,
+    allowlist, bash_in, connect, gatectl, gatectl_ok, ip_forward, journal_when, leftovers, serve, serve_echo,
+    setup, ssh_via_gate, text,
 };
 use common::{require_root, TestHost};
 
@@ -214,21 +214,7 @@ fn a_gate_reaches_its_upstream_and_nothing_else() {
         got.contains("gatectl gate alice: upstream up (10.99.2.1:22) did not answer"),
         "{got}"
     );
-    let mut journal = String::new();
-    for _ in 0..50 {
-        journal = host.run_ok(&[
-            "journalctl",
-            "-u",
-            "gate-alice.service",
-            "-o",
-            "cat",
-            "--no-pager",
-        ]);
-        if journal.contains("connect failed") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let journal = journal_when(&host, "gate-alice.service", |j| j.contains("connect failed"));
     assert!(
         journal.contains("-> none connect failed (upstream 10.99.2.1:22"),
         "{journal}"

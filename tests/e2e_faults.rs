@@ -10,7 +10,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::gatectl::{
-    bash_in, connect, gatectl, gatectl_ok, ip_forward, leftovers, serve, setup, ssh_via_gate, text,
+    bash_in, connect, gatectl, gatectl_ok, ip_forward, journal_when, leftovers, serve, setup, ssh_via_gate,
+    text,
 };
 use common::{finish, require_root};
 
@@ -160,23 +161,9 @@ fn upstream_down_and_connection_flood() {
         "took {:?}",
         start.elapsed()
     );
-    // Audit records reach the journal in batches, a few ms after the close.
-    let read = || {
-        host.run_ok(&[
-            "journalctl",
-            "-u",
-            "gate-alice.service",
-            "-o",
-            "cat",
-            "--no-pager",
-        ])
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut journal = read();
-    while !(journal.contains("connect failed") && journal.contains("refused")) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        journal = read();
-    }
+    let journal = journal_when(&host, "gate-alice.service", |j| {
+        j.contains("connect failed") && j.contains("refused")
+    });
     assert!(
         journal.contains("connect failed") && journal.contains("refused"),
         "{journal}"

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::gatectl::{
     add_host_name, bash_in, connect, detail, gatectl, gatectl_ok, gatectl_rules6, host_table_exists,
-    ipv6_forwarding, knob, leftovers, not_ok, serve, serve_echo, setup, ssh_via_gate, text,
+    ipv6_forwarding, journal_when, knob, leftovers, not_ok, serve, serve_echo, setup, ssh_via_gate, text,
 };
 use common::probe::{Outcome, Probe, Tally};
 use common::{require_root, TestHost};
@@ -90,19 +90,6 @@ fn accept_ra(host: &TestHost, link: &str) -> String {
     host.run_ok(&["sysctl", "-n", &format!("net.ipv6.conf.{link}.accept_ra")])
         .trim()
         .to_string()
-}
-
-/// The journal of `unit`, once it holds `wanted` (or after 5 s).
-fn journal_with(host: &TestHost, unit: &str, wanted: &str) -> String {
-    let mut journal = String::new();
-    for _ in 0..50 {
-        journal = host.run_ok(&["journalctl", "-u", unit, "-o", "cat", "--no-pager"]);
-        if journal.contains(wanted) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    journal
 }
 
 /// What the agent reads through gate alice's listen port within 5 s, and
@@ -187,7 +174,7 @@ fn an_ipv6_only_upstream_is_reached_through_the_gate_and_nothing_else() {
     // ssh from the agent netns (IPv4 to the gate) to the IPv6-only upstream.
     let out = ssh_via_gate(&host, &sshd, "alice", Some("agent"), "echo through-the-gate-v6").unwrap();
     assert!(out.contains("through-the-gate-v6"), "{out}");
-    let journal = journal_with(&host, "gate-alice.service", "-> [fd99:2::2]:22");
+    let journal = journal_when(&host, "gate-alice.service", |j| j.contains("-> [fd99:2::2]:22"));
     assert!(journal.contains("-> [fd99:2::2]:22 closed"), "{journal}");
     // It came masqueraded, from the host's address on that link.
     let log = sshd.log_text(&host);
@@ -313,11 +300,9 @@ fn an_ipv6_only_upstream_is_reached_through_the_gate_and_nothing_else() {
         got, "got:SSH-2.0-gatectl",
         "reached an address IPAddressAllow= lacks: {got}"
     );
-    let journal = journal_with(
-        &host,
-        "gate-alice.service",
-        "connect failed (upstream [fd99:2::2]:22",
-    );
+    let journal = journal_when(&host, "gate-alice.service", |j| {
+        j.contains("connect failed (upstream [fd99:2::2]:22")
+    });
     assert!(
         journal.contains("connect failed (upstream [fd99:2::2]:22"),
         "{journal}"
@@ -439,7 +424,7 @@ fn dual_stack_upstreams_prefer_ipv6_and_fall_back_to_ipv4() {
     let gate6 = status["plan"]["egress6"]["gate"].as_str().unwrap_or_default();
     assert!(gate6.starts_with("fd23:1:2::"), "{status}");
     assert_eq!(read_via_gate(&host).0, "got:via-ipv6");
-    let journal = journal_with(&host, "gate-alice.service", "-> [fd99:2::2]:2200");
+    let journal = journal_when(&host, "gate-alice.service", |j| j.contains("-> [fd99:2::2]:2200"));
     assert!(journal.contains("-> [fd99:2::2]:2200 closed"), "{journal}");
     // The IPv6 path blackholed: IPv4 after the attempt delay, long before
     // the IPv6 attempt's 10 s timeout; the audit record names IPv4.
@@ -447,7 +432,7 @@ fn dual_stack_upstreams_prefer_ipv6_and_fall_back_to_ipv4() {
     let (got, took) = read_via_gate(&host);
     assert_eq!(got, "got:via-ipv4");
     assert!(took < Duration::from_secs(2), "{took:?}");
-    let journal = journal_with(&host, "gate-alice.service", "-> 10.99.2.1:2200");
+    let journal = journal_when(&host, "gate-alice.service", |j| j.contains("-> 10.99.2.1:2200"));
     assert!(journal.contains("-> 10.99.2.1:2200 closed"), "{journal}");
     host.run_ok(&["ip", "-6", "route", "del", "blackhole", "fd99:2::2/128"]);
     // A reload adds an IPv6-only entry to this gate: both tables and the
@@ -461,7 +446,7 @@ fn dual_stack_upstreams_prefer_ipv6_and_fall_back_to_ipv4() {
         "exec 3<>/dev/tcp/10.231.0.1/30001; read -t 5 line <&3; echo \"got:$line\"",
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "got:via-ipv6");
-    let journal = journal_with(&host, "gate-alice.service", "six: ");
+    let journal = journal_when(&host, "gate-alice.service", |j| j.contains("six: "));
     assert!(
         journal
             .lines()

@@ -13,7 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::gatectl::{
-    add_host_name, connect, gatectl, gatectl_ok, host_state, install_unit, leftovers, setup, text,
+    add_host_name, connect, gatectl, gatectl_ok, host_state, install_unit, journal_when, leftovers, setup,
+    text,
 };
 use common::session::Agent;
 use common::{require_root, SshFixture, TestHost};
@@ -163,11 +164,10 @@ fn reload_adds_changes_and_removes_entries_while_sessions_run() {
     }
     kept.echo("after the second reload").unwrap();
     changed.echo("after the second reload").unwrap();
-    let journal = host.run_ok(&["journalctl", "-u", "gate-alice.service", "-o", "cat"]);
-    assert!(
-        journal.contains("gone: 10.231.0.0:") && journal.contains("revoked (a reload removed its entry"),
-        "{journal}"
-    );
+    let revoked_record =
+        |j: &str| j.contains("gone: 10.231.0.0:") && j.contains("revoked (a reload removed its entry");
+    let journal = journal_when(&host, "gate-alice.service", revoked_record);
+    assert!(revoked_record(&journal), "{journal}");
 
     // An entry that comes back at a removed port is served again.
     write_manifest(&host, &v2);

@@ -494,3 +494,17 @@ pub fn main_pid(host: &TestHost, unit: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// The journal of `unit` (`journalctl -o cat`) once `complete` holds for
+/// it, or as it is after 5 s. Audit records reach the journal in batches,
+/// a few milliseconds after their connection closed.
+pub fn journal_when(host: &TestHost, unit: &str, complete: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let journal = host.run_ok(&["journalctl", "-u", unit, "-o", "cat", "--no-pager"]);
+        if complete(&journal) || std::time::Instant::now() >= deadline {
+            return journal;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
