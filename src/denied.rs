@@ -8,12 +8,14 @@
 //! gate netns they were read in (a restarted gate's counters start again
 //! from zero).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Result};
-use crate::net::firewall::gate::Denied;
+
+use crate::net::firewall::gate::{Denied, Tried, TRIED_SIZE};
 use crate::slug::Slug;
 
 /// The counts already recorded for one gate.
@@ -46,14 +48,49 @@ pub fn since(last: Option<Recorded>, netns: u64, now: Denied) -> (Denied, Record
     (delta, keep)
 }
 
-/// The one-line text of a denied record.
-pub fn message(slug: &Slug, delta: Denied) -> String {
-    format!(
+/// The one-line text of a denied record: the counts since the last record,
+/// and the destinations tried within the last hour, when there are any.
+pub fn message(slug: &Slug, delta: Denied, tried: &Tried) -> String {
+    let (ports, pairs) = tried_fields(tried);
+    let mut text = format!(
         "gate {slug}: denied {} packet(s) since the last record: {} from the agent's side to no listener, \
          {} from inside the gate to an undeclared address or port",
         delta.agent + delta.egress,
         delta.agent,
         delta.egress
+    );
+    let full = |n: usize| {
+        if n >= TRIED_SIZE {
+            format!(" (the first {TRIED_SIZE})")
+        } else {
+            String::new()
+        }
+    };
+    let mut tried_parts = Vec::new();
+    if !ports.is_empty() {
+        tried_parts.push(format!("gate ports {ports}{}", full(tried.agent_ports.len())));
+    }
+    if !pairs.is_empty() {
+        tried_parts.push(format!("from inside {pairs}{}", full(tried.egress.len())));
+    }
+    if !tried_parts.is_empty() {
+        text.push_str(&format!(
+            "; tried within the last hour: {}",
+            tried_parts.join("; ")
+        ));
+    }
+    text
+}
+
+/// The journal fields of the destinations tried: the gate ports
+/// (`GATE_DENIED_AGENT_PORTS`, e.g. `22 31000`) and the `address:port`
+/// pairs (`GATE_DENIED_EGRESS_TO`, e.g. `192.0.2.7:443 [2001:db8::1]:22`),
+/// each space-separated and empty when there is none.
+pub fn tried_fields(tried: &Tried) -> (String, String) {
+    let join = |items: Vec<String>| items.join(" ");
+    (
+        join(tried.agent_ports.iter().map(u16::to_string).collect()),
+        join(tried.egress.iter().map(SocketAddr::to_string).collect()),
     )
 }
 
@@ -159,12 +196,41 @@ mod tests {
     }
 
     #[test]
-    fn the_message_sums_and_names_both_directions() {
+    fn the_message_sums_and_names_both_directions_and_what_was_tried() {
         let slug = Slug::parse("alice").unwrap();
+        let counts = "gate alice: denied 37 packet(s) since the last record: 35 from the agent's side to no \
+                      listener, 2 from inside the gate to an undeclared address or port";
         assert_eq!(
-            message(&slug, Denied { agent: 35, egress: 2 }),
-            "gate alice: denied 37 packet(s) since the last record: 35 from the agent's side to no \
-             listener, 2 from inside the gate to an undeclared address or port"
+            message(&slug, Denied { agent: 35, egress: 2 }, &Tried::default()),
+            counts
         );
+        let tried = Tried {
+            agent_ports: [31000, 22].into(),
+            egress: [
+                "192.0.2.7:443".parse().unwrap(),
+                "[2001:db8::1]:22".parse().unwrap(),
+            ]
+            .into(),
+        };
+        assert_eq!(
+            message(&slug, Denied { agent: 35, egress: 2 }, &tried),
+            format!(
+                "{counts}; tried within the last hour: gate ports 22 31000; \
+                 from inside 192.0.2.7:443 [2001:db8::1]:22"
+            )
+        );
+        assert_eq!(
+            tried_fields(&tried),
+            (
+                "22 31000".to_string(),
+                "192.0.2.7:443 [2001:db8::1]:22".to_string()
+            )
+        );
+        // A full set says that it holds only the first destinations.
+        let full = Tried {
+            agent_ports: (1..=TRIED_SIZE as u16).collect(),
+            egress: Default::default(),
+        };
+        assert!(message(&slug, Denied { agent: 64, egress: 0 }, &full).ends_with(" 64 (the first 64)"));
     }
 }

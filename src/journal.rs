@@ -62,6 +62,13 @@ pub struct LogEvent {
     /// Denied attempts from inside the gate netns to an undeclared address
     /// or port, for a denied record.
     pub denied_egress: Option<u64>,
+    /// The gate ports the agent tried that are not listeners, within the
+    /// hour before a denied record (TCP, at most 64).
+    pub denied_agent_ports: Option<Vec<u16>>,
+    /// The undeclared `address:port` pairs tried from inside the gate netns
+    /// within the hour before a denied record (TCP, at most 64 of each
+    /// family).
+    pub denied_egress_to: Option<Vec<String>>,
     /// The record's one-line text, as `journalctl` shows it.
     pub message: String,
 }
@@ -93,6 +100,13 @@ impl LogEvent {
             error: text("GATE_ERROR"),
             denied_agent: number("GATE_DENIED_AGENT"),
             denied_egress: number("GATE_DENIED_EGRESS"),
+            denied_agent_ports: (kind == EventKind::Denied).then(|| {
+                words(text("GATE_DENIED_AGENT_PORTS"))
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            }),
+            denied_egress_to: (kind == EventKind::Denied).then(|| words(text("GATE_DENIED_EGRESS_TO"))),
             message: text("MESSAGE").unwrap_or_default(),
         })
     }
@@ -101,6 +115,15 @@ impl LogEvent {
     pub fn line(&self) -> String {
         format!("{} {} {}", self.time, self.slug, self.message)
     }
+}
+
+/// The space-separated words of an optional journal field.
+fn words(field: Option<String>) -> Vec<String> {
+    field
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Which records to read.
@@ -244,6 +267,29 @@ mod tests {
         let event = LogEvent::from_entry(&denied).unwrap();
         assert_eq!(event.kind, EventKind::Denied);
         assert_eq!((event.denied_agent, event.denied_egress), (Some(3), Some(0)));
+        // A record of an older gatectl names no destination: empty lists.
+        assert_eq!(
+            (event.denied_agent_ports, event.denied_egress_to),
+            (Some(vec![]), Some(vec![]))
+        );
+        let mut named = denied.clone();
+        named["GATE_DENIED_AGENT_PORTS"] = json!("22 31000");
+        named["GATE_DENIED_EGRESS_TO"] = json!("192.0.2.7:443 [2001:db8::1]:22");
+        let event = LogEvent::from_entry(&named).unwrap();
+        assert_eq!(event.denied_agent_ports, Some(vec![22, 31000]));
+        assert_eq!(
+            event.denied_egress_to,
+            Some(vec!["192.0.2.7:443".to_string(), "[2001:db8::1]:22".to_string()])
+        );
+        // A connection record has neither.
+        assert_eq!(refused_event_lists(), (None, None));
+    }
+
+    /// The destination lists of a connection record.
+    fn refused_event_lists() -> (Option<Vec<u16>>, Option<Vec<String>>) {
+        let entry = json!({"__REALTIME_TIMESTAMP": "0", "GATE_SLUG": "alice", "GATE_OUTCOME": "closed"});
+        let event = LogEvent::from_entry(&entry).unwrap();
+        (event.denied_agent_ports, event.denied_egress_to)
     }
 
     #[test]

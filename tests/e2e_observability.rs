@@ -382,6 +382,22 @@ fn metrics_parse_and_denied_attempts_are_recorded_once_per_run() {
     assert_eq!(first["slug"], "alice");
     assert_eq!(first["denied_agent"], agent, "{first:#}");
     assert!(first["denied_egress"].as_u64().unwrap() >= 1, "{first:#}");
+    // It names what was tried: the closed gate port, the undeclared pair.
+    assert_eq!(
+        first["denied_agent_ports"],
+        serde_json::json!([31000]),
+        "{first:#}"
+    );
+    assert_eq!(
+        first["denied_egress_to"],
+        serde_json::json!(["10.99.2.1:2222"]),
+        "{first:#}"
+    );
+    let message = first["message"].as_str().unwrap();
+    assert!(
+        message.ends_with("; tried within the last hour: gate ports 31000; from inside 10.99.2.1:2222"),
+        "{message}"
+    );
     gatectl_ok(&host, &["metrics"]);
     assert_eq!(denied_records(&host).len(), 1);
     flood_closed_port(&host, 300);

@@ -422,3 +422,68 @@ fn a_gate_table_seal_holds_until_anything_commits_in_its_netns() {
     assert_ne!(again.generation, seal.generation);
     assert!(table(22).sealed(Some(&again)).unwrap());
 }
+
+/// Runs `ip` with `args`; panics with its stderr when it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_gate_table_names_what_it_denied_and_counts_what_its_tried_sets_cannot_hold() {
+    if !in_private_netns("a_gate_table_names_what_it_denied_and_counts_what_its_tried_sets_cannot_hold") {
+        return;
+    }
+    use gatectl::net::firewall::gate::{GateTable, TRIED_SIZE};
+    use std::time::Duration;
+    let table = GateTable {
+        agent: "10.231.0.0".parse().unwrap(),
+        listen_ports: [30000].into(),
+        allowed: ["192.0.2.10:22".parse().unwrap()].into(),
+    };
+    let seal = table.apply().expect("apply the gate table");
+    // The gate's egress link, with a default route each way (its peer
+    // answers nothing: a SYN that leaves is simply lost).
+    ip(&["link", "add", "ext0", "type", "veth", "peer", "name", "ext0peer"]);
+    ip(&["link", "set", "ext0", "up"]);
+    ip(&["link", "set", "ext0peer", "up"]);
+    ip(&["addr", "add", "10.232.0.1/31", "dev", "ext0"]);
+    ip(&["route", "add", "default", "via", "10.232.0.0"]);
+    ip(&["-6", "addr", "add", "fd00:1::1/64", "dev", "ext0", "nodad"]);
+    ip(&["-6", "route", "add", "default", "via", "fd00:1::2"]);
+    let attempt = |to: SocketAddr| {
+        let _ = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(20));
+    };
+
+    // More undeclared destinations than a tried set holds, one IPv6 pair,
+    // and the declared pair (not denied).
+    let extra = 6;
+    let ports = 1000..1000 + (TRIED_SIZE + extra) as u16;
+    for port in ports.clone() {
+        attempt(SocketAddr::from(([192, 0, 2, 99], port)));
+    }
+    attempt("[2001:db8::5]:22".parse().unwrap());
+    attempt("192.0.2.10:22".parse().unwrap());
+
+    let (denied, tried) = GateTable::denied().unwrap().expect("the table is there");
+    // Every denied SYN is counted (a retransmitted one more than once).
+    assert!(denied.egress >= (TRIED_SIZE + extra + 1) as u64, "{denied:?}");
+    let v4: Vec<&SocketAddr> = tried.egress.iter().filter(|p| p.is_ipv4()).collect();
+    assert_eq!(v4.len(), TRIED_SIZE, "a full set holds its size: {tried:?}");
+    assert!(
+        v4.iter()
+            .all(|p| p.ip().to_string() == "192.0.2.99" && ports.contains(&p.port())),
+        "{tried:?}"
+    );
+    assert!(
+        tried.egress.contains(&"[2001:db8::5]:22".parse().unwrap()),
+        "{tried:?}"
+    );
+    assert!(tried.agent_ports.is_empty(), "{tried:?}");
+    // The packet path's adds are no commit: the table's seal still holds.
+    assert!(table.sealed(Some(&seal)).unwrap());
+}

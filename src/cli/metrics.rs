@@ -13,6 +13,7 @@ use crate::denied;
 use crate::error::{Context, Result};
 use crate::gate::{GateState, Host};
 use crate::metrics::{self, GateMetrics};
+use crate::net::firewall::gate::{Denied, Tried};
 use crate::slug::Slug;
 use crate::systemd::Systemd;
 
@@ -42,8 +43,8 @@ pub fn run(args: MetricsArgs) -> Result<Outcome> {
             _ => Ok(None),
         };
         let denied = match read {
-            Ok(Some((netns, now))) => {
-                record_denied(&records, &status.slug, netns, now);
+            Ok(Some((netns, now, tried))) => {
+                record_denied(&records, &status.slug, netns, now, &tried);
                 running.push(status.slug.clone());
                 Some(now)
             }
@@ -77,22 +78,21 @@ pub fn run(args: MetricsArgs) -> Result<Outcome> {
 }
 
 /// Records in the journal what `slug`'s table denied since the last record
-/// (nothing when nothing was), then keeps the counts as recorded.
-fn record_denied(
-    records: &denied::Records,
-    slug: &Slug,
-    netns: u64,
-    now: crate::net::firewall::gate::Denied,
-) {
+/// (nothing when nothing was), with the destinations tried within the last
+/// hour, then keeps the counts as recorded.
+fn record_denied(records: &denied::Records, slug: &Slug, netns: u64, now: Denied, tried: &Tried) {
     let (delta, keep) = denied::since(records.load(slug), netns, now);
     if delta.agent + delta.egress > 0 {
-        let message = denied::message(slug, delta);
+        let message = denied::message(slug, delta, tried);
+        let (ports, pairs) = denied::tried_fields(tried);
         let logged = crate::logging::in_journal(|| {
             tracing::info!(
                 slug = slug.as_str(),
                 outcome = "denied",
                 denied_agent = delta.agent,
                 denied_egress = delta.egress,
+                denied_agent_ports = ports.as_str(),
+                denied_egress_to = pairs.as_str(),
                 "{message}"
             );
         });

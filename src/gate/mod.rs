@@ -20,7 +20,7 @@ use crate::forward::stats;
 use crate::host::HostWide;
 use crate::lock;
 use crate::manifest::{self, Manifest};
-use crate::net::firewall::gate::{Denied, GateTable};
+use crate::net::firewall::gate::{Denied, GateTable, Tried};
 use crate::net::firewall::{Firewall, GateRules};
 use crate::net::{netns, sysctl};
 use crate::plan::{self, GatePlan, GateSpec};
@@ -300,16 +300,17 @@ impl Host {
 }
 
 impl Host {
-    /// What the gate netns of `slug`'s table denied so far, with the inode
-    /// of that netns (which tells a restarted gate apart); `None` when the
-    /// gate has no netns or no table. Needs root (it enters the netns).
-    pub fn denied(&self, slug: &Slug) -> Result<Option<(u64, Denied)>> {
+    /// What the gate netns of `slug`'s table denied so far and the
+    /// destinations tried within the last hour, with the inode of that netns
+    /// (which tells a restarted gate apart); `None` when the gate has no
+    /// netns or no table. Needs root (it enters the netns).
+    pub fn denied(&self, slug: &Slug) -> Result<Option<(u64, Denied, Tried)>> {
         let path = Path::new(plan::NETNS_DIR).join(plan::netns_name(slug));
         let ns = netns::open(&path)?;
         let inode = nix::sys::stat::fstat(&ns)
             .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
             .st_ino;
-        Ok(netns::run_in(&ns, GateTable::denied)?.map(|denied| (inode, denied)))
+        Ok(netns::run_in(&ns, GateTable::denied)?.map(|(denied, tried)| (inode, denied, tried)))
     }
 }
 

@@ -9,11 +9,15 @@
 //!   set allow4 { type ipv4_addr . inet_service; elements = { 192.0.2.10 . 22 } }
 //!   set allow6 { type ipv6_addr . inet_service; }
 //!   set listen { type inet_service; elements = { 30000, 30001 } }
+//!   set tried_ports { type inet_service; size 64; flags timeout; timeout 1h; }
+//!   set tried4 { type ipv4_addr . inet_service; size 64; flags timeout; timeout 1h; }
+//!   set tried6 { type ipv6_addr . inet_service; size 64; flags timeout; timeout 1h; }
 //!   chain input { type filter hook input priority filter; policy drop;
 //!     iifname "lo" accept
 //!     ct state established,related accept
 //!     iifname "ext0" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 //!     iifname "int0" ip saddr <agent address> tcp dport @listen accept
+//!     iifname "int0" meta l4proto tcp add @tried_ports { tcp dport }
 //!     iifname "int0" counter name "denied_agent"
 //!     iifname "int0" meta l4proto tcp reject with tcp reset
 //!     counter drop
@@ -24,6 +28,8 @@
 //!     oifname "ext0" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 //!     oifname "ext0" ip daddr . tcp dport @allow4 accept
 //!     oifname "ext0" ip6 daddr . tcp dport @allow6 accept
+//!     meta nfproto ipv4 meta l4proto tcp add @tried4 { ip daddr . tcp dport }
+//!     meta nfproto ipv6 meta l4proto tcp add @tried6 { ip6 daddr . tcp dport }
 //!     counter name "denied_egress"
 //!     counter drop
 //!   }
@@ -42,6 +48,15 @@
 //! their increase in the journal, one record per gate per run, however many
 //! packets a flood sends (see [`GateTable::denied`]).
 //!
+//! The three `tried` sets say what was denied: the gate ports the agent
+//! tried that are not listeners, and the `address . port` pairs tried from
+//! inside the gate netns (TCP; other protocols are only counted). The
+//! packet path adds to them, with no commit (the table's seal holds); each
+//! entry leaves after an hour, and a set holds at most 64, so a flood of
+//! distinct destinations fills it and is still counted. Each `add` is a
+//! rule of its own: the add of a full set ends its rule, and the count and
+//! the drop come in the rules after it.
+//!
 //! The agent still sees "connection refused" on a port that is not a
 //! listener (the TCP reset), and nothing in the gate netns, root included,
 //! opens a connection to anything but a declared upstream pair. Over IPv6
@@ -57,8 +72,10 @@ use std::os::unix::fs::MetadataExt;
 
 use nftables::batch::Batch;
 use nftables::expr::{Expression, MetaKey, NamedExpression};
-use nftables::schema::{Chain, Counter, NfListObject, Nftables, Set, SetType, SetTypeValue, Table};
-use nftables::stmt::{Counter as NamedCounter, Operator, Reject, RejectType, Statement};
+use nftables::schema::{Chain, Counter, NfListObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table};
+use nftables::stmt::{
+    Counter as NamedCounter, Operator, Reject, RejectType, Set as SetStatement, SetOp, Statement,
+};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +99,28 @@ const DENIED_AGENT: &str = "denied_agent";
 /// The named counter of packets from inside the gate netns to anything
 /// undeclared.
 const DENIED_EGRESS: &str = "denied_egress";
+
+/// The set of the gate ports the agent tried that are not listeners.
+const TRIED_PORTS_SET: &str = "tried_ports";
+/// The set of the undeclared IPv4 `address . port` pairs tried from inside
+/// the gate netns.
+const TRIED4_SET: &str = "tried4";
+/// The same for IPv6.
+const TRIED6_SET: &str = "tried6";
+/// How many destinations each `tried` set holds at most.
+pub const TRIED_SIZE: usize = 64;
+/// How long a destination stays in a `tried` set, in seconds.
+const TRIED_SECS: u32 = 3600;
+
+/// The destinations the gate netns's table denied within the last hour
+/// (TCP; at most [`TRIED_SIZE`] of each kind).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tried {
+    /// Gate ports the agent tried that are not listeners.
+    pub agent_ports: BTreeSet<u16>,
+    /// Undeclared `address:port` pairs tried from inside the gate netns.
+    pub egress: BTreeSet<SocketAddr>,
+}
 
 /// Packets the gate netns's table denied since it was applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -222,14 +261,15 @@ impl GateTable {
     }
 
     /// What the table in the calling thread's network namespace (a thread
-    /// that joined the gate netns) denied so far, from its named counters;
-    /// `None` when it has no table.
-    pub fn denied() -> Result<Option<Denied>> {
+    /// that joined the gate netns) denied so far, from its named counters,
+    /// and the destinations tried within the last hour, from its `tried`
+    /// sets; `None` when it has no table.
+    pub fn denied() -> Result<Option<(Denied, Tried)>> {
         let context = format!("could not list the nftables table `inet {TABLE}` in the gate netns");
         let Some(listing) = Session::open(&context)?.list_table()? else {
             return Ok(None);
         };
-        Ok(Some(denied_in(&listing)))
+        Ok(Some((denied_in(&listing), tried_in(&listing))))
     }
 
     /// The elements of set `name` as this table holds them.
@@ -311,6 +351,29 @@ impl GateTable {
                 ..Set::default()
             })));
         }
+        let tried = [
+            (TRIED_PORTS_SET, SetTypeValue::Single(SetType::InetService)),
+            (
+                TRIED4_SET,
+                SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::InetService].into()),
+            ),
+            (
+                TRIED6_SET,
+                SetTypeValue::Concatenated(vec![SetType::Ipv6Addr, SetType::InetService].into()),
+            ),
+        ];
+        for (name, set_type) in tried {
+            batch.add(NfListObject::Set(Box::new(Set {
+                family: FAMILY,
+                table: TABLE.into(),
+                name: name.into(),
+                set_type,
+                flags: Some([SetFlag::Timeout].into()),
+                timeout: Some(TRIED_SECS),
+                size: Some(TRIED_SIZE as u32),
+                ..Set::default()
+            })));
+        }
         for (name, hook) in [
             (INPUT_CHAIN, NfHook::Input),
             (OUTPUT_CHAIN, NfHook::Output),
@@ -340,6 +403,13 @@ impl GateTable {
         let counted = |name: &'static str| Statement::Counter(NamedCounter::Named(name.into()));
         let ifname = |key, name: &'static str| matches(meta(key), Operator::EQ, string(name));
         let tcp = || matches(meta(MetaKey::L4proto), Operator::EQ, string("tcp"));
+        let add_to = |set: &'static str, elem| {
+            Statement::Set(SetStatement {
+                op: SetOp::Add,
+                elem,
+                set: format!("@{set}").into(),
+            })
+        };
 
         batch.add(rule(INPUT_CHAIN, vec![ifname(MetaKey::Iifname, "lo"), accept()]));
         batch.add(rule(INPUT_CHAIN, vec![replies(), accept()]));
@@ -363,6 +433,14 @@ impl GateTable {
                 ),
                 matches(payload("tcp", "dport"), Operator::EQ, set_ref(LISTEN_SET)),
                 accept(),
+            ],
+        ));
+        batch.add(rule(
+            INPUT_CHAIN,
+            vec![
+                ifname(MetaKey::Iifname, GATE_INTERNAL_LINK),
+                tcp(),
+                add_to(TRIED_PORTS_SET, payload("tcp", "dport")),
             ],
         ));
         batch.add(rule(
@@ -402,6 +480,20 @@ impl GateTable {
                 ],
             ));
         }
+        for (l3, family, set) in [("ip", "ipv4", TRIED4_SET), ("ip6", "ipv6", TRIED6_SET)] {
+            let pair = Expression::Named(NamedExpression::Concat(vec![
+                payload(l3, "daddr"),
+                payload("tcp", "dport"),
+            ]));
+            batch.add(rule(
+                OUTPUT_CHAIN,
+                vec![
+                    matches(meta(MetaKey::Nfproto), Operator::EQ, string(family)),
+                    tcp(),
+                    add_to(set, pair),
+                ],
+            ));
+        }
         batch.add(rule(OUTPUT_CHAIN, vec![counted(DENIED_EGRESS)]));
         batch.add(rule(OUTPUT_CHAIN, vec![counter(), drop()]));
         batch.to_nftables()
@@ -424,6 +516,24 @@ fn denied_in(listing: &Nftables<'static>) -> Denied {
         }
     }
     denied
+}
+
+/// The destinations in the table's `tried` sets in a listing; an element
+/// that does not parse is left out.
+fn tried_in(listing: &Nftables<'static>) -> Tried {
+    let agent_ports = set_elements(listing, TRIED_PORTS_SET)
+        .iter()
+        .filter_map(|port| port.parse().ok())
+        .collect();
+    let egress = [TRIED4_SET, TRIED6_SET]
+        .into_iter()
+        .flat_map(|set| set_elements(listing, set))
+        .filter_map(|pair| {
+            let (address, port) = pair.split_once(" . ")?;
+            Some(SocketAddr::new(address.parse().ok()?, port.parse().ok()?))
+        })
+        .collect();
+    Tried { agent_ports, egress }
 }
 
 /// The elements of set `name` of gatectl's table in a listing, as text
@@ -511,8 +621,27 @@ mod tests {
             json!({"add": {"set": {"family": "inet", "table": "gatectl", "name": "listen",
                 "type": "inet_service", "elem": [30000, 30001]}}})
         );
+        // The tried sets: dynamic, an hour per entry, 64 at most, empty.
+        for (i, (name, set_type)) in [
+            ("tried_ports", json!("inet_service")),
+            ("tried4", json!(["ipv4_addr", "inet_service"])),
+            ("tried6", json!(["ipv6_addr", "inet_service"])),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut set = cmds[6 + i]["add"]["set"].clone();
+            let mut flags: Vec<String> = serde_json::from_value(set["flags"].take()).unwrap();
+            flags.sort();
+            assert_eq!(flags, ["timeout"]);
+            assert_eq!(
+                set,
+                json!({"family": "inet", "table": "gatectl", "name": name, "type": set_type,
+                    "flags": null, "timeout": 3600, "size": 64})
+            );
+        }
         for (i, hook) in ["input", "output", "forward"].iter().enumerate() {
-            let chain = &cmds[6 + i]["add"]["chain"];
+            let chain = &cmds[9 + i]["add"]["chain"];
             assert_eq!(chain["hook"], *hook);
             assert_eq!(chain["policy"], "drop");
         }
@@ -522,7 +651,7 @@ mod tests {
     fn output_reaches_only_the_declared_pairs_and_input_only_the_listen_ports() {
         let cmds = commands(&table().batch());
         let output = rules_in(&cmds, "output");
-        assert_eq!(output.len(), 7);
+        assert_eq!(output.len(), 9);
         let discovery = |key| {
             json!([{"match": {"op": "==", "left": {"meta": {"key": key}}, "right": "ext0"}},
                 {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
@@ -548,10 +677,21 @@ mod tests {
                     {"payload": {"protocol": "tcp", "field": "dport"}}]}, "right": "@allow6"}},
                 {"accept": null}])
         );
-        assert_eq!(output[5], json!([{"counter": "denied_egress"}]));
-        assert_eq!(output[6], json!([{"counter": null}, {"drop": null}]));
+        // What is denied next is added to a tried set, in a rule of its own.
+        for (i, (l3, family)) in [("ip", "ipv4"), ("ip6", "ipv6")].into_iter().enumerate() {
+            assert_eq!(
+                output[5 + i],
+                json!([{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": family}},
+                    {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                    {"set": {"op": "add", "set": if l3 == "ip" { "@tried4" } else { "@tried6" },
+                        "elem": {"concat": [{"payload": {"protocol": l3, "field": "daddr"}},
+                            {"payload": {"protocol": "tcp", "field": "dport"}}]}}}])
+            );
+        }
+        assert_eq!(output[7], json!([{"counter": "denied_egress"}]));
+        assert_eq!(output[8], json!([{"counter": null}, {"drop": null}]));
         let input = rules_in(&cmds, "input");
-        assert_eq!(input.len(), 7);
+        assert_eq!(input.len(), 8);
         assert_eq!(input[2], discovery("iifname"));
         assert_eq!(
             input[3],
@@ -565,12 +705,19 @@ mod tests {
         assert_eq!(
             input[4],
             json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "int0"}},
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                {"set": {"op": "add", "set": "@tried_ports",
+                    "elem": {"payload": {"protocol": "tcp", "field": "dport"}}}}])
+        );
+        assert_eq!(
+            input[5],
+            json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "int0"}},
                 {"counter": "denied_agent"}])
         );
-        assert_eq!(input[5][2], json!({"reject": {"type": "tcp reset"}}));
+        assert_eq!(input[6][2], json!({"reject": {"type": "tcp reset"}}));
         for (i, name) in ["denied_agent", "denied_egress"].iter().enumerate() {
             assert_eq!(
-                cmds[9 + i],
+                cmds[12 + i],
                 json!({"add": {"counter": {"family": "inet", "table": "gatectl", "name": name, "bytes": null}}})
             );
         }
