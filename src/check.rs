@@ -234,7 +234,12 @@ async fn sandbox_findings(systemd: &Systemd, gates: &[GateStatus]) -> Vec<Findin
     let answers: Vec<_> = stream::iter(gates.iter().filter(|g| g.unit.is_active()))
         .map(|gate| async move {
             let unit = &gate.forwarder.name;
-            (unit, systemd.service_properties(unit).await)
+            (
+                unit,
+                systemd
+                    .service_properties_as::<unit::SandboxProperties>(unit)
+                    .await,
+            )
         })
         .buffered(SANDBOX_QUERIES)
         .collect()
@@ -246,7 +251,7 @@ async fn sandbox_findings(systemd: &Systemd, gates: &[GateStatus]) -> Vec<Findin
         match answer {
             Ok(properties) => {
                 checked += 1;
-                let drift = unit::sandbox_drift(&properties);
+                let drift = unit::sandbox_drift(&properties.0);
                 if !drift.is_empty() {
                     weakened.push(format!("{unit}: {}", drift.join(", ")));
                     units.push(unit.as_str());

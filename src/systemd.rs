@@ -50,8 +50,6 @@ trait Manager {
 
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
 
-    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-
     fn get_unit_file_state(&self, name: &str) -> zbus::Result<String>;
 
     #[allow(clippy::type_complexity)]
@@ -228,6 +226,23 @@ pub struct Prestart<'a> {
     /// starts in a row would otherwise compete with each other's unit for
     /// systemd's time and the CPU.
     pub unless_activating: &'a str,
+}
+
+/// The D-Bus object path systemd gives unit `unit`
+/// (`/org/freedesktop/systemd1/unit/` and the name with every byte but
+/// an ASCII letter, or a digit after the first byte, as `_` and two lower
+/// hex digits: systemd's `bus_label_escape`).
+fn unit_object_path(unit: &str) -> Result<OwnedObjectPath> {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    for (i, byte) in unit.bytes().enumerate() {
+        if byte.is_ascii_alphabetic() || (i > 0 && byte.is_ascii_digit()) {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("_{byte:02x}"));
+        }
+    }
+    OwnedObjectPath::try_from(path)
+        .map_err(|e| Error::failed(format!("no D-Bus object path for {unit}: {e}")))
 }
 
 /// A connection to systemd's manager on the system bus.
@@ -635,29 +650,39 @@ impl Systemd {
     /// which includes its execution and cgroup settings), as systemd holds
     /// them now.
     pub async fn service_properties(&self, unit: &str) -> Result<HashMap<String, OwnedValue>> {
-        // LoadUnit, not GetUnit: systemd may have unloaded a forwarder that
-        // has not run yet, and loading it reads what its next start would
-        // run with (its transient file and the drop-ins).
-        let path = self
+        self.service_properties_as(unit).await
+    }
+
+    /// The properties of service unit `unit` as systemd holds them now, read
+    /// into `T` straight from systemd's answer (an `a{sv}`): a `T` that
+    /// keeps a few of the unit's ~300 properties skips the rest unparsed.
+    pub async fn service_properties_as<T>(&self, unit: &str) -> Result<T>
+    where
+        T: for<'d> serde::Deserialize<'d> + zbus::zvariant::Type,
+    {
+        // The unit's object path, without a LoadUnit call first: systemd
+        // loads a unit when its object is asked for, as LoadUnit would (it
+        // may have unloaded a forwarder that has not run yet, and loading
+        // reads what its next start would run with: its transient file and
+        // the drop-ins). One call per unit instead of two.
+        let path = unit_object_path(unit)?;
+        let reply = self
             .manager
-            .load_unit(unit)
+            .inner()
+            .connection()
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                path,
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &("org.freedesktop.systemd1.Service",),
+            )
             .await
-            .with_context(|| format!("cannot find {unit} in systemd"))?;
-        let properties = zbus::fdo::PropertiesProxy::builder(self.manager.inner().connection())
-            .destination("org.freedesktop.systemd1")
-            .context("cannot address systemd over D-Bus")?
-            .path(path)
-            .context("cannot address a unit over D-Bus")?
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .with_context(|| format!("cannot reach {unit} over D-Bus"))?;
-        let service =
-            zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Service");
-        properties
-            .get_all(service)
-            .await
-            .with_context(|| format!("cannot read the properties of {unit}"))
+            .with_context(|| format!("cannot read the properties of {unit}"))?;
+        reply
+            .body()
+            .deserialize()
+            .with_context(|| format!("cannot decode the properties of {unit}"))
     }
 
     /// The units of the gate of `slug`, in one call.
@@ -675,6 +700,20 @@ impl Systemd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_units_object_path_escapes_as_systemd_does() {
+        for (unit, path) in [
+            ("gate-alice.service", "gate_2dalice_2eservice"),
+            ("gate-a1_b.socket", "gate_2da1_5fb_2esocket"),
+            ("1st.service", "_31st_2eservice"),
+        ] {
+            assert_eq!(
+                unit_object_path(unit).unwrap().as_str(),
+                format!("/org/freedesktop/systemd1/unit/{path}")
+            );
+        }
+    }
 
     /// Units with the results of their stop jobs.
     type Stopped<'a> = &'a [(&'a str, &'a str)];

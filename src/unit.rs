@@ -16,11 +16,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use ipnet::IpNet;
 use schemars::JsonSchema;
-use serde::Serialize;
-use zbus::zvariant::{OwnedValue, Value};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use zbus::zvariant::{OwnedValue, Signature, Type, Value};
 
 use crate::config::Settings;
 use crate::error::{Context, Result};
@@ -404,6 +406,60 @@ pub fn hardening() -> Vec<Hardening> {
     ]
 }
 
+/// The [`hardening`] settings with the canonical text of the value each
+/// sets, made once per process.
+fn hardening_canonical() -> &'static [(Hardening, String)] {
+    static HARDENING: LazyLock<Vec<(Hardening, String)>> = LazyLock::new(|| {
+        hardening()
+            .into_iter()
+            .map(|h| {
+                let text = canonical(&h.property.value.to_value());
+                (h, text)
+            })
+            .collect()
+    });
+    &HARDENING
+}
+
+/// The properties of a forwarder unit that [`sandbox_drift`] checks, read
+/// from systemd's answer to `GetAll` (`a{sv}`): the names of
+/// [`hardening`]; the unit's other ~300 properties are skipped unparsed,
+/// which is most of what `check` spent per gate.
+#[derive(Debug, Default)]
+pub struct SandboxProperties(pub HashMap<String, OwnedValue>);
+
+impl Type for SandboxProperties {
+    const SIGNATURE: &'static Signature = <HashMap<String, OwnedValue> as Type>::SIGNATURE;
+}
+
+impl<'de> Deserialize<'de> for SandboxProperties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        /// Keeps the properties a sandbox check reads.
+        struct Wanted;
+        impl<'de> Visitor<'de> for Wanted {
+            type Value = SandboxProperties;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a dictionary of unit properties")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<SandboxProperties, A::Error> {
+                let mut kept = HashMap::new();
+                while let Some(name) = map.next_key::<&str>()? {
+                    if hardening_canonical().iter().any(|(h, _)| h.property.name == name) {
+                        kept.insert(name.to_string(), map.next_value::<OwnedValue>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(SandboxProperties(kept))
+            }
+        }
+        deserializer.deserialize_map(Wanted)
+    }
+}
+
 /// The [`hardening`] settings that `properties` (systemd's live view of the
 /// forwarder unit) no longer has as gatectl set them, as `Name=value`
 /// (what systemd holds) for a message. `SystemCallFilter=` is read back as
@@ -411,10 +467,10 @@ pub fn hardening() -> Vec<Hardening> {
 /// list without the privileged calls instead.
 pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
     let mut drift = Vec::new();
-    for h in hardening() {
+    for (h, wanted) in hardening_canonical() {
         let name = h.property.name;
-        let actual = properties.get(name).map(|v| Value::from(v.clone()));
-        let holds = match &actual {
+        let actual: Option<&Value<'static>> = properties.get(name).map(|v| &**v);
+        let holds = match actual {
             None => false,
             // The empty /run first; the gate's routes directory is bound
             // too, at its mount point.
@@ -427,25 +483,37 @@ pub fn sandbox_drift(properties: &HashMap<String, OwnedValue>) -> Vec<String> {
                             || (destination == "/run" && source == FORWARDER_RUN)
                     })
             }
-            Some(actual) if name == "SystemCallFilter" => {
-                let text = canonical(actual);
-                // An allow list, without a call of @privileged or @resources.
-                text.starts_with("(true,")
-                    && text.contains("\"read\"")
-                    && !text.contains("\"reboot\"")
-                    && !text.contains("\"setrlimit\"")
-            }
-            Some(actual) => canonical(&h.property.value.to_value()) == canonical(actual),
+            Some(actual) if name == "SystemCallFilter" => allows_without_privileged(actual),
+            Some(actual) => *wanted == canonical(actual),
         };
         if !holds && !drift.iter().any(|d: &String| d.starts_with(&format!("{name}="))) {
-            let shown = actual
-                .as_ref()
-                .map(canonical)
-                .unwrap_or_else(|| "(absent)".into());
+            let shown = actual.map(canonical).unwrap_or_else(|| "(absent)".into());
             drift.push(format!("{name}={shown} (gatectl sets {})", h.line));
         }
     }
     drift
+}
+
+/// Whether a `SystemCallFilter=` value (`(bas)`, the list expanded to
+/// system calls) is an allow list with `read` and without a call of
+/// @privileged or @resources (`reboot`, `setrlimit`). Read in place: the
+/// list has some 400 names, and `check` reads it for every gate.
+fn allows_without_privileged(value: &Value<'_>) -> bool {
+    match value {
+        Value::Value(inner) => allows_without_privileged(inner),
+        Value::Structure(filter) => match filter.fields() {
+            [Value::Bool(true), Value::Array(calls)] => {
+                let has = |call: &str| {
+                    calls
+                        .iter()
+                        .any(|c| matches!(c, Value::Str(name) if name.as_str() == call))
+                };
+                has("read") && !has("reboot") && !has("setrlimit")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// The (source, destination) pairs of a `BindReadOnlyPaths=` value
@@ -638,6 +706,23 @@ mod tests {
     use crate::manifest::{parse, Format};
     use crate::plan::GateSpec;
     use crate::slug::Slug;
+
+    #[test]
+    fn sandbox_properties_keep_what_the_check_reads_and_skip_the_rest() {
+        use zbus::zvariant::serialized::Context;
+        use zbus::zvariant::{to_bytes, LE};
+        let mut all: HashMap<&str, Value> = HashMap::new();
+        all.insert("TasksMax", Value::U64(16));
+        all.insert("ProtectSystem", Value::from("strict"));
+        all.insert("ExecStart", Value::from(vec!["/usr/bin/gatectl", "forward"]));
+        all.insert("StatusText", Value::from("ready"));
+        let bytes = to_bytes(Context::new_dbus(LE, 0), &all).unwrap();
+        let (kept, _): (SandboxProperties, _) = bytes.deserialize().unwrap();
+        let mut names: Vec<&str> = kept.0.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["ProtectSystem", "TasksMax"]);
+        assert_eq!(u64::try_from(&kept.0["TasksMax"]).unwrap(), 16);
+    }
 
     fn plan() -> GatePlan {
         let m = parse(
@@ -940,6 +1025,37 @@ mod tests {
             drift[0].starts_with("BindReadOnlyPaths=[") && drift[0].contains("/run/dbus"),
             "{drift:?}"
         );
+    }
+
+    #[test]
+    fn the_system_call_filter_must_stay_an_allow_list_without_privileged_calls() {
+        let with_filter = |allow: bool, calls: &[&str]| {
+            let mut live = live_with_dropin();
+            let filter = PropertyValue::List {
+                allow,
+                items: calls.iter().map(|c| c.to_string()).collect(),
+            };
+            live.insert(
+                "SystemCallFilter".into(),
+                OwnedValue::try_from(filter.to_value()).unwrap(),
+            );
+            sandbox_drift(&live)
+        };
+        assert_eq!(
+            with_filter(true, &["read", "write", "openat"]),
+            Vec::<String>::new()
+        );
+        for (allow, calls) in [
+            (false, &["reboot"][..]),
+            (true, &["read", "reboot"][..]),
+            (true, &["read", "setrlimit"][..]),
+            (true, &["write"][..]),
+            (true, &[][..]),
+        ] {
+            let drift = with_filter(allow, calls);
+            assert_eq!(drift.len(), 1, "{allow} {calls:?}: {drift:?}");
+            assert!(drift[0].starts_with("SystemCallFilter="), "{drift:?}");
+        }
     }
 
     #[test]
