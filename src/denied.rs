@@ -129,6 +129,41 @@ impl Records {
         std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Records in the journal what `slug`'s table denied since the last
+    /// record (nothing when nothing was), with the destinations tried
+    /// within the last hour, then keeps the counts as recorded. A failure is
+    /// a warning: recording never stops the command that does it.
+    pub fn record(&self, slug: &Slug, netns: u64, now: Denied, tried: &Tried) {
+        let (delta, keep) = since(self.load(slug), netns, now);
+        if delta.agent + delta.egress > 0 {
+            let text = message(slug, delta, tried);
+            let (ports, pairs) = tried_fields(tried);
+            let logged = crate::logging::in_journal(|| {
+                tracing::info!(
+                    slug = slug.as_str(),
+                    outcome = "denied",
+                    denied_agent = delta.agent,
+                    denied_egress = delta.egress,
+                    denied_agent_ports = ports.as_str(),
+                    denied_egress_to = pairs.as_str(),
+                    "{text}"
+                );
+            });
+            if let Err(e) = logged {
+                tracing::warn!(slug = %slug, error = %e, "cannot record denied attempts in the journal: {e}");
+                return;
+            }
+        }
+        if let Err(e) = self.save(slug, keep) {
+            tracing::warn!(slug = %slug, error = %e, "cannot keep the denied counts recorded: {e}");
+        }
+    }
+
+    /// Forgets the counts recorded for `slug` (its gate is gone).
+    pub fn remove(&self, slug: &Slug) {
+        let _ = std::fs::remove_file(self.path(slug.as_str()));
+    }
+
     /// Removes the records of gates not in `gates`.
     pub fn keep_only(&self, gates: &[Slug]) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {

@@ -433,7 +433,21 @@ fn metrics_parse_and_denied_attempts_are_recorded_once_per_run() {
         "gatectl-metrics.timer",
     ]);
     assert!(timers.contains("gatectl-metrics.service"), "{timers}");
+
+    // What was denied after the last run is recorded by the stop, which
+    // takes the table and its counters away, and the counts kept go too.
+    assert_eq!(denied_records(&host).len(), 2);
+    flood_closed_port(&host, 50);
     gatectl_ok(&host, &["stop", "alice"]);
+    let records = denied_records(&host);
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert!(records[2]["denied_agent"].as_u64().unwrap() >= 50, "{records:#?}");
+    assert_eq!(records[2]["denied_agent_ports"], serde_json::json!([31000]));
+    assert!(host
+        .exec(&["test", "-e", "/run/gatectl/denied/alice.json"])
+        .status
+        .code()
+        .is_some_and(|c| c == 1));
 }
 
 /// Connections the audit test opens to a refusing upstream.

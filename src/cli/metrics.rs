@@ -13,7 +13,6 @@ use crate::denied;
 use crate::error::{Context, Result};
 use crate::gate::{GateState, Host};
 use crate::metrics::{self, GateMetrics};
-use crate::net::firewall::gate::{Denied, Tried};
 use crate::slug::Slug;
 use crate::systemd::Systemd;
 
@@ -39,12 +38,12 @@ pub fn run(args: MetricsArgs) -> Result<Outcome> {
     let mut running: Vec<Slug> = Vec::new();
     for status in &statuses {
         let read = match (root, status.state, status.netns_present) {
-            (true, GateState::Running | GateState::Broken, true) => host.denied(&status.slug),
+            (true, GateState::Running | GateState::Broken, true) => crate::gate::denied(&status.slug),
             _ => Ok(None),
         };
         let denied = match read {
             Ok(Some((netns, now, tried))) => {
-                record_denied(&records, &status.slug, netns, now, &tried);
+                records.record(&status.slug, netns, now, &tried);
                 running.push(status.slug.clone());
                 Some(now)
             }
@@ -75,35 +74,6 @@ pub fn run(args: MetricsArgs) -> Result<Outcome> {
         print!("{text}");
     }
     Ok(Outcome::Ok)
-}
-
-/// Records in the journal what `slug`'s table denied since the last record
-/// (nothing when nothing was), with the destinations tried within the last
-/// hour, then keeps the counts as recorded.
-fn record_denied(records: &denied::Records, slug: &Slug, netns: u64, now: Denied, tried: &Tried) {
-    let (delta, keep) = denied::since(records.load(slug), netns, now);
-    if delta.agent + delta.egress > 0 {
-        let message = denied::message(slug, delta, tried);
-        let (ports, pairs) = denied::tried_fields(tried);
-        let logged = crate::logging::in_journal(|| {
-            tracing::info!(
-                slug = slug.as_str(),
-                outcome = "denied",
-                denied_agent = delta.agent,
-                denied_egress = delta.egress,
-                denied_agent_ports = ports.as_str(),
-                denied_egress_to = pairs.as_str(),
-                "{message}"
-            );
-        });
-        if let Err(e) = logged {
-            tracing::warn!(slug = %slug, error = %e, "cannot record denied attempts in the journal: {e}");
-            return;
-        }
-    }
-    if let Err(e) = records.save(slug, keep) {
-        tracing::warn!(slug = %slug, error = %e, "cannot keep the denied counts recorded: {e}");
-    }
 }
 
 /// Replaces `path` with `text`: written beside it, then renamed over it, so

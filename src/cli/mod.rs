@@ -77,8 +77,10 @@ pub enum Command {
     /// Stop a gate and remove everything it created (idempotent).
     ///
     /// A gate that gatectl@SLUG.service manages is stopped through that
-    /// unit. The last gate to stop restores the host's IPv4 forwarding, and
-    /// removes gatectl's routing rules and nftables table.
+    /// unit. What its gate netns's firewall denied since the last `gatectl
+    /// metrics` is recorded in the journal on the way. The last gate to stop
+    /// restores the host's IPv4 forwarding, and removes gatectl's routing
+    /// rules and nftables table.
     Stop(stop::StopArgs),
     /// Show the state of one gate, or of all (exit 3 if it is not running).
     ///

@@ -299,19 +299,17 @@ impl Host {
     }
 }
 
-impl Host {
-    /// What the gate netns of `slug`'s table denied so far and the
-    /// destinations tried within the last hour, with the inode of that netns
-    /// (which tells a restarted gate apart); `None` when the gate has no
-    /// netns or no table. Needs root (it enters the netns).
-    pub fn denied(&self, slug: &Slug) -> Result<Option<(u64, Denied, Tried)>> {
-        let path = Path::new(plan::NETNS_DIR).join(plan::netns_name(slug));
-        let ns = netns::open(&path)?;
-        let inode = nix::sys::stat::fstat(&ns)
-            .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
-            .st_ino;
-        Ok(netns::run_in(&ns, GateTable::denied)?.map(|(denied, tried)| (inode, denied, tried)))
-    }
+/// What the gate netns of `slug`'s table denied so far and the
+/// destinations tried within the last hour, with the inode of that netns
+/// (which tells a restarted gate apart); `None` when the gate has no netns
+/// or no table. Needs root (it enters the netns).
+pub fn denied(slug: &Slug) -> Result<Option<(u64, Denied, Tried)>> {
+    let path = Path::new(plan::NETNS_DIR).join(plan::netns_name(slug));
+    let ns = netns::open(&path)?;
+    let inode = nix::sys::stat::fstat(&ns)
+        .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
+        .st_ino;
+    Ok(netns::run_in(&ns, GateTable::denied)?.map(|(denied, tried)| (inode, denied, tried)))
 }
 
 /// `status` with its forwarder's counters, when the forwarder runs and

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::steps::Undo;
 use super::{link_alias, Host};
+use crate::denied;
 use crate::error::{Context, Error, Result};
 use crate::net::link::Netlink;
 use crate::net::netns;
@@ -68,10 +69,13 @@ impl Teardown<'_> {
         // waits (for systemd, or the kernel's RCU grace periods), and the
         // gate's index stays claimed until the record goes, so no other gate
         // can take its link names or allowlist meanwhile.
-        let ((units, units_took), (rules, rules_took), (links, links_took)) = tokio::join!(
+        // The last record of what the gate netns's table denied is taken
+        // meanwhile, while the table and its counters still exist.
+        let ((units, units_took), (rules, rules_took), (links, links_took), ((), denied_took)) = tokio::join!(
             timed(self.stop_units(&plan.slug)),
             timed(self.remove_host_rules(plan)),
             timed(delete_gate_links_apart(&plan.netns)),
+            timed(self.record_last_denied(&plan.slug)),
         );
         timings.mark_parallel(
             "stop the units, remove the firewall rules, delete the links",
@@ -79,6 +83,10 @@ impl Teardown<'_> {
                 ("stop the socket and forwarder units", units_took),
                 ("remove the firewall rules", rules_took),
                 ("delete the gate's links and their peers", links_took),
+                (
+                    "record what the gate's table denied since the last record",
+                    denied_took,
+                ),
             ],
         );
         let mut errors: Vec<Error> = [units, rules, links]
@@ -120,6 +128,24 @@ impl Teardown<'_> {
         }
         delete_gate_links(&plan::netns_name(slug)).await?;
         netns::delete(&plan::netns_name(slug))
+    }
+
+    /// Records in the journal what the gate netns's table of `slug` denied
+    /// since the last record (`gatectl metrics`), which its netns takes
+    /// with it, then forgets the counts. Nothing stops on a failure here:
+    /// a gate without netns or table has nothing to record.
+    async fn record_last_denied(&self, slug: &Slug) {
+        let records = denied::Records::new(&self.host.settings.state_dir);
+        let owned = slug.clone();
+        let read = tokio::task::spawn_blocking(move || super::denied(&owned))
+            .await
+            .unwrap_or_else(|e| Err(Error::failed(format!("a gatectl task failed: {e}"))));
+        match read {
+            Ok(Some((netns, now, tried))) => records.record(slug, netns, now, &tried),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(slug = %slug, error = %e, "no last denied record"),
+        }
+        records.remove(slug);
     }
 
     /// Stops the gate's socket and forwarder units and waits for them.
