@@ -15,8 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 case $mode in
-full) iperf_secs=5 ab_secs=3 rounds=3 cycles=50 scale=${GATECTL_BENCH_SCALE:-2000} checkpoints="500 1000" sg_scale=200 lists=3 profile=1 profile_conns=3000 ;;
-smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 checkpoints="4" sg_scale=4 lists=2 profile=1 profile_conns=200 ;;
+full) iperf_secs=5 ab_secs=3 rounds=3 cycles=50 scale=${GATECTL_BENCH_SCALE:-2000} checkpoints="500 1000" sg_scale=200 lists=3 profile_conns=3000 ;;
+smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 checkpoints="4" sg_scale=4 lists=2 profile_conns=200 ;;
 *) echo "usage: $0 full|smoke RESULTS_MD" >&2; exit 2 ;;
 esac
 
@@ -315,32 +315,38 @@ pipe_sizes() { # throughput of a hand-run forwarder per pipe size
   done
 }
 
-profile_cpu() { # where the CPU goes while traffic crosses the gatectl gate and proxyd
-  (( profile )) && command -v perf >/dev/null || return 0
-  log "profiling (perf record -a -g) iperf3 and ab through gatectl and proxyd"
-  local name path port dir
-  dir=$(dirname "$results")
-  for name in iperf ab; do
-    for path in gatectl proxyd; do
-      perf record -q -a -g -o /tmp/perf-$name-$path.data -- sleep 3 2>/dev/null &
-      local rec=$!
-      if [[ $name == iperf ]]; then
-        port=$([[ $path == gatectl ]] && echo 30000 || echo 32000)
-        ip netns exec agent iperf3 -c $GATE -p $port -t 3 >/dev/null 2>&1 || true
-      else
-        port=$([[ $path == gatectl ]] && echo 30001 || echo 32001)
-        ip netns exec agent ab -q -r -c 32 -t 3 -n 100000000 "http://$GATE:$port/" >/dev/null 2>&1 || true
-      fi
-      wait $rec || true
-      perf report -i /tmp/perf-$name-$path.data --no-children --sort comm --stdio -g none 2>/dev/null |
-        grep -E '^ +[0-9.]+%' > "$dir/perf-$name-$path.comm" || true
-    done
-    {
-      echo "## perf: $name through the gatectl gate: top symbols by process"
-      perf report -i /tmp/perf-$name-gatectl.data --no-children --sort comm,dso,sym --stdio -g none 2>/dev/null |
-        grep -v '^$' | grep -v '^#' | head -n 40 || true
-    } > "$dir/perf-$name.txt"
+cpu_per_request() { # CPU time per request of each process while ab -c 32 crosses gatectl and proxyd
+  # From the processes' utime and stime (/proc/PID/stat, 10 ms ticks) and
+  # the whole machine's (/proc/stat): `perf record -a` on this kind of VM
+  # attributes nearly every sample to the idle task, so it cannot say.
+  declare -gA CPU_SPLIT
+  local path unit port relay out n t0 t1 name pid
+  ticks() { [[ -r /proc/$1/stat ]] && awk -v f="$2" '{print $f}' "/proc/$1/stat" || echo 0; }
+  sum_ticks() { local f=$1 total=0 p; shift; for p in "$@"; do total=$(( total + $(ticks "$p" "$f") )); done; echo $total; }
+  all_busy() { awk '/^cpu / {print $2+$3+$4+$6+$7+$8}' /proc/stat; }
+  for path in gatectl proxyd; do
+    unit=$([[ $path == gatectl ]] && echo gate-bench.service || echo bench-proxyd-http.service)
+    port=$([[ $path == gatectl ]] && echo 30001 || echo 32001)
+    relay=$(systemctl show -p MainPID --value $unit)
+    local -a journald=($(pgrep -x systemd-journal)) nginx=($(pgrep -x nginx))
+    local -A before=()
+    before[ru]=$(ticks "$relay" 14) before[rs]=$(ticks "$relay" 15)
+    before[j]=$(( $(sum_ticks 14 "${journald[@]}") + $(sum_ticks 15 "${journald[@]}") ))
+    before[n]=$(( $(sum_ticks 14 "${nginx[@]}") + $(sum_ticks 15 "${nginx[@]}") ))
+    t0=$(all_busy)
+    out=$(ip netns exec agent ab -q -r -c 32 -t $ab_secs -n 100000000 "http://$GATE:$port/" 2>&1) || true
+    t1=$(all_busy)
+    n=$(awk '/^Complete requests/ {print $3}' <<<"$out")
+    if [[ -z $n || $n -eq 0 ]]; then CPU_SPLIT[$path]="| $path | n/a | | | | | |"; continue; fi
+    CPU_SPLIT[$path]=$(awk -v n="$n" -v rps="$(awk '/^Requests per second/ {printf "%d", $4}' <<<"$out")" \
+      -v ru=$(( $(ticks "$relay" 14) - before[ru] )) -v rs=$(( $(ticks "$relay" 15) - before[rs] )) \
+      -v j=$(( $(sum_ticks 14 "${journald[@]}") + $(sum_ticks 15 "${journald[@]}") - before[j] )) \
+      -v ng=$(( $(sum_ticks 14 "${nginx[@]}") + $(sum_ticks 15 "${nginx[@]}") - before[n] )) \
+      -v all=$(( t1 - t0 )) -v path="$path" 'BEGIN {
+        us = 10000 / n  # one 10 ms tick, in microseconds per request
+        printf "| %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f |", path, rps, ru * us, rs * us, j * us, ng * us, all * us }')
   done
+  log "CPU per request: ${CPU_SPLIT[gatectl]} ${CPU_SPLIT[proxyd]}"
 }
 
 syscalls_per_connection() { # strace -c of the forwarder process during ab -n N
@@ -866,15 +872,14 @@ report() {
     head -n 16 /tmp/start-last.strace 2>/dev/null || echo "(strace unavailable)"
     echo '```'
     echo
-    echo "### CPU profile (perf record -a over both CPUs, share of samples by process)"
+    echo "### CPU per request while \`ab -c 32\` runs (${ab_secs} s, each process's utime and stime)"
     echo
-    local name path
-    for name in iperf ab; do
-      for path in gatectl proxyd; do
-        echo "$name through $path: $(awk '{printf "%s %s, ", $2, $1}' "$(dirname "$results")/perf-$name-$path.comm" 2>/dev/null | head -c 200)"
-        echo
-      done
-    done
+    echo "Microseconds of CPU per request: the relay (the gate's forwarder, or proxyd) in user space and in the kernel, journald, nginx, and the whole machine (both CPUs, ab and the kernel's softirq work included). \`perf record -a\` on this kind of VM gives nearly every sample to the idle task, so the split is read from /proc."
+    echo
+    echo "| path | req/s | relay user | relay kernel | journald | nginx | all CPUs |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "${CPU_SPLIT[gatectl]}"
+    echo "${CPU_SPLIT[proxyd]}"
   } > "$results"
 }
 
@@ -886,7 +891,7 @@ if journalctl -u gate-bench.service --no-pager | grep -q "splice(2) is unavailab
 else
   SPLICE="yes"
 fi
-profile_cpu
+cpu_per_request
 syscalls_per_connection
 pipe_sizes
 latency

@@ -13,8 +13,7 @@
 //! row is measured, asserts nothing about speed) or `full`, which also
 //! writes the results into `BENCHMARKS.md` between its generated-section
 //! markers and keeps the raw material in `bench/results/`: the tables
-//! (`latest.md`), an `strace -f -tt -T` of one start (`start.trace`) and CPU
-//! profiles of traffic through the gate (`perf-iperf.txt`, `perf-ab.txt`).
+//! (`latest.md`) and an `strace -f -tt -T` of one start (`start.trace`).
 
 #[path = "bench_rows/boot.rs"]
 mod boot;
@@ -61,6 +60,7 @@ const ROWS: &[&str] = &[
     "| the same through the shell script's gate |",
     "| idle forwarder after one request, MemoryCurrent",
     "System calls per connection in the forwarder process",
+    "| path | req/s | relay user | relay kernel | journald | nginx | all CPUs |",
     "First HTTP request through the new gate",
     "10 open sessions, MemoryCurrent",
     "| `gatectl list` |",
@@ -120,7 +120,7 @@ fn benchmark() {
     assert!(status.success(), "bench/inner.sh failed: {status}");
     let mut results = host.read_file("/root/bench/results.md");
     let header = header(&host, &mode);
-    let raws: Vec<(&str, Vec<u8>)> = ["start.trace", "perf-iperf.txt", "perf-ab.txt"]
+    let raws: Vec<(&str, Vec<u8>)> = ["start.trace"]
         .into_iter()
         .map(|raw| (raw, host.exec(&["cat", &format!("/root/bench/{raw}")]).stdout))
         .collect();
