@@ -21,6 +21,7 @@ smoke) iperf_secs=1 ab_secs=1 rounds=1 cycles=3 scale=8 checkpoints="4" sg_scale
 esac
 
 UP=10.99.2.1          # upstream netns: iperf3 :5201, nginx :80, sshd :2222
+UP2=10.99.3.1         # the same netns's second link: nginx :80, for the second gate
 GATE=10.231.0.1       # the bench gate's internal address (first gate)
 
 log() { printf '[bench %(%T)T] %s\n' -1 "$*" >&2; }
@@ -41,6 +42,15 @@ setup() {
   ip addr add 10.99.2.0/31 dev up0 && ip link set up0 up
   ip -n up addr add $UP/31 dev eth0 && ip -n up link set eth0 up
   ip -n up route add default via 10.99.2.0
+  # The second gate reaches nginx at another address. Both gates' upstream
+  # connections are masqueraded to the host's address of the link they
+  # leave by; through one link, the second gate's SYNs would meet the
+  # TIME_WAIT entries of the first gate's connections under other TCP
+  # timestamps (each netns picks its own), which nginx's netns drops
+  # (PAWS): 1 s retransmissions, and a rate that says nothing of the gate.
+  ip link add up1 type veth peer name eth1 netns up
+  ip addr add 10.99.3.0/31 dev up1 && ip link set up1 up
+  ip -n up addr add $UP2/31 dev eth1 && ip -n up link set eth1 up
   ip netns exec up iperf3 -s -D -B $UP -p 5201 --logfile /tmp/iperf3.log
   mkdir -p /tmp/nginx
   cat > /tmp/nginx/nginx.conf <<EOF
@@ -52,7 +62,7 @@ events { worker_connections 8192; }
 http {
   access_log off;
   client_body_temp_path /tmp/nginx;
-  server { listen $UP:80 backlog=4096; location / { return 200 "ok\n"; } }
+  server { listen $UP:80 backlog=4096; listen $UP2:80 backlog=4096; location / { return 200 "ok\n"; } }
 }
 EOF
   ip netns exec up nginx -c /tmp/nginx/nginx.conf
@@ -135,13 +145,16 @@ EOF
 agent_netns = "agent2"
 [[ssh]]
 Host = "http"
-Hostname = "$UP"
+Hostname = "$UP2"
 Port = 80
 EOF
   mkdir -p /run/systemd/system/gate-noaudit.service.d
   printf '[Service]\nEnvironment=RUST_LOG=warn\n' > /run/systemd/system/gate-noaudit.service.d/bench-no-audit.conf
   systemctl daemon-reload
+  # idle between its rounds, it must not exit either (a cold start in a row)
+  echo "forwarder_idle_secs = 0" > /etc/gatectl/gatectl.toml
   gatectl start noaudit >/dev/null
+  rm /etc/gatectl/gatectl.toml
   NOAUDIT=$(gatectl ssh-config noaudit | awk '/HostName/ {print $2}')
   PATHS[noaudit]="agent2 $NOAUDIT - 30000"
   wait_listen gate-noaudit 30000
