@@ -59,19 +59,27 @@ pub fn message(slug: &Slug, delta: Denied, tried: &Tried) -> String {
         delta.agent,
         delta.egress
     );
-    let full = |n: usize| {
-        if n >= TRIED_SIZE {
-            format!(" (the first {TRIED_SIZE})")
+    // Each set keeps at most TRIED_SIZE: a full one says that more may
+    // have been tried (the IPv4 and IPv6 pairs are two sets).
+    let full = |full: bool| {
+        if full {
+            " (a full set: more may have been tried)"
         } else {
-            String::new()
+            ""
         }
     };
+    let pairs_full = [true, false]
+        .into_iter()
+        .any(|v4| tried.egress.iter().filter(|p| p.is_ipv4() == v4).count() >= TRIED_SIZE);
     let mut tried_parts = Vec::new();
     if !ports.is_empty() {
-        tried_parts.push(format!("gate ports {ports}{}", full(tried.agent_ports.len())));
+        tried_parts.push(format!(
+            "gate ports {ports}{}",
+            full(tried.agent_ports.len() >= TRIED_SIZE)
+        ));
     }
     if !pairs.is_empty() {
-        tried_parts.push(format!("from inside {pairs}{}", full(tried.egress.len())));
+        tried_parts.push(format!("from inside {pairs}{}", full(pairs_full)));
     }
     if !tried_parts.is_empty() {
         text.push_str(&format!(
@@ -266,6 +274,24 @@ mod tests {
             agent_ports: (1..=TRIED_SIZE as u16).collect(),
             egress: Default::default(),
         };
-        assert!(message(&slug, Denied { agent: 64, egress: 0 }, &full).ends_with(" 64 (the first 64)"));
+        assert!(message(&slug, Denied { agent: 64, egress: 0 }, &full)
+            .ends_with(" 64 (a full set: more may have been tried)"));
+        // 40 IPv4 and 24 IPv6 pairs fill neither of their two sets.
+        let mixed = Tried {
+            agent_ports: Default::default(),
+            egress: (1..=40u16)
+                .map(|port| SocketAddr::from(([192, 0, 2, 7], port)))
+                .chain((1..=24u16).map(|port| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], port))))
+                .collect(),
+        };
+        assert!(!message(&slug, Denied { agent: 0, egress: 64 }, &mixed).contains("full set"));
+        let v4_full = Tried {
+            agent_ports: Default::default(),
+            egress: (1..=TRIED_SIZE as u16)
+                .map(|port| SocketAddr::from(([192, 0, 2, 7], port)))
+                .collect(),
+        };
+        assert!(message(&slug, Denied { agent: 0, egress: 64 }, &v4_full)
+            .ends_with(" (a full set: more may have been tried)"));
     }
 }

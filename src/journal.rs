@@ -62,8 +62,9 @@ pub struct LogEvent {
     /// Denied attempts from inside the gate netns to an undeclared address
     /// or port, for a denied record.
     pub denied_egress: Option<u64>,
-    /// The gate ports the agent tried that are not listeners, within the
-    /// hour before a denied record (TCP, at most 64).
+    /// The gate ports denied to the agent's side (no listener, or a
+    /// listener from another source address) within the hour before a
+    /// denied record (TCP, at most 64).
     pub denied_agent_ports: Option<Vec<u16>>,
     /// The undeclared `address:port` pairs tried from inside the gate netns
     /// within the hour before a denied record (TCP, at most 64 of each

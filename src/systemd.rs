@@ -707,6 +707,7 @@ mod tests {
             ("gate-alice.service", "gate_2dalice_2eservice"),
             ("gate-a1_b.socket", "gate_2da1_5fb_2esocket"),
             ("1st.service", "_31st_2eservice"),
+            ("gatectl@alice.service", "gatectl_40alice_2eservice"),
         ] {
             assert_eq!(
                 unit_object_path(unit).unwrap().as_str(),

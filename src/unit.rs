@@ -714,7 +714,21 @@ mod tests {
         let mut all: HashMap<&str, Value> = HashMap::new();
         all.insert("TasksMax", Value::U64(16));
         all.insert("ProtectSystem", Value::from("strict"));
-        all.insert("ExecStart", Value::from(vec!["/usr/bin/gatectl", "forward"]));
+        // ExecStart as systemd sends it: an array of structures, skipped.
+        let exec = [(
+            "/usr/bin/gatectl",
+            vec!["gatectl", "forward"],
+            false,
+            0u64,
+            0u64,
+            0u64,
+            0u64,
+            0u32,
+            0i32,
+            0i32,
+        )];
+        all.insert("ExecStart", Value::from(&exec[..]));
+        all.insert("Environment", Value::from(vec!["A=1"]));
         all.insert("StatusText", Value::from("ready"));
         let bytes = to_bytes(Context::new_dbus(LE, 0), &all).unwrap();
         let (kept, _): (SandboxProperties, _) = bytes.deserialize().unwrap();

@@ -434,15 +434,29 @@ fn metrics_parse_and_denied_attempts_are_recorded_once_per_run() {
     ]);
     assert!(timers.contains("gatectl-metrics.service"), "{timers}");
 
-    // What was denied after the last run is recorded by the stop, which
-    // takes the table and its counters away, and the counts kept go too.
+    // A reload applies the gate netns's table anew, which zeroes its
+    // counters: what was denied since the last run is recorded first.
     assert_eq!(denied_records(&host).len(), 2);
+    flood_closed_port(&host, 20);
+    host.write_file(
+        "/etc/gatectl/bottles/alice.toml",
+        b"agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n\
+          [[ssh]]\nHost = \"up2\"\nHostname = \"upstream.test\"\nPort = 2222\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["reload", "alice"]);
+    let records = denied_records(&host);
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert!(records[2]["denied_agent"].as_u64().unwrap() >= 20, "{records:#?}");
+    // What was denied after that is recorded by the stop, which takes the
+    // table and its counters away; the counts kept go too.
     flood_closed_port(&host, 50);
     gatectl_ok(&host, &["stop", "alice"]);
     let records = denied_records(&host);
-    assert_eq!(records.len(), 3, "{records:#?}");
-    assert!(records[2]["denied_agent"].as_u64().unwrap() >= 50, "{records:#?}");
-    assert_eq!(records[2]["denied_agent_ports"], serde_json::json!([31000]));
+    assert_eq!(records.len(), 4, "{records:#?}");
+    assert!(records[3]["denied_agent"].as_u64().unwrap() >= 50, "{records:#?}");
+    assert!(records[3]["denied_agent"].as_u64().unwrap() < 70, "{records:#?}");
+    assert_eq!(records[3]["denied_agent_ports"], serde_json::json!([31000]));
     assert!(host
         .exec(&["test", "-e", "/run/gatectl/denied/alice.json"])
         .status

@@ -12,6 +12,7 @@ use super::{block_on, Outcome};
 use crate::denied;
 use crate::error::{Context, Result};
 use crate::gate::{GateState, Host};
+use crate::lock;
 use crate::metrics::{self, GateMetrics};
 use crate::slug::Slug;
 use crate::systemd::Systemd;
@@ -37,9 +38,24 @@ pub fn run(args: MetricsArgs) -> Result<Outcome> {
     let mut gates = Vec::new();
     let mut running: Vec<Slug> = Vec::new();
     for status in &statuses {
-        let read = match (root, status.state, status.netns_present) {
-            (true, GateState::Running | GateState::Broken, true) => crate::gate::denied(&status.slug),
-            _ => Ok(None),
+        let readable =
+            root && matches!(status.state, GateState::Running | GateState::Broken) && status.netns_present;
+        // The gate's lock, held while its counters are read and recorded. A
+        // start, stop or reload holding it leaves the gate to the next run
+        // (a stop takes the last record itself), with its counts kept.
+        let held = readable
+            .then(|| {
+                lock::try_lock_slug(&host.settings.state_dir, &status.slug)
+                    .ok()
+                    .flatten()
+            })
+            .flatten();
+        if readable && held.is_none() {
+            running.push(status.slug.clone());
+        }
+        let read = match held {
+            Some(_) => crate::gate::denied(&status.slug),
+            None => Ok(None),
         };
         let denied = match read {
             Ok(Some((netns, now, tried))) => {

@@ -33,6 +33,7 @@ use ipnet::IpNet;
 
 use super::changes::{entry_changes, EntryChange};
 use super::{gate_rules, Host};
+use crate::denied;
 use crate::error::{Error, Result};
 use crate::forward::RoutesFile;
 use crate::lock;
@@ -189,6 +190,11 @@ impl Apply<'_> {
             .await
             .unwrap_or_else(|e| Err(Error::failed(format!("a gatectl task failed: {e}"))))?;
         let gate_ns = netns::open(&new.netns_path())?;
+        // Applying the table anew zeroes its counters and empties its tried
+        // sets: what they hold since the last record is recorded first.
+        if let Ok(Some((netns, now, tried))) = super::denied(&new.slug) {
+            denied::Records::new(&self.host.settings.state_dir).record(&new.slug, netns, now, &tried);
+        }
         let table = GateTable::of(new);
         let seal = netns::run_in(&gate_ns, move || table.apply())?;
         self.host.records.save_seal(&new.slug, &seal)?;

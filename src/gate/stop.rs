@@ -69,13 +69,16 @@ impl Teardown<'_> {
         // waits (for systemd, or the kernel's RCU grace periods), and the
         // gate's index stays claimed until the record goes, so no other gate
         // can take its link names or allowlist meanwhile.
-        // The last record of what the gate netns's table denied is taken
-        // meanwhile, while the table and its counters still exist.
-        let ((units, units_took), (rules, rules_took), (links, links_took), ((), denied_took)) = tokio::join!(
+        // The last record of what the gate netns's table denied follows the
+        // links' deletion (no packet of the agent's can reach the table
+        // after it) and comes before the netns's, which takes the table away.
+        let ((units, units_took), (rules, rules_took), ((links, links_took), ((), denied_took))) = tokio::join!(
             timed(self.stop_units(&plan.slug)),
             timed(self.remove_host_rules(plan)),
-            timed(delete_gate_links_apart(&plan.netns)),
-            timed(self.record_last_denied(&plan.slug)),
+            async {
+                let links = timed(delete_gate_links_apart(&plan.netns)).await;
+                (links, timed(self.record_last_denied(&plan.slug)).await)
+            },
         );
         timings.mark_parallel(
             "stop the units, remove the firewall rules, delete the links",

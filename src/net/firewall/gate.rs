@@ -48,8 +48,9 @@
 //! their increase in the journal, one record per gate per run, however many
 //! packets a flood sends (see [`GateTable::denied`]).
 //!
-//! The three `tried` sets say what was denied: the gate ports the agent
-//! tried that are not listeners, and the `address . port` pairs tried from
+//! The three `tried` sets say what was denied: the gate ports the agent's
+//! side was denied (a port that is no listener, or a listener from another
+//! source address), and the `address . port` pairs tried from
 //! inside the gate netns (TCP; other protocols are only counted). The
 //! packet path adds to them, with no commit (the table's seal holds); each
 //! entry leaves after an hour, and a set holds at most 64, so a flood of
@@ -100,7 +101,7 @@ const DENIED_AGENT: &str = "denied_agent";
 /// undeclared.
 const DENIED_EGRESS: &str = "denied_egress";
 
-/// The set of the gate ports the agent tried that are not listeners.
+/// The set of the gate ports denied to the agent's side.
 const TRIED_PORTS_SET: &str = "tried_ports";
 /// The set of the undeclared IPv4 `address . port` pairs tried from inside
 /// the gate netns.
@@ -116,7 +117,8 @@ const TRIED_SECS: u32 = 3600;
 /// (TCP; at most [`TRIED_SIZE`] of each kind).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tried {
-    /// Gate ports the agent tried that are not listeners.
+    /// Gate ports denied to the agent's side: no listener, or a listener
+    /// tried from another source address.
     pub agent_ports: BTreeSet<u16>,
     /// Undeclared `address:port` pairs tried from inside the gate netns.
     pub egress: BTreeSet<SocketAddr>,
