@@ -160,7 +160,39 @@ fn check_reports_the_host_and_names_each_fault_with_its_fix() {
         detail(&report, "gate tables").contains("gate-alice (changed)"),
         "{report}"
     );
+    // The agent (its end in the host) tries a gate port that is no
+    // listener: reconcile records that before it applies the table anew,
+    // which zeroes its counters.
+    let gate = gatectl_ok(&host, &["ssh-config", "alice"])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("HostName ").map(str::to_string))
+        .expect("a HostName in the ssh config");
+    for _ in 0..3 {
+        let out = host.exec(&[
+            "timeout",
+            "2",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{gate}/31000"),
+        ]);
+        assert!(!out.status.success(), "port 31000 answered: {}", text(&out));
+    }
     gatectl_ok(&host, &["reconcile"]);
+    let log: serde_json::Value =
+        serde_json::from_str(&gatectl_ok(&host, &["log", "alice", "--json"])).unwrap();
+    let denied: Vec<&serde_json::Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{log:#}");
+    assert!(denied[0]["denied_agent"].as_u64().unwrap() >= 3, "{log:#}");
+    assert_eq!(
+        denied[0]["denied_agent_ports"],
+        serde_json::json!([31000]),
+        "{log:#}"
+    );
     let report = gatectl_ok(&host, &["check"]);
     assert_eq!(not_ok(&report), Vec::<&str>::new(), "{report}");
 

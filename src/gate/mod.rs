@@ -15,6 +15,7 @@ pub mod stop;
 use std::path::Path;
 
 use crate::config::Settings;
+use crate::denied;
 use crate::error::{Error, Result};
 use crate::forward::stats;
 use crate::host::HostWide;
@@ -237,11 +238,20 @@ impl Host {
             ));
         }
         let resealed = netns::run_in_each(work, |(slug, table, seal)| match table.sealed(seal.as_ref())? {
-            true => Ok((slug, None)),
-            false => table.apply().map(|seal| (slug, Some(seal))),
+            true => Ok((slug, None, None)),
+            false => {
+                // Applying anew zeroes the table's counters and empties its
+                // tried sets: what they hold is read first, to be recorded.
+                let before = GateTable::denied().ok().flatten();
+                table.apply().map(|seal| (slug, Some(seal), before))
+            }
         });
+        let denied_records = denied::Records::new(&self.settings.state_dir);
         for result in resealed {
-            if let (slug, Some(seal)) = result? {
+            if let (slug, Some(seal), before) = result? {
+                if let Some((now, tried)) = before {
+                    denied_records.record(&slug, seal.netns, now, &tried);
+                }
                 self.records.save_seal(&slug, &seal)?;
             }
         }
