@@ -46,7 +46,8 @@
 //! host sets `net.netfilter.nf_log_all_netns`, which would let every netns
 //! write to the kernel log); `gatectl metrics` exports them and records
 //! their increase in the journal, one record per gate per run, however many
-//! packets a flood sends (see [`GateTable::denied`]).
+//! packets a flood sends (see [`GateTable::denied`]); `reload`, reconcile
+//! and `stop` take one before they apply the table anew or it goes.
 //!
 //! The three `tried` sets say what was denied: the gate ports the agent's
 //! side was denied (a port that is no listener, or a listener from another
