@@ -109,12 +109,9 @@ Host = "http"
 Hostname = "$UP"
 Port = 80
 EOF
-  # The traffic rows strace and perf the bench gate's forwarder between
+  # The traffic rows measure and strace the bench gate's forwarder between
   # rounds: it must not exit for being idle meanwhile.
-  mkdir -p /etc/gatectl
-  echo "forwarder_idle_secs = 0" > /etc/gatectl/gatectl.toml
-  gatectl start bench >/dev/null
-  rm /etc/gatectl/gatectl.toml # the defaults from here on
+  start_never_idle bench
   local netns=/run/netns/gate-bench
   # The gate netns's own table admits the agent to gatectl's listen ports
   # only: admit it to the comparison forwarders' ports below and those of
@@ -152,10 +149,8 @@ EOF
   printf '[Service]\nEnvironment=RUST_LOG=warn\n' > /run/systemd/system/gate-noaudit.service.d/bench-no-audit.conf
   systemctl daemon-reload
   # idle between its rounds, it must not exit either (a cold start in a row)
-  echo "forwarder_idle_secs = 0" > /etc/gatectl/gatectl.toml
-  gatectl start noaudit >/dev/null
-  rm /etc/gatectl/gatectl.toml
-  NOAUDIT=$(gatectl ssh-config noaudit | awk '/HostName/ {print $2}')
+  start_never_idle noaudit
+  NOAUDIT=$(config_address noaudit)
   PATHS[noaudit]="agent2 $NOAUDIT - 30000"
   wait_listen gate-noaudit 30000
   local port
@@ -333,9 +328,9 @@ cpu_per_request() { # CPU time per request of each process while ab -c 32 crosse
   # the whole machine's (/proc/stat): `perf record -a` on this kind of VM
   # attributes nearly every sample to the idle task, so it cannot say.
   declare -gA CPU_SPLIT
-  local path unit port relay out n t0 t1 name pid
+  local path unit port relay out n t0 t1
   ticks() { [[ -r /proc/$1/stat ]] && awk -v f="$2" '{print $f}' "/proc/$1/stat" || echo 0; }
-  sum_ticks() { local f=$1 total=0 p; shift; for p in "$@"; do total=$(( total + $(ticks "$p" "$f") )); done; echo $total; }
+  cpu_ticks() { local total=0 p; for p in "$@"; do total=$(( total + $(ticks "$p" 14) + $(ticks "$p" 15) )); done; echo $total; }
   all_busy() { awk '/^cpu / {print $2+$3+$4+$6+$7+$8}' /proc/stat; }
   for path in gatectl proxyd; do
     unit=$([[ $path == gatectl ]] && echo gate-bench.service || echo bench-proxyd-http.service)
@@ -344,8 +339,7 @@ cpu_per_request() { # CPU time per request of each process while ab -c 32 crosse
     local -a journald=($(pgrep -x systemd-journal)) nginx=($(pgrep -x nginx))
     local -A before=()
     before[ru]=$(ticks "$relay" 14) before[rs]=$(ticks "$relay" 15)
-    before[j]=$(( $(sum_ticks 14 "${journald[@]}") + $(sum_ticks 15 "${journald[@]}") ))
-    before[n]=$(( $(sum_ticks 14 "${nginx[@]}") + $(sum_ticks 15 "${nginx[@]}") ))
+    before[j]=$(cpu_ticks "${journald[@]}") before[n]=$(cpu_ticks "${nginx[@]}")
     t0=$(all_busy)
     out=$(ip netns exec agent ab -q -r -c 32 -t $ab_secs -n 100000000 "http://$GATE:$port/" 2>&1) || true
     t1=$(all_busy)
@@ -353,8 +347,7 @@ cpu_per_request() { # CPU time per request of each process while ab -c 32 crosse
     if [[ -z $n || $n -eq 0 ]]; then CPU_SPLIT[$path]="| $path | n/a | | | | | |"; continue; fi
     CPU_SPLIT[$path]=$(awk -v n="$n" -v rps="$(awk '/^Requests per second/ {printf "%d", $4}' <<<"$out")" \
       -v ru=$(( $(ticks "$relay" 14) - before[ru] )) -v rs=$(( $(ticks "$relay" 15) - before[rs] )) \
-      -v j=$(( $(sum_ticks 14 "${journald[@]}") + $(sum_ticks 15 "${journald[@]}") - before[j] )) \
-      -v ng=$(( $(sum_ticks 14 "${nginx[@]}") + $(sum_ticks 15 "${nginx[@]}") - before[n] )) \
+      -v j=$(( $(cpu_ticks "${journald[@]}") - before[j] )) -v ng=$(( $(cpu_ticks "${nginx[@]}") - before[n] )) \
       -v all=$(( t1 - t0 )) -v path="$path" 'BEGIN {
         us = 10000 / n  # one 10 ms tick, in microseconds per request
         printf "| %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f |", path, rps, ru * us, rs * us, j * us, ng * us, all * us }')
@@ -444,7 +437,7 @@ EOF
   echo "$(date +%H:%M:%S.%6N) gatectl start lat: begins" > /tmp/start.journal
   gatectl start --timings lat > /tmp/start.timings 2>&1
   echo "$(date +%H:%M:%S.%6N) gatectl start lat: returned" >> /tmp/start.journal
-  addr=$(gatectl ssh-config lat | awk '/HostName/ {print $2}')
+  addr=$(config_address lat)
   t=$(now_ns); http_get "$addr"; first=$(ms_since "$t")
   t=$(now_ns); http_get "$addr"; second=$(ms_since "$t")
   local props inactive exec active
@@ -457,6 +450,17 @@ EOF
   journalctl --since "$since" -o short-precise --no-pager -u gate-lat.socket -u gate-lat.service |
     grep -v '^-- ' | sed -E 's/^[A-Z][a-z]{2} [0-9]+ //' >> /tmp/start.journal || true
   gatectl stop lat >/dev/null
+}
+
+start_never_idle() { # SLUG: starts the gate with forwarder_idle_secs = 0; the defaults stay for the others
+  mkdir -p /etc/gatectl
+  echo "forwarder_idle_secs = 0" > /etc/gatectl/gatectl.toml
+  gatectl start "$1" >/dev/null
+  rm /etc/gatectl/gatectl.toml
+}
+
+config_address() { # SLUG -> the address its ssh config points the agent at
+  gatectl ssh-config "$1" | awk '/HostName/ {print $2}'
 }
 
 gate_address() { # "gate NAME running: N upstream(s) on ADDR ports ..." -> ADDR
@@ -613,7 +617,7 @@ forwarder_memory() { # memory of idle forwarders and of one with 10 sessions, wi
   # each read a second after its request, well within the idle period
   # (with thousands of agent netns up, a cold start takes a second or more)
   for i in $(seq 0 $((sample - 1))); do
-    a=$(gatectl ssh-config s$i | awk '/HostName/ {print $2}')
+    a=$(config_address s$i)
     ip netns exec agent-s$i bash -c "$(declare -f http_get); http_get $a 150"
     sleep 1
     unit_memory gate-s$i.service >> /tmp/mem-idle
@@ -623,7 +627,7 @@ forwarder_memory() { # memory of idle forwarders and of one with 10 sessions, wi
   SCALE[rss_idle]=$(pct 50 < /tmp/rss-idle)
   # 10 open sessions (HTTP keep-alive, one request each) through gate s1
   local addr
-  addr=$(gatectl ssh-config s1 | awk '/HostName/ {print $2}')
+  addr=$(config_address s1)
   ip netns exec agent-s1 bash -c "$(declare -f sessions); sessions $addr 10" &
   local holder=$!
   sleep 3 # the forwarder may have to start again first
@@ -635,7 +639,7 @@ forwarder_memory() { # memory of idle forwarders and of one with 10 sessions, wi
 declare -a COLD=()
 cold_first() { # GATES INDEX: the first request through gate sINDEX, whose forwarder is not running yet
   local a t ms
-  a=$(gatectl ssh-config s$2 | awk '/HostName/ {print $2}')
+  a=$(config_address s$2)
   t=$(now_ns)
   if ip netns exec agent-s$2 bash -c "$(declare -f http_get); http_get $a 150"; then
     ms=$(ms_since "$t")

@@ -251,12 +251,6 @@ impl Settings {
         ttl.clamp(floor, ceiling)
     }
 
-    /// How long a forwarder stays without connections before it exits;
-    /// `None` when it never exits for that.
-    pub fn forwarder_idle(&self) -> Option<Duration> {
-        (self.forwarder_idle_secs > 0).then(|| Duration::from_secs(self.forwarder_idle_secs.into()))
-    }
-
     /// The connect timeout as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs.into())

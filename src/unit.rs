@@ -571,11 +571,15 @@ fn canonical(value: &Value<'_>) -> String {
 /// directories. Root's, 0755; [`ensure_hardening_dropin`] makes it.
 pub const FORWARDER_RUN: &str = "/run/gatectl-forward-run";
 
+/// journald's socket for the native protocol, which the forwarder writes
+/// its audit records to (bound into its sandbox: [`HOST_SOCKETS`]).
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
 /// The host sockets the forwarder may see under its empty `/run`: the
 /// journal (its audit records and stdout) and the notify socket
 /// (`READY=1`, `STATUS=`).
 pub const HOST_SOCKETS: [&str; 3] = [
-    "/run/systemd/journal/socket",
+    JOURNAL_SOCKET,
     "/run/systemd/journal/stdout",
     "/run/systemd/notify",
 ];

@@ -120,10 +120,7 @@ fn benchmark() {
     assert!(status.success(), "bench/inner.sh failed: {status}");
     let mut results = host.read_file("/root/bench/results.md");
     let header = header(&host, &mode);
-    let raws: Vec<(&str, Vec<u8>)> = ["start.trace"]
-        .into_iter()
-        .map(|raw| (raw, host.exec(&["cat", &format!("/root/bench/{raw}")]).stdout))
-        .collect();
+    let start_trace = host.exec(&["cat", "/root/bench/start.trace"]).stdout;
     // The boot rows power their own hosts on and off: after this one is gone.
     drop(host);
     let boot = boot::measure(&mode);
@@ -142,10 +139,7 @@ fn benchmark() {
         let dir = root.join("bench/results");
         fs::create_dir_all(&dir).expect("create bench/results");
         fs::write(dir.join("latest.md"), format!("{header}\n{results}")).expect("write latest.md");
-        for (raw, text) in raws {
-            fs::write(dir.join(raw), text)
-                .unwrap_or_else(|e| panic!("cannot write bench/results/{raw}: {e}"));
-        }
+        fs::write(dir.join("start.trace"), start_trace).expect("write bench/results/start.trace");
         update_benchmarks_md(&root.join("BENCHMARKS.md"), &format!("{header}\n{results}"));
     }
 }

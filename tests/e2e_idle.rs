@@ -12,7 +12,9 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::gatectl::{bash_in, gatectl_ok, main_pid, setup, ssh_via_gate, text, wait_unit_state};
+use common::gatectl::{
+    bash_in, gatectl_ok, main_pid, setup, ssh_via_gate, text, unit_state, wait_unit_state,
+};
 use common::require_root;
 
 const FORWARDER: &str = "gate-alice.service";
@@ -26,12 +28,6 @@ fn banner(host: &common::TestHost, port: u16) -> String {
     let script = format!("exec 3<>/dev/tcp/{GATE}/{port} && head -n 1 <&3");
     let out = bash_in(host, "agent", 10, &script);
     assert!(out.status.success(), "no banner on port {port}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// What `systemctl is-active` says of the forwarder.
-fn is_active(host: &common::TestHost) -> String {
-    let out = host.exec(&["systemctl", "is-active", FORWARDER]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -106,7 +102,7 @@ fn start_runs_the_forwarder_which_exits_when_idle_and_comes_back_at_the_next_con
 
     // The next connection starts it again: the banner, then a real session.
     assert!(banner(&host, 30000).starts_with("SSH-2.0-"));
-    assert_eq!(is_active(&host), "active");
+    assert_eq!(unit_state(&host, FORWARDER), "active");
     let out = ssh_via_gate(&host, &sshd, "alice", Some("agent"), "echo through-again");
     assert!(
         out.as_deref().is_ok_and(|o| o.contains("through-again")),
@@ -152,7 +148,7 @@ fn an_open_connection_and_a_port_added_by_reload_keep_the_forwarder() {
         .expect("run the holder");
     thread::sleep(Duration::from_secs(IDLE_SECS + 2));
     assert_eq!(
-        is_active(&host),
+        unit_state(&host, FORWARDER),
         "active",
         "the forwarder is leaving with a connection open"
     );
@@ -184,7 +180,7 @@ fn an_open_connection_and_a_port_added_by_reload_keep_the_forwarder() {
         0o644,
     );
     gatectl_ok(&host, &["reload", "alice"]);
-    assert_eq!(is_active(&host), "active");
+    assert_eq!(unit_state(&host, FORWARDER), "active");
     let pid = main_pid(&host, FORWARDER);
     thread::sleep(Duration::from_secs(IDLE_SECS + 3));
     assert_eq!(

@@ -10,7 +10,7 @@ mod common;
 
 use common::gatectl::{
     bash_in, connect, gatectl, gatectl_ok, host_state, install_unit, ip_forward, leftovers, serve, setup,
-    ssh_via_gate, text,
+    ssh_via_gate, text, unit_state,
 };
 use common::{require_root, ssh_args, TestHost};
 
@@ -518,26 +518,26 @@ fn hand_and_unit_starts_and_stops_interleave_cleanly() {
     let manifest =
         "agent_netns = \"agent\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\nUser = \"root\"\n";
     host.write_file("/etc/gatectl/bottles/alice.toml", manifest.as_bytes(), 0o644);
-    let unit_state = || {
-        let out = host.exec(&["systemctl", "is-active", "gatectl@alice.service"]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     let works =
         || ssh_via_gate(&host, &sshd, "alice", Some("agent"), "echo ok").map(|o| o.trim().to_string());
 
     // Unit start, hand stop: the unit follows.
     host.run_ok(&["systemctl", "start", "gatectl@alice.service"]);
-    assert_eq!(unit_state(), "active");
+    assert_eq!(unit_state(&host, "gatectl@alice.service"), "active");
     assert_eq!(works(), Ok("ok".to_string()));
     gatectl_ok(&host, &["stop", "alice"]);
-    assert_eq!(unit_state(), "inactive", "the unit stopped with the gate");
+    assert_eq!(
+        unit_state(&host, "gatectl@alice.service"),
+        "inactive",
+        "the unit stopped with the gate"
+    );
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
 
     // Hand start, then unit start: the gate is left as it is.
     gatectl_ok(&host, &["start", "alice"]);
     let before = host_state(&host);
     host.run_ok(&["systemctl", "start", "gatectl@alice.service"]);
-    assert_eq!(unit_state(), "active");
+    assert_eq!(unit_state(&host, "gatectl@alice.service"), "active");
     assert_eq!(
         host_state(&host),
         before,
@@ -571,7 +571,7 @@ fn hand_and_unit_starts_and_stops_interleave_cleanly() {
     for _ in 0..7 {
         host.run_ok(&["systemctl", "restart", "gatectl@alice.service"]);
     }
-    assert_eq!(unit_state(), "active");
+    assert_eq!(unit_state(&host, "gatectl@alice.service"), "active");
     assert_eq!(works(), Ok("ok".to_string()));
 
     // Unit stop: the gate goes.

@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::gatectl::{add_upstream_and_agent, connect, leftovers, text};
+use common::gatectl::{add_upstream_and_agent, connect, leftovers, text, unit_property};
 use common::{require_root, ssh_args, SshFixture, TestHost};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -175,12 +175,6 @@ fn ssh_through_gate(host: &TestHost, sshd: &SshFixture, command: &str) -> String
         sshd.log_text(host)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn unit_property(host: &TestHost, unit: &str, property: &str) -> String {
-    host.run_ok(&["systemctl", "show", "--value", "-p", property, unit])
-        .trim()
-        .to_string()
 }
 
 /// The completions bash offers for `line` (ending where the cursor is),

@@ -9,7 +9,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use clap::Args;
 
 use super::{block_on, Outcome};
-use crate::denied;
 use crate::error::{Context, Result};
 use crate::gate::{GateState, Host};
 use crate::lock;
@@ -34,7 +33,7 @@ pub fn run(args: MetricsArgs) -> Result<Outcome> {
         host.list(&systemd).await
     })?;
     let root = nix::unistd::geteuid().is_root();
-    let records = denied::Records::new(&host.settings.state_dir);
+    let records = &host.denied;
     let mut gates = Vec::new();
     let mut running: Vec<Slug> = Vec::new();
     for status in &statuses {
@@ -43,13 +42,13 @@ pub fn run(args: MetricsArgs) -> Result<Outcome> {
         // The gate's lock, held while its counters are read and recorded. A
         // start, stop or reload holding it leaves the gate to the next run
         // (a stop takes the last record itself), with its counts kept.
-        let held = readable
-            .then(|| {
-                lock::try_lock_slug(&host.settings.state_dir, &status.slug)
-                    .ok()
-                    .flatten()
-            })
-            .flatten();
+        let held = if readable {
+            lock::try_lock_slug(&host.settings.state_dir, &status.slug)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         if readable && held.is_none() {
             running.push(status.slug.clone());
         }

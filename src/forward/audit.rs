@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
-use super::journal_batch::{Entry, JournalBatch, JOURNAL_SOCKET};
+use super::journal_batch::{Entry, JournalBatch};
 use super::relay::ByteCounts;
 use crate::error::Error;
 use crate::logging::SYSLOG_IDENTIFIER;
+use crate::unit::JOURNAL_SOCKET;
 
 /// The journal's `PRIORITY` of a record: info, as a `tracing::info!` event.
 const PRIORITY_INFO: u8 = 6;

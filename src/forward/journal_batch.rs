@@ -26,9 +26,6 @@ use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, UnixAddr};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-/// journald's socket for the native protocol.
-pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
-
 /// How long the writer gathers entries after the first one before sending
 /// them: what an entry may wait, and what lets a burst of connections share
 /// a system call.

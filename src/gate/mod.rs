@@ -58,6 +58,8 @@ pub struct Host {
     pub host_wide: HostWide,
     /// The ssh_config include of each running gate.
     pub ssh_includes: SshIncludes,
+    /// The denied counts already recorded, per gate.
+    pub denied: denied::Records,
 }
 
 impl Host {
@@ -71,6 +73,7 @@ impl Host {
         Host {
             records: Records::new(&settings.state_dir),
             ssh_includes: SshIncludes::new(&settings.state_dir),
+            denied: denied::Records::new(&settings.state_dir),
             host_wide: HostWide::new(&settings),
             settings,
         }
@@ -246,11 +249,10 @@ impl Host {
                 table.apply().map(|seal| (slug, Some(seal), before))
             }
         });
-        let denied_records = denied::Records::new(&self.settings.state_dir);
         for result in resealed {
             if let (slug, Some(seal), before) = result? {
                 if let Some((now, tried)) = before {
-                    denied_records.record(&slug, seal.netns, now, &tried);
+                    self.denied.record(&slug, seal.netns, now, &tried);
                 }
                 self.records.save_seal(&slug, &seal)?;
             }

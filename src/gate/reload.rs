@@ -33,7 +33,6 @@ use ipnet::IpNet;
 
 use super::changes::{entry_changes, EntryChange};
 use super::{gate_rules, Host};
-use crate::denied;
 use crate::error::{Error, Result};
 use crate::forward::RoutesFile;
 use crate::lock;
@@ -190,13 +189,16 @@ impl Apply<'_> {
             .await
             .unwrap_or_else(|e| Err(Error::failed(format!("a gatectl task failed: {e}"))))?;
         let gate_ns = netns::open(&new.netns_path())?;
-        // Applying the table anew zeroes its counters and empties its tried
-        // sets: what they hold since the last record is recorded first.
-        if let Ok(Some((netns, now, tried))) = super::denied(&new.slug) {
-            denied::Records::new(&self.host.settings.state_dir).record(&new.slug, netns, now, &tried);
-        }
         let table = GateTable::of(new);
-        let seal = netns::run_in(&gate_ns, move || table.apply())?;
+        // Applying the table anew zeroes its counters and empties its tried
+        // sets: what they hold is read first, in the same entry, to record.
+        let (seal, before) = netns::run_in(&gate_ns, move || {
+            let before = GateTable::denied().ok().flatten();
+            table.apply().map(|seal| (seal, before))
+        })?;
+        if let Some((now, tried)) = before {
+            self.host.denied.record(&new.slug, seal.netns, now, &tried);
+        }
         self.host.records.save_seal(&new.slug, &seal)?;
         let routes = RoutesFile {
             generation,

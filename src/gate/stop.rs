@@ -8,7 +8,6 @@ use std::path::Path;
 
 use super::steps::Undo;
 use super::{link_alias, Host};
-use crate::denied;
 use crate::error::{Context, Error, Result};
 use crate::net::link::Netlink;
 use crate::net::netns;
@@ -138,7 +137,7 @@ impl Teardown<'_> {
     /// with it, then forgets the counts. Nothing stops on a failure here:
     /// a gate without netns or table has nothing to record.
     async fn record_last_denied(&self, slug: &Slug) {
-        let records = denied::Records::new(&self.host.settings.state_dir);
+        let records = &self.host.denied;
         let owned = slug.clone();
         let read = tokio::task::spawn_blocking(move || super::denied(&owned))
             .await

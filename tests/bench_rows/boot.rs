@@ -20,12 +20,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::gatectl::knob;
+use crate::common::gatectl::{knob, GATECTL};
 use crate::common::{monotonic_usec, Boot, HostDisk, TestHost};
-
-/// Where the gatectl binary goes; the packaged unit runs /usr/bin/gatectl,
-/// a symlink to it.
-const BIN: &str = "/usr/local/bin/gatectl";
 
 /// The upstream every gate declares (a socat in a netns made after the boot).
 const UP: &str = "10.99.2.1";
@@ -59,8 +55,9 @@ pub fn measure(mode: &str) -> Measured {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     eprintln!("[bench boot] first boot: install gatectl, enable {n} gatectl@ units");
     let host = TestHost::boot_with_disk("bench-boot", HostDisk::new("bench-boot"));
-    host.install_binary(Path::new(env!("CARGO_BIN_EXE_gatectl")), BIN);
-    host.run_ok(&["ln", "-sfn", BIN, "/usr/bin/gatectl"]);
+    // The packaged unit runs /usr/bin/gatectl, a symlink to it.
+    host.install_binary(Path::new(env!("CARGO_BIN_EXE_gatectl")), GATECTL);
+    host.run_ok(&["ln", "-sfn", GATECTL, "/usr/bin/gatectl"]);
     for (repo, dest) in [
         (
             "units/gatectl@.service",

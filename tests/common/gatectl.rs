@@ -474,13 +474,18 @@ pub fn spawn_gatectl(host: &TestHost, args: &[&str]) -> std::process::Child {
         .expect("cannot run gatectl in the host")
 }
 
+/// What `systemctl is-active unit` prints (`active`, `inactive`, …).
+pub fn unit_state(host: &TestHost, unit: &str) -> String {
+    let out = host.exec(&["systemctl", "is-active", unit]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Waits up to `within` for `systemctl is-active unit` to print `state`;
 /// returns the last state it printed.
 pub fn wait_unit_state(host: &TestHost, unit: &str, state: &str, within: std::time::Duration) -> String {
     let deadline = std::time::Instant::now() + within;
     loop {
-        let out = host.exec(&["systemctl", "is-active", unit]);
-        let now = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let now = unit_state(host, unit);
         if now == state || std::time::Instant::now() >= deadline {
             return now;
         }
@@ -488,11 +493,16 @@ pub fn wait_unit_state(host: &TestHost, unit: &str, state: &str, within: std::ti
     }
 }
 
-/// The main PID systemd holds for `unit` (0 when it runs none).
-pub fn main_pid(host: &TestHost, unit: &str) -> String {
-    host.run_ok(&["systemctl", "show", "-p", "MainPID", "--value", unit])
+/// The value systemd holds for `property` of `unit`, trimmed.
+pub fn unit_property(host: &TestHost, unit: &str, property: &str) -> String {
+    host.run_ok(&["systemctl", "show", "--value", "-p", property, unit])
         .trim()
         .to_string()
+}
+
+/// The main PID systemd holds for `unit` (0 when it runs none).
+pub fn main_pid(host: &TestHost, unit: &str) -> String {
+    unit_property(host, unit, "MainPID")
 }
 
 /// The journal of `unit` (`journalctl -o cat`) once `complete` holds for
