@@ -448,7 +448,7 @@ mod tests {
                 .unwrap()
                 .place(&settings, 0)
                 .unwrap();
-        RecordFact::Present(Box::new(crate::state::GateRecord { plan, complete }))
+        RecordFact::Present(Box::new(crate::state::GateRecord::new(plan, complete)))
     }
 
     fn kinds(verdict: &Verdict) -> Vec<LeftoverKind> {

@@ -6,6 +6,7 @@
 //! `stop`. It is a cache of the plan: `status` and `list` check the truth
 //! with systemd and the kernel.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +26,31 @@ pub struct GateRecord {
     pub plan: GatePlan,
     /// Whether `start` finished (false while it runs, or after it crashed).
     pub complete: bool,
+    /// Upstream pairs the host allowlist may hold for this gate beyond its
+    /// plan's: those of a change (`reload`, a DNS refresh) while it is
+    /// applied, left here if it was interrupted. `stop` removes them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_pairs: Vec<SocketAddr>,
+}
+
+impl GateRecord {
+    /// The record of `plan` with no change pending.
+    pub fn new(plan: GatePlan, complete: bool) -> GateRecord {
+        GateRecord {
+            plan,
+            complete,
+            pending_pairs: Vec::new(),
+        }
+    }
+
+    /// Every upstream pair the host allowlist may hold for this gate.
+    pub fn allowlist(&self) -> Vec<SocketAddr> {
+        let mut pairs: Vec<SocketAddr> = self.plan.upstream_pairs().collect();
+        pairs.extend(&self.pending_pairs);
+        pairs.sort_unstable();
+        pairs.dedup();
+        pairs
+    }
 }
 
 /// The record store rooted at the state directory. Besides one record per
@@ -381,7 +407,7 @@ mod tests {
         .unwrap()
         .place(&settings, 5)
         .unwrap();
-        records.save(&GateRecord { plan, complete: true }).unwrap();
+        records.save(&GateRecord::new(plan, true)).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.join("gates")), 0o700);
         assert_eq!(mode(&dir.join("gates/b.json")), 0o600);
@@ -391,5 +417,39 @@ mod tests {
         assert_eq!(records.index_hint(), 0);
         assert!(records.claim_index(&slug("d"), 0).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_names_its_plans_pairs_and_those_of_a_pending_change() {
+        let manifest = crate::manifest::parse(
+            "[[ssh]]\nHost = \"up\"\nHostname = \"192.0.2.1\"\n",
+            crate::manifest::Format::Toml,
+        )
+        .unwrap();
+        let settings = crate::config::Settings::default();
+        let plan = GateSpec::build(&slug("b"), &manifest, &settings, None, |h| {
+            Ok(vec![h.parse().unwrap()])
+        })
+        .unwrap()
+        .place(&settings, 5)
+        .unwrap();
+        let settled = GateRecord::new(plan, true);
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(settled.allowlist(), [addr("192.0.2.1:22")]);
+        // Written without the field, as an older gatectl did, and read back.
+        let json = serde_json::to_value(&settled).unwrap();
+        assert!(json.get("pending_pairs").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<GateRecord>(json).unwrap(), settled);
+
+        let changing = GateRecord {
+            pending_pairs: vec![addr("198.51.100.7:2222"), addr("192.0.2.1:22")],
+            ..settled.clone()
+        };
+        assert_eq!(
+            changing.allowlist(),
+            [addr("192.0.2.1:22"), addr("198.51.100.7:2222")]
+        );
+        let json = serde_json::to_string(&changing).unwrap();
+        assert_eq!(serde_json::from_str::<GateRecord>(&json).unwrap(), changing);
     }
 }

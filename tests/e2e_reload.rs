@@ -13,8 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::gatectl::{
-    add_host_name, connect, gatectl, gatectl_ok, host_state, install_unit, journal_when, leftovers, setup,
-    text,
+    add_host_name, allowlist, connect, gatectl, gatectl_ok, host_state, install_unit, journal_when,
+    leftovers, main_pid, setup, spawn_gatectl, text, wait_unit_state,
 };
 use common::session::Agent;
 use common::{require_root, SshFixture, TestHost};
@@ -334,4 +334,75 @@ fn systemctl_reload_applies_the_manifest_to_an_idle_gate_and_refuses_what_it_can
 
     host.run_ok(&["systemctl", "stop", "gatectl@alice.service"]);
     assert_eq!(leftovers(&host, "alice"), Vec::<String>::new());
+}
+
+#[test]
+fn a_reload_killed_midway_leaves_none_of_its_allowlist_pairs_after_stop() {
+    if !require_root() {
+        return;
+    }
+    let (host, sshd) = setup("e2e-reload-killed");
+    second_upstream(&host, &sshd);
+    write_manifest(&host, &[("up", "upstream.test", 22)]);
+    gatectl_ok(&host, &["start", "alice"]);
+    // A second gate (gte1) keeps the host table: the last stop deletes it.
+    host.add_netns("agent-bob");
+    host.write_file(
+        "/etc/gatectl/bottles/bob.toml",
+        b"agent_netns = \"agent-bob\"\n[[ssh]]\nHost = \"up\"\nHostname = \"upstream.test\"\n",
+        0o644,
+    );
+    gatectl_ok(&host, &["start", "bob"]);
+    let alice_egress = |list: &str| -> Vec<String> {
+        list.lines()
+            .filter(|l| l.starts_with("\"gte0\""))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(alice_egress(&allowlist(&host)), ["\"gte0\" . 10.99.2.1 . 22"]);
+
+    // The forwarder cannot confirm the new routes while it is stopped: the
+    // reload waits for it with the new pair already in the host table.
+    // A first connection starts the forwarder.
+    connect(&host, Some("agent"), GATE, 30000).expect("connect through alice's gate");
+    let started = wait_unit_state(&host, "gate-alice.service", "active", Duration::from_secs(10));
+    assert_eq!(started, "active", "the first connection starts the forwarder");
+    let forwarder = main_pid(&host, "gate-alice.service");
+    assert_ne!(forwarder, "0", "the forwarder runs from the start");
+    host.run_ok(&["kill", "-STOP", &forwarder]);
+    write_manifest(
+        &host,
+        &[("up", "upstream.test", 22), ("two", "upstream2.test", 2222)],
+    );
+    let mut reload = spawn_gatectl(&host, &["reload", "alice"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while !allowlist(&host).contains("\"gte0\" . 10.99.2.1 . 2222") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never added its pair"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let record = host.read_file("/run/gatectl/gates/alice.json");
+    // Killed as a crash would end it, then the forwarder goes on.
+    host.run_ok(&["pkill", "-KILL", "-f", "^/usr/local/bin/gatectl reload alice"]);
+    let _ = reload.wait();
+    host.run_ok(&["kill", "-CONT", &forwarder]);
+    let record: serde_json::Value = serde_json::from_str(&record).expect("the record is JSON");
+    assert!(
+        record["pending_pairs"]
+            .as_array()
+            .is_some_and(|pairs| pairs.contains(&serde_json::json!("10.99.2.1:2222"))),
+        "the record does not name the pair the reload adds: {record}"
+    );
+
+    gatectl_ok(&host, &["stop", "alice"]);
+    let after = allowlist(&host);
+    assert_eq!(alice_egress(&after), Vec::<String>::new(), "{after}");
+    assert!(
+        after.contains("\"gte1\" . 10.99.2.1 . 22"),
+        "bob's pair went too: {after}"
+    );
+    gatectl_ok(&host, &["stop", "bob"]);
+    assert!(leftovers(&host, "alice").is_empty() && leftovers(&host, "bob").is_empty());
 }

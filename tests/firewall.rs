@@ -266,6 +266,56 @@ fn two_gates_come_and_go_and_other_tables_stay_untouched() {
 }
 
 #[test]
+fn removing_a_gates_pairs_takes_exactly_them_and_needs_neither_them_nor_the_table() {
+    if !in_private_netns("removing_a_gates_pairs_takes_exactly_them_and_needs_neither_them_nor_the_table") {
+        return;
+    }
+    let fw = firewall(false);
+    // No table: nothing to remove is success, and no table appears.
+    let gte1 = gate("gte1", &["192.0.2.10:22", "[2001:db8::10]:22"]);
+    fw.remove_pairs(&gte1).expect("remove without table");
+    assert!(!nft(&["list", "tables"]).contains(TABLE));
+
+    let gte2 = gate("gte2", &["192.0.2.10:22", "192.0.2.20:443"]);
+    fw.add_gate(&gte1).expect("add gte1");
+    fw.add_gate(&gte2).expect("add gte2");
+    // One of gte1's pairs went already (a reload that took it out): the
+    // others still go, and nothing of gte2's. Exactly them: without a
+    // listing, an element root added for gte1 by hand stays.
+    fw.replace_gate(&gate("gte1", &["[2001:db8::10]:22"]))
+        .expect("replace gte1");
+    nft(&[
+        "add",
+        "element",
+        "inet",
+        TABLE,
+        ALLOW4_SET,
+        r#"{ "gte1" . 203.0.113.9 . 22 }"#,
+    ]);
+    fw.remove_pairs(&gte1).expect("remove gte1's pairs");
+    assert_eq!(
+        elements(ALLOW4_SET),
+        triples(&[
+            ("gte1", "203.0.113.9", 22),
+            ("gte2", "192.0.2.10", 22),
+            ("gte2", "192.0.2.20", 443)
+        ])
+    );
+    fw.remove_gate("gte1").expect("remove root's element");
+    assert!(elements(ALLOW6_SET).is_empty());
+    // Again, with none of them left: still success, still nothing else gone.
+    fw.remove_pairs(&gte1).expect("remove gte1's pairs again");
+    assert_eq!(elements(ALLOW4_SET).len(), 2);
+    fw.remove_pairs(&gte2).expect("remove gte2's pairs");
+    assert!(elements(ALLOW4_SET).is_empty());
+    // After a host `nft flush ruleset`, with gte1's pairs added back.
+    fw.add_gate(&gte1).expect("add gte1 again");
+    nft(&["flush", "ruleset"]);
+    fw.remove_pairs(&gte1).expect("remove after a flush");
+    assert!(!nft(&["list", "tables"]).contains(TABLE));
+}
+
+#[test]
 fn block_other_forwarding_adds_a_final_drop_and_refresh_removes_it() {
     if !in_private_netns("block_other_forwarding_adds_a_final_drop_and_refresh_removes_it") {
         return;

@@ -146,18 +146,31 @@ pub(crate) async fn apply_in_place(
     let Some(current) = RoutesFile::read_in(&host.records.routes_dir(slug))? else {
         return Err(older_gatectl(slug));
     };
+    // Until the change is done, the record names the pairs it adds to the
+    // host allowlist too: `stop` removes exactly the pairs a record names,
+    // so after an interrupted change none of them outlives the gate.
+    let earlier = host
+        .records
+        .load(slug)?
+        .map(|r| r.pending_pairs)
+        .unwrap_or_default();
+    host.records.save(&GateRecord {
+        pending_pairs: earlier.into_iter().chain(new.upstream_pairs()).collect(),
+        ..GateRecord::new(old.clone(), true)
+    })?;
     let apply = Apply { host, systemd };
     let Err(error) = apply.plan(old, new, current.generation + 1).await else {
-        host.records.save(&GateRecord {
-            plan: new.clone(),
-            complete: true,
-        })?;
+        // The allowlist is now exactly `new`'s (replaced as listed).
+        host.records.save(&GateRecord::new(new.clone(), true))?;
         return host.ssh_includes.write(new);
     };
     Err(match apply.plan(new, old, current.generation + 2).await {
-        Ok(()) => Error::failed(format!(
-            "cannot change gate {slug}: {error}; it runs as before the change"
-        )),
+        Ok(()) => {
+            host.records.save(&GateRecord::new(old.clone(), true))?;
+            Error::failed(format!(
+                "cannot change gate {slug}: {error}; it runs as before the change"
+            ))
+        }
         Err(undo) => Error::failed(format!(
             "cannot change gate {slug}: {error}; putting the previous routes back failed too \
              ({undo}): run `gatectl stop {slug}`, then `gatectl start {slug}`"

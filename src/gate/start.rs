@@ -140,12 +140,7 @@ impl Start<'_> {
         host.ssh_includes
             .write(plan)
             .and_then(|()| host.schedule_refresh(&plan.slug))
-            .and_then(|()| {
-                host.records.save(&GateRecord {
-                    plan: plan.clone(),
-                    complete: true,
-                })
-            })
+            .and_then(|()| host.records.save(&GateRecord::new(plan.clone(), true)))
             .map_err(|error| StepError {
                 step: "write the ssh_config include and the record",
                 error,
@@ -252,10 +247,7 @@ impl Start<'_> {
                 }
             }
             host.records.set_index_hint(index + 1)?;
-            host.records.save(&GateRecord {
-                plan: plan.clone(),
-                complete: false,
-            })?;
+            host.records.save(&GateRecord::new(plan.clone(), false))?;
             Ok(plan)
         };
         match placed.await {

@@ -189,7 +189,7 @@ mod tests {
             .unwrap()
             .place(&settings, 0)
             .unwrap();
-        RecordFact::Present(Box::new(GateRecord { plan, complete }))
+        RecordFact::Present(Box::new(GateRecord::new(plan, complete)))
     }
 
     fn facts(

@@ -7,12 +7,14 @@
 use std::path::Path;
 
 use super::steps::Undo;
-use super::{link_alias, Host};
+use super::{gate_rules, link_alias, Host};
 use crate::error::{Context, Error, Result};
+use crate::net::firewall::host::GateRules;
 use crate::net::link::Netlink;
 use crate::net::netns;
 use crate::plan::{self, GatePlan, AGENT_LINK_GROUP, GATE_LINK_GROUP, HOST_EGRESS_GROUP};
 use crate::slug::Slug;
+use crate::state::GateRecord;
 use crate::systemd::Systemd;
 use crate::timings::{timed, Timings};
 
@@ -30,7 +32,7 @@ impl Teardown<'_> {
     /// close the host path: the caller does, once no gate is left.
     pub async fn gate(&self, slug: &Slug, timings: &mut Timings) -> Result<()> {
         match self.host.records.load(slug).ok().flatten() {
-            Some(record) => self.plan(&record.plan, timings).await?,
+            Some(record) => self.record(&record, timings).await?,
             None => self.unrecorded(slug).await?,
         }
         self.host.ssh_includes.remove(slug)?;
@@ -47,7 +49,7 @@ impl Teardown<'_> {
         for undo in undos {
             let done = match undo {
                 Undo::Units => self.stop_units(&plan.slug).await,
-                Undo::HostRules => self.remove_host_rules(plan).await,
+                Undo::HostRules => self.remove_host_rules(gate_rules(plan)).await,
                 Undo::Links => delete_links(plan).await,
                 Undo::Netns => netns::delete(&plan.netns),
                 Undo::AgentNetns => plan.owned_agent_netns().map_or(Ok(()), netns::delete),
@@ -60,10 +62,15 @@ impl Teardown<'_> {
         errors
     }
 
-    /// Removes everything of the gate in `plan`: units, firewall rules and
-    /// links at once, then what the gate netns no longer held, the netns,
-    /// and the agent's netns when gatectl owns it.
-    async fn plan(&self, plan: &GatePlan, timings: &mut Timings) -> Result<()> {
+    /// Removes everything of the gate of `record`: units, firewall rules
+    /// and links at once, then what the gate netns no longer held, the
+    /// netns, and the agent's netns when gatectl owns it.
+    async fn record(&self, record: &GateRecord, timings: &mut Timings) -> Result<()> {
+        let plan = &record.plan;
+        let rules = GateRules {
+            egress_if: plan.host_egress.name.clone(),
+            allowed: record.allowlist(),
+        };
         // Units, firewall rules and the gate's links at once: each mostly
         // waits (for systemd, or the kernel's RCU grace periods), and the
         // gate's index stays claimed until the record goes, so no other gate
@@ -73,7 +80,7 @@ impl Teardown<'_> {
         // after it) and comes before the netns's, which takes the table away.
         let ((units, units_took), (rules, rules_took), ((links, links_took), ((), denied_took))) = tokio::join!(
             timed(self.stop_units(&plan.slug)),
-            timed(self.remove_host_rules(plan)),
+            timed(self.remove_host_rules(rules)),
             async {
                 let links = timed(delete_gate_links_apart(&plan.netns)).await;
                 (links, timed(self.record_last_denied(&plan.slug)).await)
@@ -157,10 +164,10 @@ impl Teardown<'_> {
             .await
     }
 
-    /// Removes the gate's allowlist from the host table.
-    async fn remove_host_rules(&self, plan: &GatePlan) -> Result<()> {
-        let (firewall, egress_if) = (self.host.host_firewall(), plan.host_egress.name.clone());
-        tokio::task::spawn_blocking(move || firewall.remove_gate(&egress_if))
+    /// Removes the pairs of `rules` from the host allowlist.
+    async fn remove_host_rules(&self, rules: GateRules) -> Result<()> {
+        let firewall = self.host.host_firewall();
+        tokio::task::spawn_blocking(move || firewall.remove_pairs(&rules))
             .await
             .unwrap_or_else(|e| Err(Error::failed(format!("a gatectl task failed: {e}"))))
     }

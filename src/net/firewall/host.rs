@@ -177,6 +177,29 @@ impl Firewall {
         }
     }
 
+    /// Removes exactly `gate`'s pairs from the allowlist sets in one atomic
+    /// batch, without listing the sets: a listing reads every gate's
+    /// elements, and its cost grows with the gates (at 2,000 gates it was
+    /// most of a `stop`). Pairs already gone are success. `gate` must hold
+    /// every pair the table may have for its link (the plan's, and those of
+    /// a change that did not finish); prune sweeps the elements of links
+    /// that no longer exist. When the table or a set is missing, this is
+    /// [`Firewall::remove_gate`], which succeeds on a table that is gone.
+    pub fn remove_pairs(&self, gate: &GateRules) -> Result<()> {
+        let context = format!(
+            "could not remove the allowlist of gate link {} from the nftables table `inet {TABLE}`",
+            gate.egress_if
+        );
+        let mut batch = Batch::new();
+        remove_elements(&mut batch, gate)?;
+        if gate.allowed.is_empty() {
+            return Ok(()); // no pair was ever added for it
+        }
+        // (The session, which holds libnftables, ends before the fallback.)
+        let removed = Session::open(&context)?.apply(&batch.to_nftables(), context);
+        removed.or_else(|_| self.remove_gate(&gate.egress_if))
+    }
+
     /// Makes `gate`'s allowlist exactly its pairs, in one atomic batch that
     /// deletes the elements its egress link has and adds the new ones: a
     /// packet sees the old allowlist or the new one, never a mix or none.
@@ -394,6 +417,28 @@ fn allowlist_matches() -> [Vec<Statement<'static>>; 2] {
 
 /// Adds the allowlist of `gate` to `batch`, one command per address family.
 fn add_elements(batch: &mut Batch<'static>, gate: &GateRules) -> Result<()> {
+    for element in gate_elements(gate)? {
+        batch.add(NfListObject::Element(element));
+    }
+    Ok(())
+}
+
+/// Adds to `batch` the removal of exactly `gate`'s pairs: each is added,
+/// then deleted. Adding a pair that is there is no error, and deleting one
+/// the same batch added cannot fail, so pairs already gone are no error.
+fn remove_elements(batch: &mut Batch<'static>, gate: &GateRules) -> Result<()> {
+    let elements = gate_elements(gate)?;
+    for element in &elements {
+        batch.add(NfListObject::Element(element.clone()));
+    }
+    for element in elements {
+        batch.delete(NfListObject::Element(element));
+    }
+    Ok(())
+}
+
+/// The allowlist elements of `gate`, one per address family it has pairs of.
+fn gate_elements(gate: &GateRules) -> Result<Vec<Element<'static>>> {
     validate_egress_if(&gate.egress_if)?;
     let mut v4 = BTreeSet::new();
     let mut v6 = BTreeSet::new();
@@ -403,28 +448,28 @@ fn add_elements(batch: &mut Batch<'static>, gate: &GateRules) -> Result<()> {
             ip @ IpAddr::V6(_) => v6.insert((ip, addr.port())),
         };
     }
-    for (set, pairs) in [(ALLOW4_SET, v4), (ALLOW6_SET, v6)] {
-        if pairs.is_empty() {
-            continue;
-        }
-        let elem: Vec<Expression<'static>> = pairs
-            .into_iter()
-            .map(|(ip, port)| {
-                Expression::Named(NamedExpression::Concat(vec![
-                    string(gate.egress_if.clone()),
-                    string(ip.to_string()),
-                    Expression::Number(u32::from(port)),
-                ]))
-            })
-            .collect();
-        batch.add(NfListObject::Element(Element {
-            family: FAMILY,
-            table: TABLE.into(),
-            name: set.into(),
-            elem: elem.into(),
-        }));
-    }
-    Ok(())
+    Ok([(ALLOW4_SET, v4), (ALLOW6_SET, v6)]
+        .into_iter()
+        .filter(|(_, pairs)| !pairs.is_empty())
+        .map(|(set, pairs)| {
+            let elem: Vec<Expression<'static>> = pairs
+                .into_iter()
+                .map(|(ip, port)| {
+                    Expression::Named(NamedExpression::Concat(vec![
+                        string(gate.egress_if.clone()),
+                        string(ip.to_string()),
+                        Expression::Number(u32::from(port)),
+                    ]))
+                })
+                .collect();
+            Element {
+                family: FAMILY,
+                table: TABLE.into(),
+                name: set.into(),
+                elem: elem.into(),
+            }
+        })
+        .collect())
 }
 
 /// Refuses names that are not a gate's egress link: an element for any
@@ -886,6 +931,41 @@ mod tests {
                     {"concat": ["gte1", "2001:db8::1", 22]}]}}}
             ]})
         );
+    }
+
+    #[test]
+    fn removal_of_a_gates_pairs_adds_each_then_deletes_it_so_a_missing_one_is_no_error() {
+        let mut batch = Batch::new();
+        remove_elements(&mut batch, &gate()).unwrap();
+        let v = serde_json::to_value(batch.to_nftables()).unwrap();
+        let cmds = commands(&v);
+        let verbs: Vec<(&str, &str)> = cmds
+            .iter()
+            .map(|c| {
+                let verb = c.as_object().unwrap().keys().next().unwrap().as_str();
+                (verb, c[verb]["element"]["name"].as_str().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            verbs,
+            [
+                ("add", "allow4"),
+                ("add", "allow6"),
+                ("delete", "allow4"),
+                ("delete", "allow6")
+            ]
+        );
+        for set in 0..2 {
+            assert_eq!(cmds[set]["add"]["element"], cmds[set + 2]["delete"]["element"]);
+        }
+        assert!(remove_elements(
+            &mut Batch::new(),
+            &GateRules {
+                egress_if: "eth0".into(),
+                allowed: vec![]
+            }
+        )
+        .is_err());
     }
 
     #[test]
