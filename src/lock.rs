@@ -138,6 +138,14 @@ pub fn take_work_slot(state_dir: &Path) -> Result<WorkSlot> {
             return Ok(WorkSlot { _file: file });
         }
     }
+    // A caller under systemd (a `gatectl@` unit) has its job kept alive
+    // below; any other caller is told why nothing happens yet.
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        eprintln!(
+            "gatectl: note: {WORK_SLOTS} gatectl commands are starting, stopping or reloading gates on \
+             this host; waiting until one of them is done"
+        );
+    }
     let (taken, notices) = mpsc::channel::<()>();
     let extend = |by: Duration| {
         let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);

@@ -411,6 +411,54 @@ fn races_and_interrupted_starts() {
 }
 
 #[test]
+fn a_command_that_finds_every_work_slot_taken_says_so_and_waits_its_turn() {
+    if !require_root() {
+        return;
+    }
+    let (host, _sshd) = setup("e2e-slots");
+    host.write_file("/etc/gatectl/bottles/alice.toml", ALICE, 0o644);
+    // Every slot held, as by 16 commands at work: this process takes them
+    // in the host's state directory, through the host's root.
+    let state_dir = format!("/proc/{}/root/run/gatectl", host.pid());
+    let held: Vec<_> = (0..gatectl::lock::WORK_SLOTS)
+        .map(|_| gatectl::lock::take_work_slot(std::path::Path::new(&state_dir)).expect("take a work slot"))
+        .collect();
+    let mut start = common::gatectl::spawn_gatectl(&host, &["start", "alice"]);
+    let stderr = start.stderr.take().expect("piped stderr");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line);
+        let _ = line_tx.send(line);
+    });
+    // A command that says nothing waits for ever: give it its slots back.
+    let Ok(said) = line_rx.recv_timeout(Duration::from_secs(10)) else {
+        drop(held);
+        panic!("gatectl said nothing in 10 s while every work slot was taken");
+    };
+    assert_eq!(
+        said.trim_end(),
+        "gatectl: note: 16 gatectl commands are starting, stopping or reloading gates on this host; \
+         waiting until one of them is done"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        start.try_wait().expect("poll gatectl"),
+        None,
+        "it did not wait for a slot"
+    );
+    assert!(
+        !gatectl_ok(&host, &["list"]).contains("running"),
+        "it started without a slot"
+    );
+    drop(held);
+    let out = finish(start, "gatectl start");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(gatectl_ok(&host, &["list"]).contains("alice"));
+    gatectl_ok(&host, &["stop", "alice"]);
+}
+
+#[test]
 fn fifty_gates_start_in_parallel() {
     if !require_root() {
         return;
