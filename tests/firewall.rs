@@ -473,6 +473,45 @@ fn a_gate_table_seal_holds_until_anything_commits_in_its_netns() {
     assert!(table(22).sealed(Some(&again)).unwrap());
 }
 
+#[test]
+fn a_created_gate_table_is_the_applied_one_and_is_never_created_over_another() {
+    if !in_private_netns("a_created_gate_table_is_the_applied_one_and_is_never_created_over_another") {
+        return;
+    }
+    use gatectl::net::firewall::gate::{GateTable, TableState};
+    let table = GateTable {
+        agent: "10.231.0.0".parse().unwrap(),
+        listen_ports: [30000, 30001].into(),
+        allowed: [
+            "192.0.2.10:22".parse().unwrap(),
+            "[2001:db8::1]:2222".parse().unwrap(),
+        ]
+        .into(),
+    };
+    let applied = {
+        let seal = table.apply().expect("apply the gate table");
+        assert!(table.sealed(Some(&seal)).unwrap());
+        nft(&["list", "ruleset"])
+    };
+    nft(&["flush", "ruleset"]);
+    let seal = table.create().expect("create the gate table");
+    assert_eq!(
+        nft(&["list", "ruleset"]),
+        applied,
+        "create and apply give different tables"
+    );
+    assert!(table.sealed(Some(&seal)).unwrap(), "right after create");
+    assert_eq!(table.survey_sealed(Some(&seal)).unwrap(), TableState::Intact);
+    // Over an existing table, create fails and changes nothing (its rules
+    // would otherwise be added a second time).
+    let err = table.create().expect_err("create over the table");
+    assert!(
+        err.to_string().contains("could not create the nftables table"),
+        "{err}"
+    );
+    assert_eq!(nft(&["list", "ruleset"]), applied);
+}
+
 /// Runs `ip` with `args`; panics with its stderr when it fails.
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");

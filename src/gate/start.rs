@@ -381,7 +381,7 @@ async fn settle_gate_netns(records: &Records, plan: &GatePlan, gate_ns: &OwnedFd
     let table = GateTable::of(plan);
     let seal = netns::run_in(gate_ns, move || {
         sysctl::settle_gate_netns()?;
-        table.apply()
+        table.create()
     })?;
     records.save_seal(&plan.slug, &seal)
 }

@@ -74,7 +74,9 @@ use std::os::unix::fs::MetadataExt;
 
 use nftables::batch::Batch;
 use nftables::expr::{Expression, MetaKey, NamedExpression};
-use nftables::schema::{Chain, Counter, NfListObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table};
+use nftables::schema::{
+    Chain, Counter, NfCmd, NfListObject, Nftables, Set, SetFlag, SetType, SetTypeValue, Table,
+};
 use nftables::stmt::{
     Counter as NamedCounter, Operator, Reject, RejectType, Set as SetStatement, SetOp, Statement,
 };
@@ -145,6 +147,15 @@ pub struct GateTable {
     pub allowed: BTreeSet<SocketAddr>,
 }
 
+/// gatectl's table in a gate netns, as a command names it.
+fn table() -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: FAMILY,
+        name: TABLE.into(),
+        handle: None,
+    })
+}
+
 /// The inode of the calling thread's network namespace.
 fn current_netns_inode() -> Result<u64> {
     let path = "/proc/thread-self/ns/net";
@@ -201,6 +212,22 @@ impl GateTable {
     pub fn apply(&self) -> Result<TableSeal> {
         let context = format!("could not set up the nftables table `inet {TABLE}` in the gate netns");
         Session::open(&context)?.apply(&self.batch(), context)?;
+        Ok(TableSeal {
+            netns: current_netns_inode()?,
+            generation: nft_generation::current()?,
+            digest: self.digest(),
+        })
+    }
+
+    /// Creates the table in the calling thread's network namespace, which
+    /// must have none (a gate netns just made), in one batch; fails if it
+    /// exists. The same table as [`apply`](Self::apply) and the same seal,
+    /// but the commit deletes nothing: after one that deletes, the kernel
+    /// waits for an RCU grace period when the netlink socket closes (about
+    /// 10 ms on this kind of machine, in every start).
+    pub fn create(&self) -> Result<TableSeal> {
+        let context = format!("could not create the nftables table `inet {TABLE}` in the gate netns");
+        Session::open(&context)?.apply(&self.create_batch(), context)?;
         Ok(TableSeal {
             netns: current_netns_inode()?,
             generation: nft_generation::current()?,
@@ -297,17 +324,23 @@ impl GateTable {
     /// The commands of [`GateTable::apply`]: add the table (so the delete
     /// cannot fail), delete it, and build it anew.
     fn batch(&self) -> Nftables<'static> {
-        let table = || {
-            NfListObject::Table(Table {
-                family: FAMILY,
-                name: TABLE.into(),
-                handle: None,
-            })
-        };
         let mut batch = Batch::new();
         batch.add(table());
         batch.delete(table());
         batch.add(table());
+        self.contents(batch)
+    }
+
+    /// The commands of [`GateTable::create`]: create the table, which
+    /// fails if it exists, and build it.
+    fn create_batch(&self) -> Nftables<'static> {
+        let mut batch = Batch::new();
+        batch.add_cmd(NfCmd::Create(table()));
+        self.contents(batch)
+    }
+
+    /// `batch` followed by the commands that fill the (empty) table.
+    fn contents(&self, mut batch: Batch<'static>) -> Nftables<'static> {
         let pair = |addr: IpAddr, port: u16| {
             Expression::Named(NamedExpression::Concat(vec![
                 string(addr.to_string()),
