@@ -359,6 +359,22 @@ mod tests {
         Slug::parse(s).unwrap()
     }
 
+    /// The plan of gate b (one upstream, 192.0.2.1:22) at gate index 5.
+    fn plan_of_b_at_5() -> GatePlan {
+        let manifest = crate::manifest::parse(
+            "[[ssh]]\nHost = \"up\"\nHostname = \"192.0.2.1\"\n",
+            crate::manifest::Format::Toml,
+        )
+        .unwrap();
+        let settings = crate::config::Settings::default();
+        GateSpec::build(&slug("b"), &manifest, &settings, None, |h| {
+            Ok(vec![h.parse().unwrap()])
+        })
+        .unwrap()
+        .place(&settings, 5)
+        .unwrap()
+    }
+
     #[test]
     fn probing_starts_at_the_hint_and_wraps_around() {
         assert_eq!(probe_order(2, 5).collect::<Vec<_>>(), [2, 3, 4, 0, 1]);
@@ -395,18 +411,7 @@ mod tests {
         assert_eq!(records.index_hint(), 6);
 
         // b has a record naming its index.
-        let manifest = crate::manifest::parse(
-            "[[ssh]]\nHost = \"up\"\nHostname = \"192.0.2.1\"\n",
-            crate::manifest::Format::Toml,
-        )
-        .unwrap();
-        let settings = crate::config::Settings::default();
-        let plan = GateSpec::build(&slug("b"), &manifest, &settings, None, |h| {
-            Ok(vec![h.parse().unwrap()])
-        })
-        .unwrap()
-        .place(&settings, 5)
-        .unwrap();
+        let plan = plan_of_b_at_5();
         records.save(&GateRecord::new(plan, true)).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.join("gates")), 0o700);
@@ -421,18 +426,7 @@ mod tests {
 
     #[test]
     fn a_record_names_its_plans_pairs_and_those_of_a_pending_change() {
-        let manifest = crate::manifest::parse(
-            "[[ssh]]\nHost = \"up\"\nHostname = \"192.0.2.1\"\n",
-            crate::manifest::Format::Toml,
-        )
-        .unwrap();
-        let settings = crate::config::Settings::default();
-        let plan = GateSpec::build(&slug("b"), &manifest, &settings, None, |h| {
-            Ok(vec![h.parse().unwrap()])
-        })
-        .unwrap()
-        .place(&settings, 5)
-        .unwrap();
+        let plan = plan_of_b_at_5();
         let settled = GateRecord::new(plan, true);
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(settled.allowlist(), [addr("192.0.2.1:22")]);

@@ -211,12 +211,7 @@ impl GateTable {
     /// no moment without it once it exists. Returns the seal to keep.
     pub fn apply(&self) -> Result<TableSeal> {
         let context = format!("could not set up the nftables table `inet {TABLE}` in the gate netns");
-        Session::open(&context)?.apply(&self.batch(), context)?;
-        Ok(TableSeal {
-            netns: current_netns_inode()?,
-            generation: nft_generation::current()?,
-            digest: self.digest(),
-        })
+        self.commit(&self.batch(), context)
     }
 
     /// Creates the table in the calling thread's network namespace, which
@@ -227,7 +222,12 @@ impl GateTable {
     /// 10 ms on this kind of machine, in every start).
     pub fn create(&self) -> Result<TableSeal> {
         let context = format!("could not create the nftables table `inet {TABLE}` in the gate netns");
-        Session::open(&context)?.apply(&self.create_batch(), context)?;
+        self.commit(&self.create_batch(), context)
+    }
+
+    /// Commits `batch` (this table's) and seals what it left.
+    fn commit(&self, batch: &Nftables<'static>, context: String) -> Result<TableSeal> {
+        Session::open(&context)?.apply(batch, context)?;
         Ok(TableSeal {
             netns: current_netns_inode()?,
             generation: nft_generation::current()?,
