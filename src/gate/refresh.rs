@@ -120,7 +120,7 @@ impl Host {
                     .set_refresh_due(&slug, now + self.settings.dns_refresh_after(ttl))?;
             }
             if new != record.plan {
-                if let Err(e) = apply_in_place(self, &systemd, &record.plan, &new).await {
+                if let Err(e) = apply_in_place(self, &systemd, &record, &new).await {
                     refreshed.warnings.push(e.to_string());
                     refreshed.changes.clear();
                 }

@@ -88,7 +88,7 @@ impl Reload<'_> {
         if !host.running(&systemd, &record.plan).await? {
             return Err(not_running());
         }
-        let old = record.plan;
+        let old = record.plan.clone();
         if (&old.agent_netns, old.agent_netns_owned) != (&spec.agent_netns, spec.agent_netns_owned) {
             let shown = |netns: &Option<std::path::PathBuf>| {
                 netns
@@ -126,36 +126,37 @@ impl Reload<'_> {
         if changes.is_empty() && current.routes == unit::forward_routes(&new) {
             return Ok(Reloaded::Unchanged(old));
         }
-        apply_in_place(host, &systemd, &old, &new).await?;
+        apply_in_place(host, &systemd, &record, &new).await?;
         host.schedule_refresh(slug)?;
         Ok(Reloaded::Changed { plan: new, changes })
     }
 }
 
-/// Moves the running gate from `old` to `new` in place (the module's steps
-/// 1–4), writing the next generation of its routes file, then saves the
-/// record and the ssh include (step 5); if a step of 1–4 fails, puts `old`
-/// back the same way and says so. The caller holds the slug lock.
+/// Moves the running gate of `record` from its plan (`old`) to `new` in
+/// place (the module's steps 1–4), writing the next generation of its
+/// routes file, then saves the record and the ssh include (step 5); if a
+/// step of 1–4 fails, puts `old` back the same way and says so. The caller
+/// holds the slug lock and has just loaded `record`.
 pub(crate) async fn apply_in_place(
     host: &Host,
     systemd: &Systemd,
-    old: &GatePlan,
+    record: &GateRecord,
     new: &GatePlan,
 ) -> Result<()> {
-    let slug = &new.slug;
+    let (slug, old) = (&new.slug, &record.plan);
     let Some(current) = RoutesFile::read_in(&host.records.routes_dir(slug))? else {
         return Err(older_gatectl(slug));
     };
     // Until the change is done, the record names the pairs it adds to the
     // host allowlist too: `stop` removes exactly the pairs a record names,
     // so after an interrupted change none of them outlives the gate.
-    let earlier = host
-        .records
-        .load(slug)?
-        .map(|r| r.pending_pairs)
-        .unwrap_or_default();
     host.records.save(&GateRecord {
-        pending_pairs: earlier.into_iter().chain(new.upstream_pairs()).collect(),
+        pending_pairs: record
+            .pending_pairs
+            .iter()
+            .copied()
+            .chain(new.upstream_pairs())
+            .collect(),
         ..GateRecord::new(old.clone(), true)
     })?;
     let apply = Apply { host, systemd };

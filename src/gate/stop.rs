@@ -1,8 +1,8 @@
 //! Teardown: a whole gate from its record (or, without one, from what its
 //! names identify), or the undos a failed start registered. Idempotent:
 //! every part treats "already gone" as done, keeps going past failures and
-//! reports them all. Firewall rules go before links, and host-side clean-up
-//! never depends on the gate netns still existing.
+//! reports them all. Host-side clean-up never depends on the gate netns
+//! still existing.
 
 use std::path::Path;
 

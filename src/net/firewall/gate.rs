@@ -236,7 +236,7 @@ impl GateTable {
     }
 
     /// Whether the calling thread's network namespace still holds exactly
-    /// what the `apply` that gave `seal` left: the same netns, no commit
+    /// what the `apply` or `create` that gave `seal` left: the same netns, no commit
     /// since, and this very table. `false` says "list it to know".
     pub fn sealed(&self, seal: Option<&TableSeal>) -> Result<bool> {
         let Some(seal) = seal else {
