@@ -242,12 +242,7 @@ impl Host {
         }
         let resealed = netns::run_in_each(work, |(slug, table, seal)| match table.sealed(seal.as_ref())? {
             true => Ok((slug, None, None)),
-            false => {
-                // Applying anew zeroes the table's counters and empties its
-                // tried sets: what they hold is read first, to be recorded.
-                let before = GateTable::denied().ok().flatten();
-                table.apply().map(|seal| (slug, Some(seal), before))
-            }
+            false => table.reapply().map(|(seal, before)| (slug, Some(seal), before)),
         });
         for result in resealed {
             if let (slug, Some(seal), before) = result? {

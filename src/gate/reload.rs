@@ -204,12 +204,7 @@ impl Apply<'_> {
             .unwrap_or_else(|e| Err(Error::failed(format!("a gatectl task failed: {e}"))))?;
         let gate_ns = netns::open(&new.netns_path())?;
         let table = GateTable::of(new);
-        // Applying the table anew zeroes its counters and empties its tried
-        // sets: what they hold is read first, in the same entry, to record.
-        let (seal, before) = netns::run_in(&gate_ns, move || {
-            let before = GateTable::denied().ok().flatten();
-            table.apply().map(|seal| (seal, before))
-        })?;
+        let (seal, before) = netns::run_in(&gate_ns, move || table.reapply())?;
         if let Some((now, tried)) = before {
             self.host.denied.record(&new.slug, seal.netns, now, &tried);
         }

@@ -214,6 +214,15 @@ impl GateTable {
         self.commit(&self.batch(), context)
     }
 
+    /// [`apply`](Self::apply) over a table that may hold counts: what it
+    /// denied so far ([`GateTable::denied`], `None` without a table or
+    /// when it cannot be read) is read first, since the new table starts
+    /// its counters and tried sets empty.
+    pub fn reapply(&self) -> Result<(TableSeal, Option<(Denied, Tried)>)> {
+        let before = Self::denied().ok().flatten();
+        self.apply().map(|seal| (seal, before))
+    }
+
     /// Creates the table in the calling thread's network namespace, which
     /// must have none (a gate netns just made), in one batch; fails if it
     /// exists. The same table as [`apply`](Self::apply) and the same seal,
